@@ -1,0 +1,107 @@
+"""``ring``: keep only the last ``capacity`` bytes of each stream."""
+
+from __future__ import annotations
+
+import collections
+import threading
+
+import attrs
+
+from jobkit.core.backend import OutputStore
+from jobkit.core.hookspecs import RegisterBackend, hookimpl
+
+__all__ = ["DEFAULT_CAPACITY", "RingBackend", "RingStore"]
+
+DEFAULT_CAPACITY = 1 << 20
+
+
+class RingStore(OutputStore):
+    """A deque of chunks trimmed from the left once over capacity.
+
+    Trimming reshapes the deque, so appends and reads share a lock; it is only
+    ever held for a slice of at most ``capacity`` bytes.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._held = 0
+        self._written = 0
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        total = len(data)
+        if total > self._capacity:  # only the tail of this chunk can survive
+            data = data[total - self._capacity :] if self._capacity else b""
+        with self._lock:
+            if data:
+                self._chunks.append(data)
+                self._held += len(data)
+            excess = self._held - self._capacity
+            while excess > 0:
+                first = self._chunks[0]
+                if len(first) <= excess:
+                    self._chunks.popleft()
+                    self._held -= len(first)
+                    excess -= len(first)
+                else:
+                    self._chunks[0] = first[excess:]
+                    self._held -= excess
+                    excess = 0
+            self._written += total
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return self._written - self._held
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            start = self._written - self._held
+            if offset < start:
+                return b""  # dropped meanwhile: the pool retries from `dropped`
+            end = min(self._written, offset + size)
+            parts = []
+            position = start
+            for chunk in self._chunks:
+                chunk_end = position + len(chunk)
+                if chunk_end > offset and position < end:
+                    parts.append(chunk[max(0, offset - position) : end - position])
+                if chunk_end >= end:
+                    break
+                position = chunk_end
+            return b"".join(parts)
+
+    def close(self) -> None:
+        with self._lock:
+            self._chunks.clear()
+            self._held = 0
+
+
+@attrs.define
+class RingBackend:
+    """Keep the last ``capacity`` bytes (default 1 MiB) of each stream in RAM.
+
+    Attributes:
+        capacity: Bytes kept per stream; 0 keeps nothing but still counts.
+    """
+
+    capacity: int = DEFAULT_CAPACITY
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.capacity, bool) or not isinstance(self.capacity, int):
+            raise TypeError(f"ring capacity must be an int, not {type(self.capacity).__name__}")
+        if self.capacity < 0:
+            raise ValueError(f"ring capacity must be >= 0, not {self.capacity}")
+
+    def open_store(self, job_id: str, stream: str) -> RingStore:
+        return RingStore(self.capacity)
+
+
+@hookimpl
+def jobkit_register_backends(register: RegisterBackend) -> None:
+    register("ring", RingBackend)

@@ -1,0 +1,1 @@
+"""jobkit's command line."""

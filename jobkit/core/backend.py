@@ -1,0 +1,96 @@
+"""The output backend contract.
+
+A *backend* is configured once per pool (or per job that overrides the pool's
+choice) and opens one *store* per output stream of every job::
+
+    backend = RingBackend(capacity=65536)      # options validated here
+    store = backend.open_store("7", "stdout")  # one per job stream
+
+Threading and ordering guarantees the pool gives a store:
+
+* ``append`` and ``fill_from`` are called by one thread only (the pool's
+  supervisor), one at a time, in the order the bytes were written.
+* ``read``, ``written`` and ``dropped`` may be called from any number of other
+  threads at any moment, concurrently with ``append``.  They must never block
+  for long (a slow reader must not stall the supervisor, which serves every
+  job) and must only return bytes from ``[dropped, written)`` as already
+  published: update ``written`` *after* the bytes are readable.
+* ``close`` is called exactly once, when the job is deleted or the pool
+  closes, after the last ``append``.  It may race with a ``read`` in another
+  thread: that read must not crash or see another file's data; it may return
+  ``b""``.
+* An ``OSError`` raised by ``append`` or ``fill_from`` (disk full, ...) is
+  recorded on the job as ``JobStatus.output_error``; the pool then discards
+  the stream's remaining output so the job never blocks on a full pipe.
+
+Backends are registered through the ``jobkit_register_backends`` hook (see
+`jobkit.core.hookspecs`); a backend is any callable taking keyword options and
+returning an `OutputBackend`, usually the class itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["OutputBackend", "OutputStore"]
+
+
+class OutputStore(abc.ABC):
+    """Storage for one stream of one job. See the module docstring for the rules."""
+
+    @abc.abstractmethod
+    def append(self, data: bytes) -> None:
+        """Store ``data`` (never empty) after everything appended before."""
+
+    @abc.abstractmethod
+    def read(self, offset: int, size: int) -> bytes:
+        """Return up to ``size`` bytes from absolute ``offset``.
+
+        The pool only asks for ranges inside ``[dropped, written)`` as it
+        last saw them.  A store that drops data returns ``b""`` when
+        ``offset`` was dropped meanwhile; the pool then retries from the new
+        ``dropped``.  Otherwise it returns every byte asked for.
+        """
+
+    @property
+    @abc.abstractmethod
+    def written(self) -> int:
+        """Total bytes appended so far: the absolute offset of the end."""
+
+    @property
+    def dropped(self) -> int:
+        """Bytes at the start that are no longer kept (0 for a store that keeps all)."""
+        return 0
+
+    def fill_from(self, fd: int, limit: int) -> int:
+        """Move up to ``limit`` bytes from the non-blocking pipe ``fd`` into the store.
+
+        Return the number of bytes moved, 0 at end of file; let
+        ``BlockingIOError`` through when the pipe is empty.  The default reads
+        and calls `append`; a store that can take bytes without copying them
+        through Python (``os.splice`` into a file, say) overrides it.
+        """
+        data = os.read(fd, limit)
+        if data:
+            self.append(data)
+        return len(data)
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Free the storage. Called once; later reads may return ``b""``."""
+
+
+@runtime_checkable
+class OutputBackend(Protocol):
+    """A configured kind of storage that opens one `OutputStore` per job stream."""
+
+    def open_store(self, job_id: str, stream: str) -> OutputStore:
+        """Return a new empty store for ``stream`` (``"stdout"`` or ``"stderr"``) of a job.
+
+        May raise ``OSError`` (the job then ends in ``State.ERROR``).
+        """
+        ...
+
+
+BackendFactory = Any  # Callable[..., OutputBackend]; kept loose for plugin authors

@@ -1,0 +1,33 @@
+"""The hooks a jobkit plugin may implement.
+
+A plugin is a module or object with functions marked ``@jobkit.hookimpl``,
+registered through the ``jobkit`` entry-point group::
+
+    [project.entry-points.jobkit]
+    s3 = "jobkit_s3"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("jobkit")
+hookimpl = pluggy.HookimplMarker("jobkit")
+
+#: The signature of the ``register`` callback handed to ``jobkit_register_backends``.
+RegisterBackend = Callable[[str, Callable[..., Any]], None]
+
+
+@hookspec
+def jobkit_register_backends(register: RegisterBackend) -> None:
+    """Register output backends by calling ``register(name, factory)``.
+
+    Called once, the first time a backend is looked up by name.  ``factory``
+    is called with the backend's keyword options (``backend_options``) and
+    returns an `jobkit.core.backend.OutputBackend`; it should raise
+    ``TypeError`` or ``ValueError`` for options it does not accept.
+    Registering a name twice raises ``ValueError``.
+    """

@@ -1,0 +1,103 @@
+"""The values that cross jobkit's boundaries: states, statuses and outputs."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+__all__ = ["JobOutput", "JobStatus", "State", "StreamInfo", "STREAMS"]
+
+#: The names of the two output streams every job has.
+STREAMS = ("stdout", "stderr")
+
+
+class State(str, enum.Enum):
+    """Where a job is in its life. Only ``RUNNING`` is not final."""
+
+    RUNNING = "running"
+    #: The job could not be started; ``JobStatus.error`` says why.
+    ERROR = "error"
+    #: The main process exited; ``JobStatus.exit_code`` has its status.
+    COMPLETED = "completed"
+    #: The main process died of a signal; ``JobStatus.signal`` has its number.
+    KILLED = "killed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@attrs.frozen
+class StreamInfo:
+    """How much one output stream holds.
+
+    Attributes:
+        written: Bytes the job wrote to the stream so far (its absolute end offset).
+        dropped: Bytes no longer kept (the ``ring`` backend drops the oldest);
+            readable data starts at this offset.
+        closed: True once every writer closed the stream and it was fully drained.
+    """
+
+    written: int = 0
+    dropped: int = 0
+    closed: bool = False
+
+
+@attrs.frozen
+class JobStatus:
+    """A snapshot of one job.
+
+    Attributes:
+        id: The job's id within its pool.
+        state: See `State`.
+        command: The command as given to ``create``.
+        args: The arguments as given to ``create``.
+        pid: The main process id (also its process group and session id);
+            None when the job never started.
+        exit_code: The exit status, when ``state`` is ``COMPLETED``.
+        signal: The number of the signal that killed the main process, when
+            ``state`` is ``KILLED`` (whoever sent it).
+        error: A message for people, when ``state`` is ``ERROR``.
+        timed_out: True when jobkit stopped the job because its ``timeout`` passed.
+        created_at: When ``create`` was called (UTC).
+        ended_at: When the main process was reaped or the start failed (UTC).
+        backend: The name of the output backend holding the job's output.
+        output_error: Set when storing output failed (e.g. the disk is full);
+            the job runs on and later output is discarded.
+        stdout: How much stdout holds.
+        stderr: How much stderr holds.
+    """
+
+    id: str
+    state: State
+    command: str
+    args: tuple[str, ...]
+    pid: int | None
+    created_at: datetime
+    backend: str
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    timed_out: bool = False
+    ended_at: datetime | None = None
+    output_error: str | None = None
+    stdout: StreamInfo = StreamInfo()
+    stderr: StreamInfo = StreamInfo()
+
+    @property
+    def running(self) -> bool:
+        return self.state is State.RUNNING
+
+
+@attrs.frozen
+class JobOutput:
+    """Everything a job's output backend still holds, as bytes.
+
+    Attributes:
+        stdout: The bytes the job wrote to standard output.
+        stderr: The bytes the job wrote to standard error.
+    """
+
+    stdout: bytes
+    stderr: bytes

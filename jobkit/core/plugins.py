@@ -1,0 +1,105 @@
+"""Finding output backends: the plugin manager and the backend registry.
+
+The built-in backends are plugins like any other: `DEFAULT_PLUGINS` names
+their modules and they register through the same hook a third-party package
+uses.  Third-party plugins are loaded from the ``jobkit`` entry-point group,
+lazily (on the first backend lookup), unless ``JOBKIT_NO_PLUGINS`` is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from jobkit.core import hookspecs
+from jobkit.core.errors import BackendNotFound
+
+__all__ = ["DEFAULT_PLUGINS", "NO_PLUGINS_ENV", "backend_factory", "backend_names", "pm"]
+
+DEFAULT_PLUGINS = (
+    "jobkit.backends.memory",
+    "jobkit.backends.tempfile",
+    "jobkit.backends.ring",
+)
+
+#: Set this environment variable (to anything but "" or "0") to skip entry-point plugins.
+NO_PLUGINS_ENV = "JOBKIT_NO_PLUGINS"
+
+pm = pluggy.PluginManager("jobkit")
+pm.add_hookspecs(hookspecs)
+
+_lock = threading.Lock()
+_loaded = False
+_backends: dict[str, Callable[..., Any]] | None = None
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in DEFAULT_PLUGINS:
+        pm.register(importlib.import_module(name), name)
+    if os.environ.get(NO_PLUGINS_ENV, "") not in ("", "0"):
+        return
+    # Like pm.load_setuptools_entrypoints, but one broken plugin must not
+    # take the others (or the pool) down with it.
+    for ep in entry_points(group="jobkit"):
+        if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            continue
+        try:
+            plugin = ep.load()
+            pm.register(plugin, name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any failure of foreign code
+            warnings.warn(
+                f"jobkit: could not load plugin {ep.name!r} ({ep.value}): {exc}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def _registry() -> dict[str, Callable[..., Any]]:
+    global _backends
+    with _lock:
+        if _backends is None:
+            _load_plugins()
+            found: dict[str, Callable[..., Any]] = {}
+
+            def register(name: str, factory: Callable[..., Any]) -> None:
+                if not isinstance(name, str) or not name:
+                    raise ValueError(f"backend name must be a non-empty string, not {name!r}")
+                if name in found:
+                    raise ValueError(f"output backend {name!r} is registered twice")
+                found[name] = factory
+
+            pm.hook.jobkit_register_backends(register=register)
+            _backends = found
+        return _backends
+
+
+def reset() -> None:
+    """Forget the registry so the next lookup asks the hooks again (for tests)."""
+    global _backends
+    with _lock:
+        _backends = None
+
+
+def backend_names() -> list[str]:
+    """The names of every registered backend, sorted."""
+    return sorted(_registry())
+
+
+def backend_factory(name: str) -> Callable[..., Any]:
+    """The factory registered under ``name``; `BackendNotFound` if none is."""
+    registry = _registry()
+    try:
+        return registry[name]
+    except KeyError:
+        raise BackendNotFound(name, list(registry)) from None

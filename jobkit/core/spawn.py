@@ -1,0 +1,129 @@
+"""Starting a job's process: its own session, pipes for output, a pidfd.
+
+Nothing here involves a shell: the command and its arguments go to
+``execve`` as they are.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+
+import attrs
+
+__all__ = ["SpawnFailed", "Spawned", "raise_fd_limit", "spawn"]
+
+
+class SpawnFailed(Exception):
+    """The process could not be started; the message is meant for people."""
+
+
+@attrs.define
+class Spawned:
+    """A started process and the parent's ends of its plumbing."""
+
+    process: subprocess.Popen[bytes]
+    pidfd: int
+    stdout: int
+    stderr: int
+
+
+_limit_lock = threading.Lock()
+_limit_raised = False
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, once per process.
+
+    Every running job holds three descriptors (two pipes and a pidfd), so the
+    usual soft limit of 1024 would cap a pool at about 300 jobs.
+    """
+    global _limit_raised
+    with _limit_lock:
+        if _limit_raised:
+            return
+        _limit_raised = True
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            except (ValueError, OSError):
+                pass  # keep what we have; EMFILE then ends single jobs in error
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def spawn(
+    command: str, args: list[str], env: Mapping[str, str], cwd: str | None
+) -> Spawned:
+    """Start ``command`` in a new session with stdin from /dev/null.
+
+    Raise `SpawnFailed` with a readable message on any OS-level failure;
+    nothing is left open or running then.
+    """
+    fds: list[int] = []
+    try:
+        out_r, out_w = os.pipe()
+        fds += (out_r, out_w)
+        err_r, err_w = os.pipe()
+        fds += (err_r, err_w)
+        process = subprocess.Popen(
+            [command, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=err_w,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,  # own session and process group: pgid == pid
+            close_fds=True,
+        )
+    except OSError as exc:
+        _close_all(*fds)
+        raise SpawnFailed(describe_spawn_error(exc, command, cwd)) from None
+    _close_all(out_w, err_w)
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError as exc:
+        # Without a pidfd we cannot watch it: do not leave it running unseen.
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        _close_all(out_r, err_r)
+        raise SpawnFailed(describe_spawn_error(exc, command, cwd)) from None
+    os.set_blocking(out_r, False)
+    os.set_blocking(err_r, False)
+    return Spawned(process, pidfd, out_r, err_r)
+
+
+def describe_spawn_error(exc: OSError, command: str, cwd: str | None) -> str:
+    """Turn an OSError from starting a process into a sentence for people."""
+    reason = exc.strerror or str(exc)
+    if cwd is not None and exc.filename == cwd:
+        return f"cannot use working directory {cwd!r}: {reason}"
+    code = exc.errno
+    if code == errno.ENOENT:
+        if "/" in command:
+            return f"no such file: {command!r}"
+        return f"command not found: {command!r} (not in PATH)"
+    if code == errno.EACCES:
+        return f"permission denied: cannot execute {command!r}"
+    if code == errno.ENOEXEC:
+        return f"cannot execute {command!r}: not a program this system can run"
+    if code == errno.EISDIR:
+        return f"cannot execute {command!r}: it is a directory"
+    if code in (errno.EMFILE, errno.ENFILE):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return f"too many open files (limit {soft}): delete finished jobs or raise the limit"
+    if code == errno.EAGAIN:
+        return "cannot start a process: the process limit is reached (EAGAIN)"
+    if code == errno.ENOMEM:
+        return "cannot start a process: not enough memory"
+    return f"cannot start {command!r}: {reason}"

@@ -1,0 +1,127 @@
+"""The pool's side of one output stream: the store, end-of-file, and followers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from jobkit.core.backend import OutputStore
+from jobkit.core.models import StreamInfo
+
+__all__ = ["Follower", "OutputStream"]
+
+#: The most a follower hands out at once, so one chunk never needs huge buffers.
+FOLLOW_CHUNK = 1 << 20
+
+
+class OutputStream:
+    """Wraps an `OutputStore` with what readers wait on.
+
+    The supervisor thread is the only writer.  ``closed`` is set after the
+    final append, under ``changed``'s lock, so a reader that sees ``closed``
+    and then reads ``store.written`` has the final size.
+    """
+
+    __slots__ = ("changed", "closed", "error", "name", "released", "store")
+
+    def __init__(self, name: str, store: OutputStore) -> None:
+        self.name = name
+        self.store = store
+        self.changed = threading.Condition(threading.Lock())
+        self.closed = False
+        self.released = False
+        self.error: str | None = None
+
+    def notify(self) -> None:
+        with self.changed:
+            self.changed.notify_all()
+
+    def mark_closed(self) -> None:
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def release(self) -> None:
+        """Free the storage and wake every follower (they end)."""
+        with self.changed:
+            self.closed = self.released = True
+            self.changed.notify_all()
+        self.store.close()
+
+    def info(self) -> StreamInfo:
+        closed = self.closed
+        return StreamInfo(written=self.store.written, dropped=self.store.dropped, closed=closed)
+
+    def read(self, offset: int, size: int | None) -> tuple[int, bytes]:
+        """Return ``(start, data)``: up to ``size`` bytes from ``offset``.
+
+        ``start`` is ``offset`` unless those bytes were dropped, in which case
+        the data starts at the first byte still kept.
+        """
+        while not self.released:
+            start = max(offset, self.store.dropped)
+            written = self.store.written
+            end = written if size is None else min(written, start + size)
+            if end <= start:
+                return start, b""
+            data = self.store.read(start, end - start)
+            # A store that drops data answers b"" once `start` is gone: retry.
+            if data or self.store.dropped <= start:
+                return start, data
+        return offset, b""
+
+
+class Follower(Iterator[bytes]):
+    """Yields a stream's bytes from ``offset`` on, as they arrive.
+
+    Iteration ends once the stream is closed and every byte was handed out,
+    when the job is deleted, or after `cancel` (which any thread may call).
+    ``offset`` is always the absolute position of the next byte to come, so a
+    reader can resume from it later.  With the ``ring`` backend, bytes already
+    dropped are skipped: the next chunk then starts at ``StreamInfo.dropped``.
+    """
+
+    def __init__(self, stream: OutputStream, offset: int) -> None:
+        self._stream = stream
+        self.offset = offset
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """End the iteration, waking the follower if it is waiting."""
+        self._cancelled = True
+        self._stream.notify()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def __next__(self) -> bytes:
+        data = self.read()
+        if data is None:
+            raise StopIteration
+        return data
+
+    def read(self, timeout: float | None = None) -> bytes | None:
+        """Return the next bytes; ``b""`` if ``timeout`` passed first; None at the end."""
+        stream = self._stream
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with stream.changed:
+            while True:
+                if self._cancelled or stream.released:
+                    return None
+                closed = stream.closed  # before `written`: see OutputStream
+                written = stream.store.written
+                if self.offset < written:
+                    break
+                if closed:
+                    return None
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return b""
+                stream.changed.wait(remaining)
+        start, data = stream.read(self.offset, min(written - self.offset, FOLLOW_CHUNK))
+        if not data:  # released while we read
+            return None
+        self.offset = start + len(data)
+        return data

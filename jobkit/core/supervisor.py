@@ -1,0 +1,264 @@
+"""The one thread that watches every job: output pipes, exits and timeouts.
+
+All pools in a process share one supervisor, started with the first pool and
+stopped with the last, so the number of threads never grows with the number
+of jobs (or of pools: the server keeps one pool per client).  It waits in
+``epoll`` on each job's two pipe read ends and its pidfd:
+
+* a readable pipe is drained into the job's output store, a chunk at a time;
+* a readable pidfd means the main process exited: whatever it wrote is
+  already in the pipes, so those are drained first, then the process is
+  reaped and the job's outcome set (a grandchild holding a pipe open keeps
+  that stream open, never the job running);
+* timers send a job's timeout signals.
+
+Other threads never touch the selector: they queue a callable with `call`
+and the supervisor runs it between two waits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jobkit.core.job import Job
+from jobkit.core.stream import OutputStream
+
+__all__ = ["Supervisor", "acquire", "release"]
+
+log = logging.getLogger("jobkit.supervisor")
+
+T = TypeVar("T")
+
+#: Read at most this much per wake-up, and grow busy pipes to this size.
+CHUNK = 1 << 20
+_DEFAULT_PIPE = 1 << 16
+_SETPIPE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+class Supervisor:
+    """Runs the watch loop in a daemon thread named ``jobkit-supervisor``."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._selector.register(self._wake, selectors.EVENT_READ, None)
+        self._commands: deque[Callable[[], None]] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="jobkit-supervisor", daemon=True)
+        self._thread.start()
+
+    # -- called from any thread -------------------------------------------
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the supervisor thread soon."""
+        self._commands.append(fn)
+        os.eventfd_write(self._wake, 1)
+
+    def call_and_wait(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the supervisor thread and return its result."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        done = threading.Event()
+        box: list[Any] = []
+
+        def run() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self.call(run)
+        done.wait()
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def watch(self, job: Job, kill_after: float) -> None:
+        """Start draining a freshly spawned job and watching for its exit."""
+        self.call(lambda: self._watch(job, kill_after))
+
+    def forget(self, job: Job) -> None:
+        """Stop draining ``job``, close its pipes and free its output (waits)."""
+        self.call_and_wait(lambda: self._forget(job))
+
+    def stop(self) -> None:
+        self.call(self._request_stop)
+        self._thread.join()
+
+    # -- the supervisor thread --------------------------------------------
+
+    def _request_stop(self) -> None:
+        self._stopping = True
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                timeout = None
+                if self._timers:
+                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                for key, _ in self._selector.select(timeout):
+                    if key.data is None:
+                        self._run_commands()
+                    else:
+                        self._safely(key.data)
+                self._run_timers()
+        finally:
+            self._selector.close()
+            os.close(self._wake)
+
+    def _safely(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:  # one bad job or plugin must not stop every other job
+            log.exception("jobkit supervisor: unexpected error")
+
+    def _run_commands(self) -> None:
+        try:
+            os.eventfd_read(self._wake)
+        except BlockingIOError:
+            pass
+        while self._commands:
+            self._safely(self._commands.popleft())
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            self._safely(fn)
+
+    def _at(self, delay: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+
+    def _watch(self, job: Job, kill_after: float) -> None:
+        for name, fd in job.fds.items():
+            stream = job.streams[name]
+            self._selector.register(
+                fd, selectors.EVENT_READ, lambda j=job, n=name, s=stream: self._drain(j, n, s)
+            )
+        self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
+        if job.timeout is not None:
+            self._at(job.timeout, lambda: self._time_out(job, kill_after))
+
+    def _drain(self, job: Job, name: str, stream: OutputStream, budget: int = CHUNK) -> bool:
+        """Move one chunk from the pipe to the store; False once the pipe is gone."""
+        fd = job.fds.get(name, -1)
+        if fd < 0:
+            return False
+        try:
+            if stream.error is None:
+                try:
+                    count = stream.store.fill_from(fd, budget)
+                except BlockingIOError:
+                    return True
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                        return True
+                    # Disk full and the like: keep the job running, drop its output.
+                    stream.error = f"cannot store output: {exc.strerror or exc}"
+                    log.warning("job %s %s: %s", job.id, name, stream.error)
+                    count = 1
+            else:
+                count = len(os.read(fd, budget))
+        except BlockingIOError:
+            return True
+        if count == 0:
+            self._close_pipe(job, name)
+            stream.mark_closed()
+            return False
+        if count >= _DEFAULT_PIPE and name not in job.grown:
+            # A busy writer: a larger pipe means fewer wake-ups per byte.
+            job.grown.add(name)
+            try:
+                fcntl.fcntl(fd, _SETPIPE, CHUNK)
+            except OSError:
+                pass  # over the per-user pipe quota: the default size still works
+        stream.notify()
+        return True
+
+    def _close_pipe(self, job: Job, name: str) -> None:
+        fd = job.fds.pop(name, -1)
+        if fd >= 0:
+            self._selector.unregister(fd)
+            os.close(fd)
+
+    def _reap(self, job: Job) -> None:
+        assert job.process is not None
+        # The main process is gone, so all it wrote sits in the pipes: take
+        # it now, so that whoever waits for the job then reads all of it.
+        for name, stream in job.streams.items():
+            budget = 4 * CHUNK  # bounded: a grandchild may still be writing
+            while budget > 0 and name in job.fds:
+                before = stream.store.written
+                if not self._drain(job, name, stream) or stream.store.written == before:
+                    break
+                budget -= stream.store.written - before
+        returncode = job.process.poll()
+        if returncode is None:
+            return  # not reaped yet (spurious wake-up): epoll will tell us again
+        self._selector.unregister(job.pidfd)
+        os.close(job.pidfd)
+        job.pidfd = -1
+        job.finish_with_returncode(returncode)
+
+    def _time_out(self, job: Job, kill_after: float) -> None:
+        if not job.running:
+            return
+        job.timed_out = True
+        job.signal_group(signal.SIGTERM)
+
+        def kill() -> None:
+            if job.running:
+                job.signal_group(signal.SIGKILL)
+
+        self._at(kill_after, kill)
+
+    def _forget(self, job: Job) -> None:
+        # A pidfd still registered (a process stuck in the kernel past our
+        # wait) stays watched, so the process is reaped whenever it dies.
+        for name in list(job.fds):
+            self._close_pipe(job, name)
+        for stream in job.streams.values():
+            stream.release()
+
+
+_shared_lock = threading.Lock()
+_shared: Supervisor | None = None
+_users = 0
+
+
+def acquire() -> Supervisor:
+    """The process's supervisor, started if this is its first user."""
+    global _shared, _users
+    with _shared_lock:
+        if _shared is None:
+            _shared = Supervisor()
+        _users += 1
+        return _shared
+
+
+def release() -> None:
+    """Drop one use; the last user's release stops the thread."""
+    global _shared, _users
+    with _shared_lock:
+        _users -= 1
+        if _users > 0 or _shared is None:
+            return
+        supervisor, _shared = _shared, None
+    supervisor.stop()
