@@ -1,0 +1,3 @@
+from jobkit.cli.main import main
+
+main()
