@@ -1,0 +1,665 @@
+"""jobkit's built-in PKI: a root CA, a server certificate and client certificates.
+
+Everything is made with the ``cryptography`` package (never by shelling out to
+openssl). Keys are ECDSA P-256 and certificates are signed with SHA-256, as
+Mozilla's "modern" TLS profile recommends.
+
+The layout follows Docker's convention of ``ca.pem``, ``cert.pem`` and ``key.pem``
+in each folder, so that a client folder is all a client needs::
+
+    DIR/
+    ├── ca/{cert.pem,key.pem}               the root CA (keep key.pem offline if you can)
+    ├── server/{ca.pem,cert.pem,key.pem}    serverAuth, SANs for the hosts
+    └── clients/NAME/{ca.pem,cert.pem,key.pem}  clientAuth, CN = NAME
+
+Private keys are written 0600 and the folders we create 0700. Nothing that
+exists is ever overwritten unless ``force`` is given; with ``force`` each file is
+replaced atomically (written beside it, then renamed over it).
+
+Errors::
+
+    JobkitError
+    └── PkiError                  anything the PKI refuses or cannot do
+        ├── InvalidName (also ValueError)   a bad client name or host
+        └── AlreadyExists                   would overwrite a file (no force)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import ipaddress
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from jobkit.core.errors import JobkitError
+
+__all__ = [
+    "CA_VALIDITY",
+    "DEFAULT_HOSTS",
+    "LEAF_VALIDITY",
+    "AlreadyExists",
+    "InvalidName",
+    "PkiError",
+    "default_client_dir",
+    "default_pki_dir",
+    "ensure_default_pki",
+    "init_pki",
+    "issue_certificate",
+    "issue_client",
+    "load_ca",
+    "make_ca",
+    "server_dir",
+    "validate_client_name",
+    "validate_host",
+    "write_bundle",
+]
+
+#: Names the default server certificate is valid for.
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+#: How long the root CA is valid.
+CA_VALIDITY = _dt.timedelta(days=3650)
+#: How long server and client certificates are valid (well under the 825 days
+#: Apple platforms accept for TLS server certificates).
+LEAF_VALIDITY = _dt.timedelta(days=730)
+#: Certificates start this far in the past, so a peer whose clock is a little
+#: behind ours does not see a certificate that is "not yet valid".
+CLOCK_SKEW = _dt.timedelta(minutes=5)
+
+#: The hashes a certificate may be signed with (all but SHA-256 only for forging).
+SigningHash = hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+
+_KEY_MODE = 0o600
+_CERT_MODE = 0o644  # certificates are public; the 0700 folder keeps others out anyway
+_DIR_MODE = 0o700
+
+_CA_FILES = ("cert.pem", "key.pem")
+_BUNDLE_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+# A client name becomes a folder name and a certificate CN: keep it boring.
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,63}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+# X.509 (RFC 5280 ub-common-name) caps a CN at 64 characters.
+_CN_MAX = 64
+
+
+class PkiError(JobkitError):
+    """The PKI refused a request or could not complete it; the message says why."""
+
+
+class InvalidName(PkiError, ValueError):
+    """A client name or host name that jobkit will not put in a certificate."""
+
+
+class AlreadyExists(PkiError):
+    """Making the certificates would overwrite an existing file (and force was not given)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} already exists (use --force to replace it)")
+        self.path = path
+
+
+# -- names ------------------------------------------------------------------------------
+
+
+def validate_client_name(name: str) -> str:
+    """Return ``name`` if it is a safe client name, else raise `InvalidName`.
+
+    A client name is both a folder name under ``clients/`` and the certificate's
+    CN, so it is restricted to 1-64 ASCII letters, digits, ``-``, ``_``, ``.`` and
+    ``@``, not starting with ``.`` (which also rules out ``.`` and ``..``).
+    """
+    if not isinstance(name, str):
+        raise InvalidName(f"client name must be a string, not {type(name).__name__}")
+    if not name:
+        raise InvalidName("client name must not be empty")
+    if _CLIENT_NAME.fullmatch(name) is None:
+        if name.startswith("."):
+            why = "must not start with '.'"
+        elif len(name) > _CN_MAX:
+            why = f"is longer than {_CN_MAX} characters"
+        else:
+            why = "may only contain ASCII letters, digits, '-', '_', '.' and '@'"
+        raise InvalidName(f"invalid client name {name!r}: it {why}")
+    return name
+
+
+def validate_host(host: str) -> str | ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Parse a host for a server certificate: an IP address, or a DNS name (as str).
+
+    IP literals (``[::1]`` brackets allowed) become IP address SANs; anything else
+    must be an ASCII DNS name (a leading ``*.`` wildcard label is allowed) and
+    becomes a DNS SAN. Raises `InvalidName` otherwise.
+    """
+    if not isinstance(host, str):
+        raise InvalidName(f"host must be a string, not {type(host).__name__}")
+    literal = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(literal)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise InvalidName(f"invalid host {host!r}: IPv6 zone ids cannot go in a certificate")
+        return address
+    name = host[:-1] if host.endswith(".") else host
+    if not name:
+        raise InvalidName("host must not be empty")
+    if not name.isascii():
+        raise InvalidName(
+            f"invalid host {host!r}: write international names in their ASCII (xn--) form"
+        )
+    labels = name.split(".")
+    if labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        raise InvalidName(f"invalid host {host!r}: not an IP address or a DNS name")
+    return name
+
+
+# -- certificates -----------------------------------------------------------------------
+
+
+def _new_key() -> EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _name(common_names: Iterable[str]) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
+
+
+def _key_id(cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            cert.public_key()  # type: ignore[arg-type]
+        )
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def make_ca(
+    common_name: str = "jobkit CA",
+    *,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    key: EllipticCurvePrivateKey | None = None,
+    path_length: int | None = 0,
+) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
+    """Make a self-signed root CA certificate and its key.
+
+    Defaults: a new P-256 key, valid from a few minutes ago for `CA_VALIDITY`
+    (10 years), ``basicConstraints`` CA:true (critical) with ``path_length`` 0 (it
+    signs leaf certificates only), ``keyUsage`` keyCertSign and cRLSign (critical).
+    """
+    key = _new_key() if key is None else key
+    start = _now() - CLOCK_SKEW if not_before is None else not_before
+    end = start + CA_VALIDITY if not_after is None else not_after
+    name = _name([common_name])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
+    )
+    return builder.sign(key, hashes.SHA256()), key
+
+
+def issue_certificate(
+    ca_cert: x509.Certificate,
+    ca_key: EllipticCurvePrivateKey,
+    *,
+    common_names: Sequence[str] = ("jobkit client",),
+    dns_names: Sequence[str] = (),
+    ip_addresses: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+    extended_usages: Sequence[x509.ObjectIdentifier] = (ExtendedKeyUsageOID.CLIENT_AUTH,),
+    is_ca: bool = False,
+    not_before: _dt.datetime | None = None,
+    not_after: _dt.datetime | None = None,
+    key: EllipticCurvePrivateKey | None = None,
+    hash_algorithm: SigningHash | None = None,
+) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
+    """Issue a certificate signed by ``ca_cert``/``ca_key``; return it and its key.
+
+    This is the low-level tool that `init_pki` and `issue_client` use, and that
+    tests use to forge certificates of every kind, valid or not: nothing here
+    checks that the result makes sense (``ca_cert`` need not be a CA, names are
+    not validated, validity may lie in the past).
+
+    Args:
+        common_names: one subject CN attribute per entry (none, or several, on purpose).
+        dns_names, ip_addresses: subjectAltName entries (the extension is left out
+            when both are empty).
+        extended_usages: extendedKeyUsage OIDs (left out when empty).
+        is_ca: make an (intermediate) CA: basicConstraints CA:true, keyCertSign.
+        not_before: default a few minutes ago.
+        not_after: default `LEAF_VALIDITY` after ``not_before``, but never past the
+            issuer's own expiry.
+        key: the subject key; default a new P-256 key.
+        hash_algorithm: signature hash; default SHA-256.
+    """
+    key = _new_key() if key is None else key
+    start = _now() - CLOCK_SKEW if not_before is None else not_before
+    if not_after is None:
+        end = min(start + LEAF_VALIDITY, ca_cert.not_valid_after_utc)
+    else:
+        end = not_after
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_names))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True
+        )
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=is_ca,
+                crl_sign=is_ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_key_id(ca_cert), critical=False)
+    )
+    if extended_usages:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(extended_usages)), critical=False
+        )
+    alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+    alt_names += [x509.IPAddress(address) for address in ip_addresses]
+    if alt_names:
+        # RFC 5280: the SAN extension is critical only when the subject is empty.
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(alt_names), critical=not common_names
+        )
+    algorithm = hashes.SHA256() if hash_algorithm is None else hash_algorithm
+    return builder.sign(ca_key, algorithm), key
+
+
+def _server_certificate(
+    ca_cert: x509.Certificate, ca_key: EllipticCurvePrivateKey, hosts: Sequence[str]
+) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
+    parsed = [validate_host(host) for host in hosts]
+    if not parsed:
+        raise InvalidName("a server certificate needs at least one host")
+    dns_names = list(dict.fromkeys(h for h in parsed if isinstance(h, str)))
+    ips = list(dict.fromkeys(h for h in parsed if not isinstance(h, str)))
+    first = str(parsed[0])
+    return issue_certificate(
+        ca_cert,
+        ca_key,
+        # A DNS name may be up to 253 characters but a CN only 64: clients match
+        # on the SANs anyway, so the CN is only a label.
+        common_names=[first if len(first) <= _CN_MAX else "jobkit server"],
+        dns_names=dns_names,
+        ip_addresses=ips,
+        extended_usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+    )
+
+
+def _client_certificate(
+    ca_cert: x509.Certificate, ca_key: EllipticCurvePrivateKey, name: str
+) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
+    return issue_certificate(
+        ca_cert,
+        ca_key,
+        common_names=[name],
+        extended_usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _make_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) 0700; leave an existing folder as it is."""
+    if path.is_dir():
+        return
+    if not path.parent.is_dir():
+        _make_dir(path.parent)
+    try:
+        # The mode is given at creation, so the folder is never more open than
+        # 0700; the chmod only restores owner bits a strict umask removed.
+        path.mkdir(_DIR_MODE)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    path.chmod(_DIR_MODE)
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, force: bool) -> None:
+    """Write ``data`` to a new file ``path`` created with ``mode``.
+
+    Without ``force`` the file is created with O_EXCL (which also refuses a
+    symlink at ``path``). With ``force`` it is written to a fresh temporary name
+    in the same folder, then renamed over ``path``: readers see the old file or
+    the new one, and a symlink at ``path`` is replaced rather than followed.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    if force:
+        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    else:
+        temporary = None
+        try:
+            fd = os.open(path, flags, mode)
+        except FileExistsError:
+            raise AlreadyExists(path) from None
+    try:
+        with os.fdopen(fd, "wb") as file:
+            # mkstemp makes 0600 files; os.open may have lost owner bits to the
+            # umask. fchmod on our own fd cannot widen anything to other users
+            # before the data is written, so there is no window.
+            os.fchmod(file.fileno(), mode)
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if temporary is not None:
+            Path(temporary).replace(path)
+            temporary = None
+    except BaseException:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _refuse_existing(paths: Iterable[Path]) -> None:
+    for path in paths:
+        if os.path.lexists(path):
+            raise AlreadyExists(path)
+
+
+def write_bundle(
+    folder: str | os.PathLike[str],
+    cert: x509.Certificate,
+    key: EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    *,
+    force: bool = False,
+) -> Path:
+    """Write ``ca.pem``, ``cert.pem`` and ``key.pem`` (0600) into ``folder``; return it.
+
+    ``folder`` is created 0700 if missing. Raises `AlreadyExists` if any of the
+    three files exists, unless ``force``.
+    """
+    path = Path(folder)
+    if not force:
+        _refuse_existing(path / name for name in _BUNDLE_FILES)
+    _make_dir(path)
+    _write_file(path / "key.pem", _key_pem(key), _KEY_MODE, force=force)
+    _write_file(path / "cert.pem", _cert_pem(cert), _CERT_MODE, force=force)
+    _write_file(path / "ca.pem", _cert_pem(ca_cert), _CERT_MODE, force=force)
+    return path
+
+
+def _write_ca(
+    folder: Path, cert: x509.Certificate, key: EllipticCurvePrivateKey, *, force: bool
+) -> None:
+    _make_dir(folder)
+    _write_file(folder / "key.pem", _key_pem(key), _KEY_MODE, force=force)
+    _write_file(folder / "cert.pem", _cert_pem(cert), _CERT_MODE, force=force)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PkiError(f"cannot read the {what}: {path} does not exist") from None
+    except OSError as error:
+        raise PkiError(f"cannot read the {what} {path}: {error.strerror}") from None
+
+
+def load_ca(
+    directory: str | os.PathLike[str],
+) -> tuple[x509.Certificate, EllipticCurvePrivateKey]:
+    """Load the CA certificate and key from ``directory`` (made by `init_pki`).
+
+    ``directory`` may be the PKI folder or its ``ca/`` subfolder. Raises
+    `PkiError` naming the file when one is missing, unreadable, not what it
+    should be (a P-256 key, a CA certificate), or when key and certificate do not
+    belong together.
+    """
+    root = Path(directory)
+    folder = root / "ca"
+    if not folder.is_dir() and all((root / name).is_file() for name in _CA_FILES):
+        folder = root
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    try:
+        cert = x509.load_pem_x509_certificate(_read(cert_path, "CA certificate"))
+    except ValueError:
+        raise PkiError(f"{cert_path} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(_read(key_path, "CA key"), password=None)
+    except TypeError:
+        raise PkiError(f"{key_path} is encrypted; jobkit needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PkiError(f"{key_path} is not a PEM private key") from None
+    if not isinstance(key, EllipticCurvePrivateKey):
+        raise PkiError(f"{key_path} is not an elliptic-curve key")
+    if cert.public_key() != key.public_key():
+        raise PkiError(f"{key_path} is not the key of {cert_path}")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PkiError(f"{cert_path} is not a CA certificate")
+    return cert, key
+
+
+def _client_folder(root: Path, name: str) -> Path:
+    return root / "clients" / validate_client_name(name)
+
+
+def init_pki(
+    directory: str | os.PathLike[str],
+    hosts: Sequence[str] = DEFAULT_HOSTS,
+    clients: Sequence[str] = (),
+    *,
+    force: bool = False,
+) -> Path:
+    """Make a new CA, a server certificate for ``hosts`` and one certificate per client.
+
+    Writes ``DIR/ca/{cert,key}.pem``, ``DIR/server/{ca,cert,key}.pem`` and
+    ``DIR/clients/NAME/{ca,cert,key}.pem`` (see the module docstring) and returns
+    ``DIR``. Every name is checked and every target path is checked for an
+    existing file before anything is written, so a refused call leaves nothing
+    behind. Raises `InvalidName` for a bad host or client name and
+    `AlreadyExists` when a file exists and ``force`` is false.
+
+    With ``force`` the CA is replaced, so client folders made earlier that are
+    not re-issued here stop being accepted by the new server certificate's CA.
+    """
+    root = Path(directory)
+    if isinstance(hosts, str) or isinstance(clients, str):
+        raise TypeError("hosts and clients must be sequences of strings, not a string")
+    for host in hosts:
+        validate_host(host)
+    if not hosts:
+        raise InvalidName("a server certificate needs at least one host")
+    client_names = list(dict.fromkeys(validate_client_name(name) for name in clients))
+    targets = [root / "ca" / name for name in _CA_FILES]
+    targets += [root / "server" / name for name in _BUNDLE_FILES]
+    for name in client_names:
+        targets += [_client_folder(root, name) / file for file in _BUNDLE_FILES]
+    if not force:
+        _refuse_existing(targets)
+
+    ca_cert, ca_key = make_ca()
+    _make_dir(root)
+    _write_ca(root / "ca", ca_cert, ca_key, force=force)
+    server_cert, server_key = _server_certificate(ca_cert, ca_key, hosts)
+    write_bundle(root / "server", server_cert, server_key, ca_cert, force=force)
+    _make_dir(root / "clients")
+    for name in client_names:
+        cert, key = _client_certificate(ca_cert, ca_key, name)
+        write_bundle(_client_folder(root, name), cert, key, ca_cert, force=force)
+    return root
+
+
+def issue_client(directory: str | os.PathLike[str], name: str, *, force: bool = False) -> Path:
+    """Issue a client certificate for ``name`` from the CA in ``directory``.
+
+    Writes ``DIR/clients/NAME/{ca,cert,key}.pem`` and returns that folder.
+    Raises `InvalidName`, `AlreadyExists` (unless ``force``), or `PkiError` when
+    the CA cannot be loaded.
+    """
+    root = Path(directory)
+    folder = _client_folder(root, name)
+    if not force:
+        _refuse_existing(folder / file for file in _BUNDLE_FILES)
+    ca_cert, ca_key = load_ca(root)
+    cert, key = _client_certificate(ca_cert, ca_key, name)
+    _make_dir(root / "clients")
+    return write_bundle(folder, cert, key, ca_cert, force=force)
+
+
+def server_dir(certs: str | os.PathLike[str]) -> Path:
+    """Return the folder holding the server's ``ca.pem``, ``cert.pem`` and ``key.pem``.
+
+    ``certs`` is either a folder made by `init_pki` or its ``server/``
+    subfolder. Raises `PkiError` naming what is missing otherwise.
+    """
+    path = Path(certs)
+    if not path.exists():
+        raise PkiError(f"certificate folder {path} does not exist")
+    if not path.is_dir():
+        raise PkiError(f"{path} is not a folder")
+    candidates = [path / "server", path] if (path / "server").is_dir() else [path]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in _BUNDLE_FILES):
+            return folder
+    folder = candidates[0]
+    missing = [name for name in _BUNDLE_FILES if not (folder / name).is_file()]
+    raise PkiError(
+        f"{folder} is not a server certificate folder: missing {', '.join(missing)} "
+        f"(expected a folder made by 'jobkit certs init', or its server/ subfolder)"
+    )
+
+
+# -- the default PKI --------------------------------------------------------------------
+
+
+def _current_user() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception as error:  # getpass raises KeyError or OSError, by version
+        raise PkiError(f"cannot tell the current user's name: {error}") from None
+    try:
+        return validate_client_name(user)
+    except InvalidName as error:
+        raise PkiError(
+            f"the user name {user!r} cannot be a client name ({error}); "
+            f"make certificates with 'jobkit certs init' instead"
+        ) from None
+
+
+def default_pki_dir() -> Path:
+    """``$XDG_DATA_HOME/jobkit/pki``, else ``~/.local/share/jobkit/pki``.
+
+    A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec asks.
+    """
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    if data_home and Path(data_home).is_absolute():
+        return Path(data_home) / "jobkit" / "pki"
+    try:
+        home = Path.home()
+    except RuntimeError as error:
+        raise PkiError(f"cannot find a home folder for the default PKI: {error}") from None
+    return home / ".local" / "share" / "jobkit" / "pki"
+
+
+def default_client_dir() -> Path:
+    """The default PKI's folder for the current user: ``default_pki_dir()/clients/USER``."""
+    return default_pki_dir() / "clients" / _current_user()
+
+
+def ensure_default_pki() -> tuple[Path, bool]:
+    """Create the default PKI folder if it does not exist; return ``(folder, created)``.
+
+    A new one has a server certificate for `DEFAULT_HOSTS` and one client named
+    after the current user. It is built in a temporary sibling folder and renamed
+    into place, so a crash never leaves half a PKI behind and two servers starting
+    at once end up sharing one. An existing folder is left exactly as it is.
+    """
+    target = default_pki_dir()
+    if target.exists():
+        return target, False
+    user = _current_user()
+    _make_dir(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=".pki-", dir=target.parent))
+    try:
+        init_pki(staging, DEFAULT_HOSTS, [user])
+        try:
+            staging.rename(target)
+        except OSError:
+            # Another process won the race (rename onto a non-empty folder fails).
+            if not target.is_dir():
+                raise
+            return target, False
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target, True
