@@ -29,5 +29,6 @@ def jobkit_register_backends(register: RegisterBackend) -> None:
     is called with the backend's keyword options (``backend_options``) and
     returns an `jobkit.core.backend.OutputBackend`; it should raise
     ``TypeError`` or ``ValueError`` for options it does not accept.
-    Registering a name twice raises ``ValueError``.
+    A name registered twice keeps its first factory (built-ins register
+    first) and gives a ``RuntimeWarning``.
     """

@@ -76,7 +76,14 @@ def _registry() -> dict[str, Callable[..., Any]]:
                 if not isinstance(name, str) or not name:
                     raise ValueError(f"backend name must be a non-empty string, not {name!r}")
                 if name in found:
-                    raise ValueError(f"output backend {name!r} is registered twice")
+                    # The first one wins (built-ins register first), so a
+                    # plugin can never hijack a name users already rely on.
+                    warnings.warn(
+                        f"jobkit: output backend {name!r} registered twice; keeping the first",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    return
                 found[name] = factory
 
             pm.hook.jobkit_register_backends(register=register)

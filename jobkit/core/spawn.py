@@ -113,12 +113,12 @@ def describe_spawn_error(exc: OSError, command: str, cwd: str | None) -> str:
         if "/" in command:
             return f"no such file: {command!r}"
         return f"command not found: {command!r} (not in PATH)"
+    if code in (errno.EACCES, errno.EISDIR) and "/" in command and os.path.isdir(command):
+        return f"cannot execute {command!r}: it is a directory"
     if code == errno.EACCES:
         return f"permission denied: cannot execute {command!r}"
     if code == errno.ENOEXEC:
         return f"cannot execute {command!r}: not a program this system can run"
-    if code == errno.EISDIR:
-        return f"cannot execute {command!r}: it is a directory"
     if code in (errno.EMFILE, errno.ENFILE):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return f"too many open files (limit {soft}): delete finished jobs or raise the limit"

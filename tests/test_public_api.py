@@ -1,0 +1,59 @@
+import jobkit
+
+EXPECTED = [
+    "AuthenticationFailed",
+    "BackendNotFound",
+    "ClientError",
+    "ConnectionFailed",
+    "Follower",
+    "JobNotFound",
+    "JobOutput",
+    "JobPool",
+    "JobStatus",
+    "JobkitError",
+    "OutputBackend",
+    "OutputStore",
+    "PoolClosed",
+    "ServerError",
+    "State",
+    "StreamInfo",
+    "__version__",
+    "hookimpl",
+]
+
+
+def test_all_is_explicit_and_sorted() -> None:
+    assert jobkit.__all__ == EXPECTED
+    assert sorted(jobkit.__all__) == jobkit.__all__
+
+
+def test_every_name_exists() -> None:
+    for name in jobkit.__all__:
+        assert getattr(jobkit, name) is not None
+
+
+def test_error_tree() -> None:
+    assert issubclass(jobkit.JobNotFound, jobkit.JobkitError)
+    assert issubclass(jobkit.JobNotFound, LookupError)
+    assert issubclass(jobkit.BackendNotFound, LookupError)
+    assert issubclass(jobkit.PoolClosed, RuntimeError)
+    for name in ("ConnectionFailed", "AuthenticationFailed", "ServerError"):
+        assert issubclass(getattr(jobkit, name), jobkit.ClientError)
+
+
+def test_state_values() -> None:
+    assert [s.value for s in jobkit.State] == ["running", "error", "completed", "killed"]
+    assert jobkit.State("completed") is jobkit.State.COMPLETED
+
+
+def test_core_imports_no_http_or_terminal_code() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jobkit; from jobkit import JobPool; JobPool().close(); "
+        "bad = [m for m in ('bottle', 'cheroot', 'rich', 'click', 'cryptography') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
