@@ -486,6 +486,11 @@ def load_ca(
     if not folder.is_dir() and all((root / name).is_file() for name in _CA_FILES):
         folder = root
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    if not cert_path.exists() and not key_path.exists():
+        raise PkiError(
+            f"no CA in {root}: {cert_path} does not exist "
+            f"(make a PKI with 'jobkit certs init {root}')"
+        )
     try:
         cert = x509.load_pem_x509_certificate(_read(cert_path, "CA certificate"))
     except ValueError:
