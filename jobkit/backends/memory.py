@@ -101,6 +101,6 @@ class MemoryBackend:
         return MemoryStore()
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # built-ins claim their names before any plugin
 def jobkit_register_backends(register: RegisterBackend) -> None:
     register("memory", MemoryBackend)

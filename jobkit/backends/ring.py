@@ -102,6 +102,6 @@ class RingBackend:
         return RingStore(self.capacity)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # built-ins claim their names before any plugin
 def jobkit_register_backends(register: RegisterBackend) -> None:
     register("ring", RingBackend)

@@ -126,6 +126,6 @@ class TempfileBackend:
         return TempfileStore(self.directory)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # built-ins claim their names before any plugin
 def jobkit_register_backends(register: RegisterBackend) -> None:
     register("tempfile", TempfileBackend)

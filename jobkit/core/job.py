@@ -107,4 +107,3 @@ class Job:
             stdout=stdout,
             stderr=stderr,
         )
-

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import attrs
 
-__all__ = ["JobOutput", "JobStatus", "State", "StreamInfo", "STREAMS"]
+__all__ = ["STREAMS", "JobOutput", "JobStatus", "State", "StreamInfo"]
 
 #: The names of the two output streams every job has.
 STREAMS = ("stdout", "stderr")

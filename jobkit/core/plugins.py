@@ -57,7 +57,7 @@ def _load_plugins() -> None:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # noqa: BLE001 - any failure of foreign code
+        except Exception as exc:
             warnings.warn(
                 f"jobkit: could not load plugin {ep.name!r} ({ep.value}): {exc}",
                 RuntimeWarning,

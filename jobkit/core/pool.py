@@ -139,8 +139,9 @@ class JobPool:
             job_id = str(next(self._ids))
             self._jobs[job_id] = None  # hold the place: list() is in creation order
         try:
-            job = self._start(job_id, command, arguments, job_env, workdir, timeout,
-                              backend_name, output)
+            job = self._start(
+                job_id, command, arguments, job_env, workdir, timeout, backend_name, output
+            )
         except BaseException:
             with self._lock:
                 self._jobs.pop(job_id, None)
@@ -171,8 +172,10 @@ class JobPool:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
             spawned = spawn(command, list(args), env, cwd)
         except (SpawnFailed, OSError) as exc:
-            message = str(exc) if isinstance(exc, SpawnFailed) else (
-                f"cannot open output storage: {exc.strerror or exc}"
+            message = (
+                str(exc)
+                if isinstance(exc, SpawnFailed)
+                else (f"cannot open output storage: {exc.strerror or exc}")
             )
             for stream in streams.values():
                 stream.mark_closed()
@@ -212,9 +215,7 @@ class JobPool:
         stdout, stderr = (job.streams[name].read(0, None)[1] for name in STREAMS)
         return JobOutput(stdout=stdout, stderr=stderr)
 
-    def read(
-        self, job_id: str, stream: str, offset: int = 0, size: int | None = None
-    ) -> bytes:
+    def read(self, job_id: str, stream: str, offset: int = 0, size: int | None = None) -> bytes:
         """Up to ``size`` bytes (all, if None) of ``stream`` from absolute ``offset``.
 
         Returns what is there now, without waiting; ``b""`` at or past the
@@ -319,7 +320,7 @@ def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend
         raise TypeError(f"bad options for backend {name!r}: {exc}") from None
     if not isinstance(backend, OutputBackend):
         raise TypeError(f"backend {name!r} did not return an OutputBackend")
-    return backend  # type: ignore[no-any-return]
+    return backend
 
 
 def _check_str(what: str, value: object, *, nonempty: bool = False) -> str:

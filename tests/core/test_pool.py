@@ -84,7 +84,9 @@ def test_stdin_is_dev_null(memory_pool: JobPool) -> None:
     ],
     ids=["not-in-path", "missing-path", "directory"],
 )
-def test_spawn_failures_become_error_jobs(memory_pool: JobPool, tmp_path: Path, make, message) -> None:
+def test_spawn_failures_become_error_jobs(
+    memory_pool: JobPool, tmp_path: Path, make, message
+) -> None:
     job = memory_pool.create(make(tmp_path))
     status = memory_pool.status(job)
     assert status.state is State.ERROR
@@ -178,9 +180,11 @@ def test_stop_sends_sigterm_to_the_group_and_keeps_the_job(memory_pool: JobPool)
 def test_stop_with_other_signals(memory_pool: JobPool, sig) -> None:
     job = memory_pool.create("sleep", ["100"])
     memory_pool.stop(job, sig)
-    expected = signal.Signals[sig if str(sig).startswith("SIG") else f"SIG{sig}"] if isinstance(
-        sig, str
-    ) and not sig.isdigit() else int(sig)
+    expected = (
+        signal.Signals[sig if str(sig).startswith("SIG") else f"SIG{sig}"]
+        if isinstance(sig, str) and not sig.isdigit()
+        else int(sig)
+    )
     assert memory_pool.wait(job, 10).signal == expected
 
 
