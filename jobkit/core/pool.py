@@ -158,7 +158,7 @@ class JobPool:
         job_id: str,
         command: str,
         args: tuple[str, ...],
-        env: dict[str, str],
+        env: dict[str, str] | None,
         cwd: str | None,
         timeout: float | None,
         backend_name: str,
@@ -301,10 +301,13 @@ class JobPool:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         return job.streams[stream]
 
-    def _job_env(self, env: Mapping[str, str] | None, replace: bool) -> dict[str, str]:
+    def _job_env(self, env: Mapping[str, str] | None, replace: bool) -> dict[str, str] | None:
+        """The job's whole environment; None means exactly this process's (no copy)."""
         extra = {} if env is None else _check_env(env)
         if replace:
             return extra
+        if self._env is None and not extra:
+            return None
         base = dict(os.environ) if self._env is None else dict(self._env)
         base.update(extra)
         return base

@@ -1,0 +1,126 @@
+"""Core library benchmarks: each figure is printed next to a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/bench_core.py [--quick]
+
+1. create + wait of `true`, against raw `subprocess.Popen(["true"]).wait()`.
+2. Capturing 1 GiB of stdout with each backend, against `subprocess.run(capture_output=True)`,
+   an `os.read` loop on a pipe enlarged to 1 MiB, and `head -c 1G /dev/zero | cat >/dev/null`.
+3. 2,000 concurrent sleeping jobs: threads and RSS per job (output excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import resource
+import subprocess
+import threading
+import time
+
+from jobkit import JobPool
+
+GIB = 1 << 30
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds
+
+
+def bench_spawn(n: int) -> None:
+    start = time.perf_counter()
+    for _ in range(n):
+        subprocess.Popen(["true"]).wait()
+    raw = rate(n, time.perf_counter() - start)
+    with JobPool() as pool:
+        start = time.perf_counter()
+        for _ in range(n):
+            pool.wait(pool.create("true"))
+        ours = rate(n, time.perf_counter() - start)
+    print(f"spawn: Popen+wait {raw:,.0f}/s | JobPool create+wait {ours:,.0f}/s "
+          f"| ratio {ours / raw:.2f}x (target >= 0.8x)")
+
+
+def capture_baselines(size: int) -> dict[str, float]:
+    head = ["head", "-c", str(size), "/dev/zero"]
+    results = {}
+    start = time.perf_counter()
+    out = subprocess.run(head, capture_output=True, check=True)
+    results["subprocess.run"] = len(out.stdout) / (time.perf_counter() - start)
+    del out
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, 1 << 20)
+    start = time.perf_counter()
+    proc = subprocess.Popen(head, stdout=write_end)
+    os.close(write_end)
+    total = 0
+    while chunk := os.read(read_end, 1 << 20):
+        total += len(chunk)
+    proc.wait()
+    os.close(read_end)
+    results["os.read loop"] = total / (time.perf_counter() - start)
+    start = time.perf_counter()
+    subprocess.run(["sh", "-c", f"head -c {size} /dev/zero | cat >/dev/null"], check=True)
+    results["cat pipe"] = size / (time.perf_counter() - start)
+    return results
+
+
+def bench_capture(size: int) -> None:
+    base = capture_baselines(size)
+    print("capture of %d MiB of stdout:" % (size >> 20))
+    for name, value in base.items():
+        print(f"  baseline {name:15s} {value / 1e9:6.2f} GB/s")
+    for backend in ("memory", "ring", "tempfile"):
+        with JobPool(backend) as pool:
+            rss_before = rss_kib()
+            start = time.perf_counter()
+            job = pool.create("head", ["-c", str(size), "/dev/zero"])
+            status = pool.wait(job)
+            seconds = time.perf_counter() - start
+            assert status.stdout.written == size, status
+            speed = size / seconds
+            grown = (rss_kib() - rss_before) // 1024
+        print(f"  jobkit {backend:9s} {speed / 1e9:6.2f} GB/s | "
+              f"x{speed / base['subprocess.run']:.1f} subprocess.run | "
+              f"{speed / base['cat pipe']:.2f}x cat pipe | "
+              f"{speed / base['os.read loop']:.2f}x os.read loop | RSS +{grown} MiB")
+
+
+def bench_many(n: int) -> None:
+    threads_before = threading.active_count()
+    with JobPool() as pool:
+        pool.wait(pool.create("true"))  # warm up: the supervisor and imports
+        rss_before = rss_kib()
+        start = time.perf_counter()
+        jobs = [pool.create("sleep", ["1000"]) for _ in range(n)]
+        seconds = time.perf_counter() - start
+        running = sum(pool.status(j).running for j in jobs)
+        rss_after = rss_kib()
+        threads = threading.active_count()
+    per_job = (rss_after - rss_before) * 1024 / n
+    print(f"{n} sleeping jobs: {running} running, created at {n / seconds:,.0f}/s, "
+          f"threads {threads_before} -> {threads}, RSS +{(rss_after - rss_before) // 1024} MiB, "
+          f"{per_job / 1024:.1f} KiB per job (target <= 50 KiB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    bench_spawn(200 if args.quick else 1000)
+    bench_capture(GIB // 16 if args.quick else GIB)
+    bench_many(200 if args.quick else 2000)
+
+
+if __name__ == "__main__":
+    main()
