@@ -164,7 +164,12 @@ def validate_host(host: str) -> str | ipaddress.IPv4Address | ipaddress.IPv6Addr
     labels = name.split(".")
     if labels[0] == "*" and len(labels) > 1:
         labels = labels[1:]
-    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+    # An all-digit last label is a mistyped IP address ("10.0.0.256"), never a DNS name.
+    if (
+        len(name) > 253
+        or labels[-1].isdigit()
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
+    ):
         raise InvalidName(f"invalid host {host!r}: not an IP address or a DNS name")
     return name
 

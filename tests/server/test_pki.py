@@ -278,7 +278,7 @@ def test_issue_client_refuses_bad_names(pki_dir: Path, name: str) -> None:
 
 @pytest.mark.parametrize(
     "host", ["", "a b", "b\u00fccher.de", "fe80::1%eth0", "-a.example", "a..b", "a" * 64 + ".com",
-             "*", "a.*.b", "a/b", "x" * 254],
+             "*", "a.*.b", "a/b", "x" * 254, "10.0.0.256", "1.2.3"],
     ids=repr,
 )
 def test_bad_hosts_are_refused(tmp_path: Path, host: str) -> None:
