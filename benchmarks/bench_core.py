@@ -45,8 +45,10 @@ def bench_spawn(n: int) -> None:
         for _ in range(n):
             pool.wait(pool.create("true"))
         ours = rate(n, time.perf_counter() - start)
-    print(f"spawn: Popen+wait {raw:,.0f}/s | JobPool create+wait {ours:,.0f}/s "
-          f"| ratio {ours / raw:.2f}x (target >= 0.8x)")
+    print(
+        f"spawn: Popen+wait {raw:,.0f}/s | JobPool create+wait {ours:,.0f}/s "
+        f"| ratio {ours / raw:.2f}x (target >= 0.8x)"
+    )
 
 
 def capture_baselines(size: int) -> dict[str, float]:
@@ -75,7 +77,7 @@ def capture_baselines(size: int) -> dict[str, float]:
 
 def bench_capture(size: int) -> None:
     base = capture_baselines(size)
-    print("capture of %d MiB of stdout:" % (size >> 20))
+    print(f"capture of {size >> 20} MiB of stdout:")
     for name, value in base.items():
         print(f"  baseline {name:15s} {value / 1e9:6.2f} GB/s")
     for backend in ("memory", "ring", "tempfile"):
@@ -88,10 +90,12 @@ def bench_capture(size: int) -> None:
             assert status.stdout.written == size, status
             speed = size / seconds
             grown = (rss_kib() - rss_before) // 1024
-        print(f"  jobkit {backend:9s} {speed / 1e9:6.2f} GB/s | "
-              f"x{speed / base['subprocess.run']:.1f} subprocess.run | "
-              f"{speed / base['cat pipe']:.2f}x cat pipe | "
-              f"{speed / base['os.read loop']:.2f}x os.read loop | RSS +{grown} MiB")
+        print(
+            f"  jobkit {backend:9s} {speed / 1e9:6.2f} GB/s | "
+            f"x{speed / base['subprocess.run']:.1f} subprocess.run | "
+            f"{speed / base['cat pipe']:.2f}x cat pipe | "
+            f"{speed / base['os.read loop']:.2f}x os.read loop | RSS +{grown} MiB"
+        )
 
 
 def bench_many(n: int) -> None:
@@ -106,16 +110,18 @@ def bench_many(n: int) -> None:
         rss_after = rss_kib()
         threads = threading.active_count()
     per_job = (rss_after - rss_before) * 1024 / n
-    print(f"{n} sleeping jobs: {running} running, created at {n / seconds:,.0f}/s, "
-          f"threads {threads_before} -> {threads}, RSS +{(rss_after - rss_before) // 1024} MiB, "
-          f"{per_job / 1024:.1f} KiB per job (target <= 50 KiB)")
+    print(
+        f"{n} sleeping jobs: {running} running, created at {n / seconds:,.0f}/s, "
+        f"threads {threads_before} -> {threads}, RSS +{(rss_after - rss_before) // 1024} MiB, "
+        f"{per_job / 1024:.1f} KiB per job (target <= 50 KiB)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     bench_spawn(200 if args.quick else 1000)
     bench_capture(GIB // 16 if args.quick else GIB)

@@ -50,8 +50,10 @@ class OutputStream:
         self.store.close()
 
     def info(self) -> StreamInfo:
+        # In this order, so that dropped <= written even while bytes arrive.
         closed = self.closed
-        return StreamInfo(written=self.store.written, dropped=self.store.dropped, closed=closed)
+        dropped = self.store.dropped
+        return StreamInfo(written=self.store.written, dropped=dropped, closed=closed)
 
     def read(self, offset: int, size: int | None) -> tuple[int, bytes]:
         """Return ``(start, data)``: up to ``size`` bytes from ``offset``.

@@ -318,3 +318,29 @@ def test_interpreter_exit_kills_jobs_of_unclosed_pools() -> None:
     assert out.returncode == 0, out.stderr
     pgid = int(out.stdout)
     wait_until(lambda: group_members(pgid) == [], what="the orphaned jobs to die")
+
+
+def test_big_reads_and_idle_followers_do_not_block_other_jobs(pool: JobPool) -> None:
+    big = pool.create("head", ["-c", str(32 << 20), "/dev/zero"])
+    idle = pool.follow(big, "stdout")  # never read from: must not hold anything back
+    pool.wait(big, 60)
+    stop = threading.Event()
+    reads: list[int] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            reads.append(len(pool.read(big, "stdout")))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for _ in range(20):
+            job = pool.create("echo", ["other"])
+            assert pool.wait(job, 30).exit_code == 0
+            assert pool.output(job).stdout == b"other\n"
+    finally:
+        stop.set()
+        thread.join(30)
+    held = pool.status(big).stdout
+    assert reads and set(reads) <= {held.written - held.dropped}
+    idle.cancel()
