@@ -1,0 +1,92 @@
+"""``jobkit serve``: run the HTTPS API until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["serve"]
+
+
+def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    from jobkit.server.serve import parse_listen
+
+    try:
+        return parse_listen(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.command()
+@click.option(
+    "--certs", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help="Folder made by 'jobkit certs init' (or its server/ subfolder). "
+         "Default: a PKI under your data folder, created on first use.",
+)
+@click.option(
+    "--listen", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT",
+    callback=_listen, help="Address to listen on ([::1]:PORT for IPv6; port 0 picks one).",
+)
+@click.option("--backend", default="memory", show_default=True,
+              help="Output backend for jobs: memory, tempfile, ring, or a plugin's.")
+@click.option("--threads", type=click.IntRange(min=2), default=64, show_default=True,
+              help="Worker threads; half of them may serve follow streams.")
+@click.option("--admin", "admins", multiple=True, metavar="CN",
+              help="A client CN that may list and act on every client's jobs (repeatable).")
+@click.option("--max-jobs", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Live jobs one client may have at once (0: no limit).")
+@click.option("--quiet", "-q", is_flag=True, help="No access log; warnings and errors only.")
+def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: int,
+          admins: tuple[str, ...], max_jobs: int, quiet: bool) -> None:
+    """Serve the jobkit HTTPS API with mutual TLS 1.3 until Ctrl-C or SIGTERM.
+
+    Every client authenticates with a certificate from the server's CA; the
+    certificate's CN is its identity, and it sees only its own jobs. On exit,
+    every job is killed.
+    """
+    from jobkit.core.plugins import backend_names
+    from jobkit.server.pki import PkiError, ensure_default_pki
+    from jobkit.server.serve import JobServer
+
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    known = backend_names()
+    if backend not in known:
+        raise click.BadParameter(
+            f"unknown backend {backend!r} (known: {', '.join(sorted(known))})",
+            param_hint="'--backend'",
+        )
+    try:
+        if certs is None:
+            folder, created = ensure_default_pki()
+            if created:
+                click.echo(f"Created a new PKI in {folder}")
+            else:
+                click.echo(f"Using the PKI in {folder}")
+            clients = sorted(p.name for p in (folder / "clients").iterdir() if p.is_dir())
+            for name in clients:
+                click.echo(f"Client certificate for {name!r}: {folder / 'clients' / name}")
+            certs = folder
+        host, port = listen
+        server = JobServer(certs, host=host, port=port, backend=backend, threads=threads,
+                           admins=admins, max_jobs=max_jobs)
+    except (PkiError, ValueError) as error:
+        raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot read the certificates: {error}") from None
+    try:
+        server.start()
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror or error}"
+        ) from None
+    click.echo(f"Serving on {server.url} (certificates: {server.certs}); Ctrl-C to stop")
+    sys.stdout.flush()
+    signum = server.run_until_signalled()
+    if signum:
+        click.echo("Stopped: every job was killed", err=True)

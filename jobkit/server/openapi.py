@@ -1,0 +1,276 @@
+"""The OpenAPI 3.1 description of jobkit's HTTP API, served at ``GET /openapi.json``.
+
+Kept as Python data next to the app so that a test can check that every
+route the app serves is described here, and the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobkit._version import __version__
+
+__all__ = ["openapi_document"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+_JOB_ID = {
+    "name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+    "description": "The job's id, as returned by PUT /jobs (ids are per client).",
+}
+_CLIENT = {
+    "name": "client", "in": "query", "required": False, "schema": {"type": "string"},
+    "description": "Admins only: the CN of the client whose job this is "
+                   "(default: the caller). Others get 403 for any CN but their own.",
+}
+
+_COMMON_ERRORS = {
+    "403": _error("The client certificate names no single CN, or a non-admin used "
+                  "client= / all=true."),
+    "404": _error("No such job for this client (another client's job gives the same answer)."),
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API's OpenAPI 3.1 document, as a JSON-ready dict."""
+    job_paths: dict[str, Any] = {
+        "/jobs/{id}": {
+            "parameters": [_JOB_ID, _CLIENT],
+            "delete": {
+                "summary": "Kill the job's process group (SIGKILL), reap it and forget the job.",
+                "operationId": "deleteJob",
+                "responses": {
+                    "200": _json({"type": "object", "properties": {
+                        "id": {"type": "string"}, "deleted": {"const": True}}},
+                        "The job is gone."),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/jobs/{id}/status": {
+            "parameters": [_JOB_ID, _CLIENT],
+            "get": {
+                "summary": "The job's status.",
+                "operationId": "getJobStatus",
+                "responses": {"200": _json(_ref("JobStatus"), "The status."), **_COMMON_ERRORS},
+            },
+        },
+        "/jobs/{id}/output": {
+            "parameters": [_JOB_ID, _CLIENT],
+            "get": {
+                "summary": "Everything the job wrote so far, decoded as UTF-8 "
+                           "(invalid bytes replaced by U+FFFD).",
+                "operationId": "getJobOutput",
+                "responses": {
+                    "200": _json({"type": "object", "required": ["stdout", "stderr"],
+                                  "properties": {"stdout": {"type": "string"},
+                                                 "stderr": {"type": "string"}}},
+                                 "The output."),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
+        "/jobs/{id}/stop": {
+            "parameters": [_JOB_ID, _CLIENT],
+            "post": {
+                "summary": "Send a signal (default SIGTERM) to the job's process group.",
+                "operationId": "stopJob",
+                "requestBody": {
+                    "required": False,
+                    "content": {_JSON: {"schema": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"signal": {
+                            "oneOf": [{"type": "string"}, {"type": "integer"}],
+                            "description": "A name (SIGTERM, TERM) or number; "
+                                           "default SIGTERM.",
+                        }},
+                    }}},
+                },
+                "responses": {
+                    "200": _json(_ref("JobStatus"), "Signal sent; the job's status right after."),
+                    "400": _error("Unknown signal, or a field of the wrong type."),
+                    "415": _error("A body that is not JSON."),
+                    **_COMMON_ERRORS,
+                },
+            },
+        },
+    }
+    for stream in ("stdout", "stderr"):
+        job_paths[f"/jobs/{{id}}/{stream}"] = {
+            "parameters": [_JOB_ID, _CLIENT],
+            "get": {
+                "summary": f"The job's raw {stream} bytes from an offset; with follow=true, "
+                           "streamed (chunked) until the stream ends.",
+                "operationId": f"getJob{stream.capitalize()}",
+                "parameters": [
+                    {"name": "offset", "in": "query", "required": False,
+                     "schema": {"type": "integer", "minimum": 0, "default": 0},
+                     "description": "Absolute offset of the first byte wanted."},
+                    {"name": "follow", "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False},
+                     "description": "Keep the response open and send bytes as the job "
+                                    "writes them, until the stream ends, the job is "
+                                    "deleted or the server stops."},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The bytes. X-Jobkit-Offset is the offset of the "
+                                       "first one (later than offset if the ring backend "
+                                       "dropped those bytes).",
+                        "headers": {"X-Jobkit-Offset": {"schema": {"type": "integer"}}},
+                        "content": {"application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}}},
+                    },
+                    "400": _error("offset or follow malformed."),
+                    "429": _error("This client holds too many follow streams."),
+                    "503": _error("The server holds too many follow streams, or is stopping."),
+                    **_COMMON_ERRORS,
+                },
+            },
+        }
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "jobkit",
+            "version": __version__,
+            "description": "Run commands as jobs on this machine. Every client is "
+                           "identified by the CN of its TLS client certificate and sees "
+                           "only its own jobs. Every error is a JSON object "
+                           "{\"error\": message}.",
+        },
+        "servers": [{"url": "https://127.0.0.1:8443"}],
+        "security": [{"mutualTLS": []}],
+        "paths": {
+            "/jobs": {
+                "put": {
+                    "summary": "Start a job (no shell is involved).",
+                    "operationId": "createJob",
+                    "requestBody": {"required": True, "content": {
+                        _JSON: {"schema": _ref("JobRequest")}}},
+                    "responses": {
+                        "201": _json({"type": "object", "required": ["id"],
+                                      "properties": {"id": {"type": "string"}}},
+                                     "Created. The job may still be in state error "
+                                     "(e.g. command not found): see its status."),
+                        "400": _error("Malformed JSON, a missing or unknown field, a field "
+                                      "of the wrong type (the message names it), an unknown "
+                                      "backend."),
+                        "403": _COMMON_ERRORS["403"],
+                        "413": _error("Body larger than 1 MiB."),
+                        "415": _error("Body is not application/json."),
+                        "429": _error("This client has too many live jobs."),
+                        "503": _error("The server is stopping."),
+                    },
+                },
+                "get": {
+                    "summary": "List the caller's jobs (or, for admins, another client's "
+                               "with client=, or everyone's with all=true).",
+                    "operationId": "listJobs",
+                    "parameters": [
+                        _CLIENT,
+                        {"name": "all", "in": "query", "required": False,
+                         "schema": {"type": "boolean", "default": False},
+                         "description": "Admins only: every client's jobs. Ids are only "
+                                        "unique together with jobs[i].client."},
+                    ],
+                    "responses": {
+                        "200": _json({
+                            "type": "object", "required": ["ids", "jobs"],
+                            "properties": {
+                                "ids": {"type": "array", "items": {"type": "string"}},
+                                "jobs": {"type": "array", "items": _ref("JobSummary")},
+                            },
+                        }, "Ids oldest first, and one summary per id."),
+                        "403": _COMMON_ERRORS["403"],
+                    },
+                },
+            },
+            **job_paths,
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "operationId": "getOpenApi",
+                    "responses": {"200": {"description": "OpenAPI 3.1",
+                                          "content": {_JSON: {"schema": {"type": "object"}}}}},
+                },
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "mutualTLS": {"type": "mutualTLS",
+                              "description": "TLS 1.3 with a client certificate from the "
+                                             "server's CA; its single subject CN is the "
+                                             "client's identity."},
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}}},
+                "JobRequest": {
+                    "type": "object", "required": ["cmd"], "additionalProperties": False,
+                    "properties": {
+                        "cmd": {"type": "string", "minLength": 1,
+                                "description": "Program, looked up in PATH unless it has a /."},
+                        "args": {"type": "array", "items": {"type": "string"}, "default": []},
+                        "env": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "Variables set over the server's environment."},
+                        "cwd": {"type": "string", "description": "Working directory."},
+                        "timeout": {"type": "number", "exclusiveMinimum": 0,
+                                    "description": "Seconds; then SIGTERM, SIGKILL 5 s later."},
+                        "backend": {"type": "string",
+                                    "description": "Output backend: memory, tempfile, ring, "
+                                                   "or a plugin's."},
+                    },
+                },
+                "StreamInfo": {
+                    "type": "object", "required": ["written", "dropped", "closed"],
+                    "properties": {"written": {"type": "integer"},
+                                   "dropped": {"type": "integer"},
+                                   "closed": {"type": "boolean"}},
+                },
+                "JobStatus": {
+                    "type": "object",
+                    "required": ["id", "status", "cmd", "args", "pid", "created_at",
+                                 "ended_at", "timed_out", "backend", "output_error",
+                                 "stdout", "stderr"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "status": {"enum": ["running", "error", "completed", "killed"]},
+                        "error_msg": {"type": "string", "description": "Only in state error."},
+                        "exit_code": {"type": "integer", "description": "Only when completed."},
+                        "signal": {"type": "integer", "description": "Only when killed."},
+                        "signal_name": {"type": "string", "description": "Only when killed."},
+                        "cmd": {"type": "string"},
+                        "args": {"type": "array", "items": {"type": "string"}},
+                        "pid": {"type": ["integer", "null"]},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "ended_at": {"type": ["string", "null"], "format": "date-time"},
+                        "timed_out": {"type": "boolean"},
+                        "backend": {"type": "string"},
+                        "output_error": {"type": ["string", "null"]},
+                        "stdout": _ref("StreamInfo"),
+                        "stderr": _ref("StreamInfo"),
+                    },
+                },
+                "JobSummary": {
+                    "allOf": [_ref("JobStatus"), {
+                        "type": "object", "required": ["client"],
+                        "properties": {"client": {"type": "string"}},
+                    }],
+                },
+            },
+        },
+    }

@@ -1,0 +1,196 @@
+"""Running the API: `JobServer` puts `JobApi` on cheroot with `TLS13Adapter`.
+
+Shutdown order matters, and `JobServer.stop` owns it:
+
+1. the app refuses new follow streams and ends the open ones (a response
+   generator that never ends would make cheroot's ``stop()`` wait forever);
+2. connections still in their TLS handshake are shut down, so silent
+   clients do not hold worker threads for the handshake timeout;
+3. cheroot stops: no more connections, in-flight responses finish;
+4. every client's pool is closed: every job is killed and reaped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable
+from types import FrameType
+from typing import Any
+
+from cheroot import wsgi
+
+from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
+from jobkit.server.pki import server_dir
+from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLS13Adapter
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_THREADS",
+    "JobServer",
+    "parse_listen",
+]
+
+log = logging.getLogger("jobkit.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8443
+#: Worker threads; half of them may serve follow streams (see `Limits.for_threads`).
+DEFAULT_THREADS = 64
+#: Seconds a connection may sit idle (keep-alive), or stall a read or a write.
+CONNECTION_TIMEOUT = 10
+#: Seconds cheroot waits for in-flight requests at shutdown before cutting them off.
+SHUTDOWN_TIMEOUT = 2
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` -> ``(host, port)``.
+
+    A missing host means `DEFAULT_HOST`.  Raises ``ValueError`` with a
+    message for people.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, like [::1]:8443")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return host or DEFAULT_HOST, int(port_text)
+
+
+class _CherootServer(wsgi.Server):
+    """cheroot's WSGI server, logging through `logging` instead of raw stderr."""
+
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        log.log(level, "cheroot: %s", msg, exc_info=traceback)
+
+
+class JobServer:
+    """jobkit's HTTPS server: the API on cheroot with mutual TLS 1.3.
+
+    Args:
+        certs: A folder made by ``jobkit certs init``, or its ``server/``
+            subfolder (``ca.pem``, ``cert.pem``, ``key.pem``).
+        host, port: Where to listen; port 0 picks a free port (see `address`).
+        backend: The output backend for jobs.
+        threads: Worker threads (fixed).  Half may serve follow streams.
+        admins: CNs that may act on every client's jobs.
+        max_jobs: Live jobs per client (0: no limit).
+
+    Use `start` / `stop` (or ``with``), or `run_until_signalled`.
+    """
+
+    def __init__(
+        self,
+        certs: str | os.PathLike[str],
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        backend: str = "memory",
+        threads: int = DEFAULT_THREADS,
+        admins: Iterable[str] = (),
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        connection_timeout: int = CONNECTION_TIMEOUT,
+    ) -> None:
+        if threads < 2:
+            raise ValueError("a server needs at least 2 worker threads")
+        folder = server_dir(certs)
+        self.certs = folder
+        self.adapter = TLS13Adapter(
+            folder / "cert.pem", folder / "key.pem", folder / "ca.pem",
+            handshake_timeout=handshake_timeout,
+        )
+        self.api = JobApi(backend, admins=admins,
+                          limits=Limits.for_threads(threads, max_jobs=max_jobs))
+        server = _CherootServer(
+            (host, port), self.api, numthreads=threads, max=threads,
+            timeout=connection_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            request_queue_size=128,
+        )
+        server.ssl_adapter = self.adapter
+        # Idle keep-alive connections cost a file descriptor, not a thread.
+        server.keep_alive_conn_limit = threads * 4
+        self._server = server
+        self._thread: threading.Thread | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The address listened on (the real port once started with port 0)."""
+        bound: Any = self._server.bind_addr
+        return str(bound[0]), int(bound[1])
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    def start(self) -> None:
+        """Bind, listen and serve in a background thread; return once listening."""
+        self._server.prepare()  # binds: raises OSError (address in use, ...) here
+        self._thread = threading.Thread(target=self._serve, name="jobkit-server", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve()
+        except Exception:
+            log.exception("the server stopped on an error")
+
+    def stop(self) -> None:
+        """Stop serving and kill every job; see the module docstring for the order."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.api.begin_shutdown()
+        self.adapter.abort_handshakes()
+        self._server.stop()
+        self.api.close()
+        if self._thread is not None:
+            self._thread.join(SHUTDOWN_TIMEOUT + CONNECTION_TIMEOUT)
+
+    def __enter__(self) -> JobServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def run_until_signalled(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
+                            ) -> int:
+        """Serve until one of ``signals`` arrives, then `stop`; return that signal.
+
+        Must be called from the main thread (signal handlers live there).  A
+        second signal while stopping is left to its default action, so a
+        second Ctrl-C ends a shutdown that hangs.
+        """
+        received: list[int] = []
+        wake = threading.Event()
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            received.append(signum)
+            wake.set()
+
+        wanted = list(signals)
+        previous = {signum: signal.signal(signum, handler) for signum in wanted}
+        try:
+            if self._thread is None:
+                self.start()
+            while not wake.wait(1.0):
+                if self._thread is not None and not self._thread.is_alive():
+                    break  # serving ended on its own (an error, logged)
+        finally:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+            self.stop()
+        return received[0] if received else 0
+
