@@ -16,6 +16,7 @@ from jobkit.core import plugins, supervisor
 from jobkit.core.backend import OutputBackend
 from jobkit.core.errors import JobNotFound, PoolClosed
 from jobkit.core.job import Job, Outcome, utcnow
+from jobkit.core.ledger import Ledger
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State
 from jobkit.core.signals import parse_signal
 from jobkit.core.spawn import SpawnFailed, raise_fd_limit, spawn
@@ -50,6 +51,8 @@ class JobPool:
         env: The environment jobs start from; ``None`` means this process's
             environment at the time of each ``create``.
         kill_after: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
+        ledger: Where to record running process groups, so that a later run
+            can kill what this one leaves if it is killed itself (see `Ledger`).
 
     Use it as a context manager, or call `close`; either kills and reaps every
     job still running.  So does the interpreter's exit.
@@ -62,6 +65,7 @@ class JobPool:
         *,
         env: Mapping[str, str] | None = None,
         kill_after: float = DEFAULT_KILL_AFTER,
+        ledger: Ledger | None = None,
     ) -> None:
         self._backend_name = _check_str("backend", backend)
         self._backend = _make_backend(backend, backend_options)
@@ -71,6 +75,7 @@ class JobPool:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._closed = False
+        self._ledger = ledger
         raise_fd_limit()
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
@@ -182,6 +187,8 @@ class JobPool:
             job.finish(Outcome(State.ERROR, utcnow(), error=message))
             return job
         job.process = spawned.process
+        if self._ledger is not None:
+            self._ledger.add(spawned.process.pid)
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
         self._supervisor.watch(job, self._kill_after)
@@ -280,8 +287,10 @@ class JobPool:
 
     def _destroy(self, job: Job) -> None:
         job.signal_group(signals.SIGKILL)
-        job.ended.wait(_REAP_WAIT)
+        reaped = job.ended.wait(_REAP_WAIT)
         self._supervisor.forget(job)
+        if self._ledger is not None and job.pid is not None and reaped:
+            self._ledger.remove(job.pid)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -1,0 +1,111 @@
+"""A record on disk of the process groups a pool runs, for crash recovery.
+
+A pool normally kills its jobs when it closes or the interpreter exits, but a
+process killed with SIGKILL (or a crashed machine's power cut, if the disk
+survives) cannot.  With a `Ledger`, each job's process group is written down
+while it may still have processes, and the next run calls `recover` to kill
+whatever the previous one left.
+
+One file per job group, named after the group id and holding the leader's
+start time and the boot id, so that a recycled pid is never hit:
+
+* the leader is alive with the recorded start time (same boot): kill the group;
+* the leader is alive with another start time: the pid was reused, leave it;
+* the leader is gone but processes remain in the group: they are the job's
+  (Linux does not reuse a pid while a group of that id exists), kill them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from pathlib import Path
+
+__all__ = ["Ledger"]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(process group, start time in clock ticks) of a live, non-zombie ``pid``."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw.rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z":
+        return None
+    return int(fields[2]), int(fields[19])
+
+
+def _group_members(pgid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None and stat[0] == pgid:
+                members.append(int(entry))
+    return members
+
+
+class Ledger:
+    """Process groups that may still be running, kept in ``directory`` (made 0700)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._boot = _boot_id()
+        self._lock = threading.Lock()
+
+    def add(self, pid: int) -> None:
+        """Record the group led by ``pid`` (call right after it started)."""
+        stat = _stat(pid)
+        start = stat[1] if stat else -1
+        path = self.directory / str(pid)
+        tmp = self.directory / f".{pid}.tmp"
+        tmp.write_text(f"{pid} {start} {self._boot}\n")
+        tmp.replace(path)  # atomic: `recover` never reads half a record
+
+    def remove(self, pid: int) -> None:
+        """Forget the group led by ``pid`` (it was killed and reaped)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / str(pid)).unlink()
+
+    def recover(self) -> list[int]:
+        """Kill every group a previous run left behind; return their ids.
+
+        Clears the ledger.  Call it before the first job of this run starts.
+        """
+        killed = []
+        with self._lock:
+            for path in sorted(self.directory.iterdir()):
+                if path.name.isdigit() and self._kill_leftover(path):
+                    killed.append(int(path.name))
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return killed
+
+    def _kill_leftover(self, path: Path) -> bool:
+        try:
+            pid_text, start_text, boot = path.read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            return False  # unreadable: never guess with someone else's pid
+        if pid != int(path.name) or boot != self._boot or pid <= 1:
+            return False  # another boot: every process of that run is gone
+        leader = _stat(pid)
+        if leader is not None:
+            if leader != (pid, start):
+                return False  # the pid was reused, or the process left its group
+        elif not _group_members(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        return True
