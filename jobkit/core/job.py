@@ -6,9 +6,11 @@ import os
 import subprocess
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 
 import attrs
 
+from jobkit.core.cgroups import CgroupTree
 from jobkit.core.models import JobStatus, State, StreamInfo
 from jobkit.core.stream import OutputStream
 
@@ -49,6 +51,8 @@ class Job:
     pidfd: int = -1
     #: The parent's read ends of the output pipes, by stream name.
     fds: dict[str, int] = attrs.Factory(dict)
+    #: The job's own cgroup, where jobkit could make one (see jobkit.core.cgroups).
+    cgroup: Path | None = None
     #: Streams whose pipe was enlarged because the job writes a lot.
     grown: set[str] = attrs.Factory(set)
     timeout: float | None = None
@@ -75,13 +79,15 @@ class Job:
             self.finish(Outcome(State.COMPLETED, utcnow(), exit_code=returncode))
 
     def signal_group(self, signal: int) -> None:
-        """Send ``signal`` to the job's whole process group, if anything is left of it."""
+        """Send ``signal`` to the job's whole process group and cgroup, if anything is left."""
         if self.process is None:
             return
         try:
             os.killpg(self.process.pid, signal)
         except ProcessLookupError:
             pass  # the whole group is gone already
+        if self.cgroup is not None:
+            CgroupTree.signal(self.cgroup, signal)  # also those that left the group
 
     def status(self) -> JobStatus:
         outcome = self.outcome  # read once: it is replaced, never mutated

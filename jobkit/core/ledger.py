@@ -23,6 +23,8 @@ import signal
 import threading
 from pathlib import Path
 
+from jobkit.core.cgroups import CgroupTree
+
 __all__ = ["Ledger"]
 
 
@@ -64,13 +66,13 @@ class Ledger:
         self._boot = _boot_id()
         self._lock = threading.Lock()
 
-    def add(self, pid: int) -> None:
-        """Record the group led by ``pid`` (call right after it started)."""
+    def add(self, pid: int, cgroup: Path | None = None) -> None:
+        """Record the group led by ``pid``, and its cgroup if it has one."""
         stat = _stat(pid)
         start = stat[1] if stat else -1
         path = self.directory / str(pid)
         tmp = self.directory / f".{pid}.tmp"
-        tmp.write_text(f"{pid} {start} {self._boot}\n")
+        tmp.write_text(f"{pid} {start} {self._boot} {cgroup or '-'}\n")
         tmp.replace(path)  # atomic: `recover` never reads half a record
 
     def remove(self, pid: int) -> None:
@@ -94,18 +96,39 @@ class Ledger:
 
     def _kill_leftover(self, path: Path) -> bool:
         try:
-            pid_text, start_text, boot = path.read_text().split()
+            pid_text, start_text, boot, cgroup_text = path.read_text().split(" ", 3)
             pid, start = int(pid_text), int(start_text)
         except (OSError, ValueError):
             return False  # unreadable: never guess with someone else's pid
         if pid != int(path.name) or boot != self._boot or pid <= 1:
             return False  # another boot: every process of that run is gone
         leader = _stat(pid)
-        if leader is not None:
-            if leader != (pid, start):
-                return False  # the pid was reused, or the process left its group
-        elif not _group_members(pid):
+        if leader is not None and leader != (pid, start):
+            return False  # the pid was reused, or the process left its group
+        killed = self._kill_cgroup(cgroup_text.strip())
+        if leader is not None or _group_members(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            killed = True
+        return killed
+
+    @staticmethod
+    def _kill_cgroup(text: str) -> bool:
+        """Kill a recorded job cgroup, unless the run that made it is still alive."""
+        if text == "-":
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        return True
+        cgroup = Path(text)
+        owner = cgroup.parent.name.removeprefix("jobkit-")
+        if not cgroup.name.startswith("job-") or not owner.isdigit() or not cgroup.is_dir():
+            return False
+        if _stat(int(owner)) is not None:
+            return False  # its owner (or a process that reused its pid) lives: not ours
+        try:
+            populated = "populated 1" in (cgroup / "cgroup.events").read_text()
+        except OSError:
+            return False
+        CgroupTree.signal(cgroup, signal.SIGKILL)
+        CgroupTree.remove(cgroup)
+        with contextlib.suppress(OSError):
+            cgroup.parent.rmdir()
+        return populated

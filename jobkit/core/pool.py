@@ -14,7 +14,9 @@ from typing import Any
 
 from jobkit.core import plugins, supervisor
 from jobkit.core.backend import OutputBackend
-from jobkit.core.errors import JobNotFound, PoolClosed
+from jobkit.core.cgroups import CgroupTree
+from jobkit.core.cgroups import detect as cgroup_tree
+from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed
 from jobkit.core.job import Job, Outcome, utcnow
 from jobkit.core.ledger import Ledger
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State
@@ -53,6 +55,11 @@ class JobPool:
         kill_after: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
         ledger: Where to record running process groups, so that a later run
             can kill what this one leaves if it is killed itself (see `Ledger`).
+        cgroups: Put each job in its own cgroup v2, so that `stop` and
+            `delete` also reach processes that left the job's session
+            (``setsid``).  False (default): process groups only; None: where
+            this process may create cgroups; True: required (``JobkitError``
+            if impossible).  It costs about half a millisecond per job.
 
     Use it as a context manager, or call `close`; either kills and reaps every
     job still running.  So does the interpreter's exit.
@@ -66,6 +73,7 @@ class JobPool:
         env: Mapping[str, str] | None = None,
         kill_after: float = DEFAULT_KILL_AFTER,
         ledger: Ledger | None = None,
+        cgroups: bool | None = False,
     ) -> None:
         self._backend_name = _check_str("backend", backend)
         self._backend = _make_backend(backend, backend_options)
@@ -76,6 +84,9 @@ class JobPool:
         self._lock = threading.Lock()
         self._closed = False
         self._ledger = ledger
+        self._cgroups = None if cgroups is False else cgroup_tree()
+        if cgroups and self._cgroups is None:
+            raise JobkitError("cgroups=True, but this process cannot create cgroup v2 groups")
         raise_fd_limit()
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
@@ -187,8 +198,10 @@ class JobPool:
             job.finish(Outcome(State.ERROR, utcnow(), error=message))
             return job
         job.process = spawned.process
+        if self._cgroups is not None:
+            job.cgroup = self._cgroups.create(spawned.process.pid)
         if self._ledger is not None:
-            self._ledger.add(spawned.process.pid)
+            self._ledger.add(spawned.process.pid, job.cgroup)
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
         self._supervisor.watch(job, self._kill_after)
@@ -282,6 +295,8 @@ class JobPool:
             self._destroy(job)
         _open_pools.discard(self)
         supervisor.release()
+        if self._cgroups is not None:
+            self._cgroups.close()
 
     # -- helpers ------------------------------------------------------------
 
@@ -289,6 +304,9 @@ class JobPool:
         job.signal_group(signals.SIGKILL)
         reaped = job.ended.wait(_REAP_WAIT)
         self._supervisor.forget(job)
+        if job.cgroup is not None:
+            # Wait for every member, escaped or not: after delete, nothing runs.
+            reaped = CgroupTree.remove(job.cgroup) and reaped
         if self._ledger is not None and job.pid is not None and reaped:
             self._ledger.remove(job.pid)
 

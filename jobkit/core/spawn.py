@@ -62,9 +62,7 @@ def _close_all(*fds: int) -> None:
             os.close(fd)
 
 
-def spawn(
-    command: str, args: list[str], env: Mapping[str, str] | None, cwd: str | None
-) -> Spawned:
+def spawn(command: str, args: list[str], env: Mapping[str, str] | None, cwd: str | None) -> Spawned:
     """Start ``command`` in a new session with stdin from /dev/null.
 
     Raise `SpawnFailed` with a readable message on any OS-level failure;

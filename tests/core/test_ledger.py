@@ -8,13 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jobkit import JobPool
+from jobkit.core import cgroups
 from jobkit.core.ledger import Ledger
 from tests.conftest import group_members, process_alive, wait_until
 
 CRASHING_OWNER = """
 import os, signal, sys
+import pytest
+
 from jobkit import JobPool
+from jobkit.core import cgroups
 from jobkit.core.ledger import Ledger
 pool = JobPool(ledger=Ledger(sys.argv[1]))
 job = pool.create("sh", ["-c", "sleep 1000 & echo up; wait"])
@@ -63,17 +69,20 @@ def test_a_reused_pid_is_never_killed(tmp_path: Path) -> None:
         ledger = Ledger(tmp_path)
         ledger.add(bystander.pid)
         record = tmp_path / str(bystander.pid)
-        pid, start, boot = record.read_text().split()
-        record.write_text(f"{pid} {int(start) - 1} {boot}\n")  # a different process, once
+        pid, start, boot, _ = record.read_text().split()
+        record.write_text(f"{pid} {int(start) - 1} {boot} -\n")  # a different process, once
         assert ledger.recover() == []
         assert process_alive(bystander.pid)
         ledger.add(bystander.pid)
-        record.write_text(f"{pid} {start} another-boot\n")
+        record.write_text(f"{pid} {start} another-boot -\n")
         assert ledger.recover() == []
         assert process_alive(bystander.pid)
         record.write_text("garbage\n")
         assert ledger.recover() == []
         assert process_alive(bystander.pid)
+        ledger.add(bystander.pid)  # and the very same record is acted on: the checks above matter
+        assert ledger.recover() == [bystander.pid]
+        wait_until(lambda: not process_alive(bystander.pid), what="the recorded process to die")
     finally:
         bystander.kill()
         bystander.wait()
@@ -90,3 +99,32 @@ def test_a_pool_records_running_groups_and_forgets_deleted_ones(tmp_path: Path) 
         assert {int(p.name) for p in tmp_path.iterdir()} == {pool.status(second).pid}
     assert list(tmp_path.iterdir()) == []
     assert os.stat(tmp_path).st_mode & 0o777 == 0o700
+
+
+ESCAPING_OWNER = """
+import os, signal, sys
+import pytest
+
+from jobkit import JobPool
+from jobkit.core import cgroups
+from jobkit.core.ledger import Ledger
+pool = JobPool(ledger=Ledger(sys.argv[1]), cgroups=True)
+job = pool.create("sh", ["-c", "setsid sleep 1000 & sleep 0.05; echo $!; wait"])
+print(next(iter(pool.follow(job, "stdout"))).decode().strip(), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(cgroups.detect() is None, reason="cgroup v2 is not writable here")
+def test_recover_kills_even_escaped_processes_through_the_cgroup(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ESCAPING_OWNER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    escaped = int(out.stdout)
+    assert process_alive(escaped)
+    Ledger(tmp_path).recover()
+    wait_until(lambda: not process_alive(escaped), what="the escaped process to die")
