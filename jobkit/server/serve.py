@@ -24,7 +24,7 @@ from cheroot import wsgi
 
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
 from jobkit.server.pki import server_dir
-from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLS13Adapter
+from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, SocketWriter, TLS13Adapter
 
 __all__ = [
     "DEFAULT_HOST",
@@ -64,8 +64,32 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or DEFAULT_HOST, int(port_text)
 
 
+class _Gateway(wsgi.Gateway_10):
+    """cheroot's WSGI gateway, sending the headers with the first body chunk.
+
+    cheroot writes the status line and headers, then each body chunk, as
+    separate writes; corking the connection's `SocketWriter` around the
+    first chunk makes a small response one TLS record and one system call.
+    """
+
+    def write(self, chunk: bytes) -> None:
+        wfile = self.req.conn.wfile
+        if self.req.sent_headers or not isinstance(wfile, SocketWriter):
+            super().write(chunk)
+            return
+        wfile.cork()
+        try:
+            super().write(chunk)
+        finally:
+            wfile.uncork()
+
+
 class _CherootServer(wsgi.Server):
     """cheroot's WSGI server, logging through `logging` instead of raw stderr."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = _Gateway
 
     def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
         log.log(level, "cheroot: %s", msg, exc_info=traceback)

@@ -1,0 +1,234 @@
+"""Server benchmarks: every figure next to a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/bench_server.py [--quick]
+
+1. ``GET /jobs/<id>/status`` over one keep-alive mutual-TLS connection, against a bare
+   cheroot + TLS 1.3 WSGI app returning a constant JSON body (cheroot's own
+   ``BuiltinSSLAdapter``, same certificates, same client code).  Target >= 0.7x.
+2. ``PUT /jobs`` of ``true``: jobs/s over the API, and its ratio to ``JobPool.create``
+   called directly in this process.
+3. Following a job that writes 1 GiB (``head -c 1G /dev/zero``) with ``?follow=true``,
+   with the tempfile and ring backends: client MB/s (target >= 300) and the server's peak
+   RSS (must stay bounded: far below the 1 GiB that went through).
+
+Servers run in subprocesses (``jobkit serve`` with its access log on, to a file) so
+that client and server do not share a GIL.  On a 2-core machine the client, the server
+and the job compete for the cores, so figures vary by some 10% from run to run; each
+rate is the best of a few rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+from jobkit import JobPool
+from jobkit.server.pki import init_pki
+
+GIB = 1 << 30
+PYTHON = sys.executable
+
+BARE_SERVER = textwrap.dedent(
+    """
+    import ssl, sys
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    folder = sys.argv[1]
+    BODY = b'{"id":"1","status":"running","cmd":"sleep","args":["60"],"pid":1234}'
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(BODY)))])
+        return [BODY]
+
+    adapter = BuiltinSSLAdapter(f"{folder}/cert.pem", f"{folder}/key.pem",
+                                f"{folder}/ca.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+    context.load_verify_locations(cafile=f"{folder}/ca.pem")
+    adapter.context = context
+    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=64, max=64)
+    server.ssl_adapter = adapter
+    server.prepare()
+    print(f"Serving on https://127.0.0.1:{server.bind_addr[1]}", flush=True)
+    server.serve()
+    """
+)
+
+
+def client_context(client: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
+    context.load_cert_chain(str(client / "cert.pem"), str(client / "key.pem"))
+    return context
+
+
+@contextmanager
+def server_process(argv: list[str], log: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            match = re.search(r"Serving on https://[^:]+:(\d+)", line)
+            if match:
+                yield proc, int(match.group(1))
+                break
+        else:
+            raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def jobkit_server(certs: Path, log: Path, *extra: str
+                  ) -> AbstractContextManager[tuple[subprocess.Popen[str], int]]:
+    argv = [PYTHON, "-m", "jobkit", "serve", "--certs", str(certs),
+            "--listen", "127.0.0.1:0", *extra]
+    return server_process(argv, log)
+
+
+def request(conn: http.client.HTTPSConnection, method: str, path: str,
+            body: object = None) -> tuple[int, bytes]:
+    headers = {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def requests_per_second(port: int, context: ssl.SSLContext, path: str, seconds: float) -> float:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+    for _ in range(50):  # warm up: handshake, caches
+        request(conn, "GET", path)
+    count = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(100):
+            status, _ = request(conn, "GET", path)
+            assert status == 200, status
+        count += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+    conn.close()
+    return count / (now - start)
+
+
+def bench_status(certs: Path, workdir: Path, seconds: float, rounds: int) -> None:
+    context = client_context(certs / "clients" / "bench")
+    bare: list[float] = []
+    ours: list[float] = []
+    script = workdir / "bare_server.py"
+    script.write_text(BARE_SERVER)
+    with server_process([PYTHON, str(script), str(certs / "server")],
+                        workdir / "bare.log") as (_, bare_port), \
+         jobkit_server(certs, workdir / "status.log") as (_, port):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+        status, body = request(conn, "PUT", "/jobs", {"cmd": "sleep", "args": ["600"]})
+        assert status == 201, body
+        path = f"/jobs/{json.loads(body)['id']}/status"
+        for _ in range(rounds):  # interleaved, so drift affects both alike
+            bare.append(requests_per_second(bare_port, context, "/", seconds))
+            ours.append(requests_per_second(port, context, path, seconds))
+    print(f"status: bare cheroot+TLS1.3 {max(bare):,.0f} req/s | jobkit GET /status "
+          f"{max(ours):,.0f} req/s | ratio {max(ours) / max(bare):.2f}x (target >= 0.7x)")
+
+
+def bench_create(certs: Path, workdir: Path, count: int) -> None:
+    with JobPool() as pool:
+        start = time.perf_counter()
+        ids = [pool.create("true") for _ in range(count)]
+        library = count / (time.perf_counter() - start)
+        for job_id in ids:
+            pool.wait(job_id)
+    context = client_context(certs / "clients" / "bench")
+    with jobkit_server(certs, workdir / "create.log", "--max-jobs", "0") as (_, port):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+        request(conn, "GET", "/jobs")
+        start = time.perf_counter()
+        for _ in range(count):
+            status, body = request(conn, "PUT", "/jobs", {"cmd": "true"})
+            assert status == 201, body
+        api = count / (time.perf_counter() - start)
+    print(f"create: JobPool.create {library:,.0f} jobs/s | PUT /jobs {api:,.0f} jobs/s "
+          f"| ratio {api / library:.2f}x")
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def bench_follow(certs: Path, workdir: Path, size: int, backend: str) -> None:
+    context = client_context(certs / "clients" / "bench")
+    with jobkit_server(certs, workdir / f"follow-{backend}.log",
+                       "--backend", backend) as (proc, port):
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+        rss_before = peak_rss_mib(proc.pid)
+        status, body = request(conn, "PUT", "/jobs",
+                               {"cmd": "head", "args": ["-c", str(size), "/dev/zero"]})
+        assert status == 201, body
+        job_id = json.loads(body)["id"]
+        start = time.perf_counter()
+        conn.request("GET", f"/jobs/{job_id}/stdout?follow=true")
+        response = conn.getresponse()
+        assert response.status == 200
+        buffer = bytearray(1 << 20)
+        view = memoryview(buffer)
+        received = 0
+        while n := response.readinto(view):
+            received += n
+        seconds = time.perf_counter() - start
+        rss_after = peak_rss_mib(proc.pid)
+        status, body = request(conn, "GET", f"/jobs/{job_id}/status")
+        info = json.loads(body)["stdout"]
+    note = "" if received == size else f" ({info['dropped'] / 2**20:,.0f} MiB dropped by ring)"
+    print(f"follow {size / 2**20:,.0f} MiB, {backend}: received {received / 2**20:,.0f} MiB{note} "
+          f"at {received / seconds / 1e6:,.0f} MB/s (target >= 300) | server peak RSS "
+          f"{rss_before:,.0f} MiB before, {rss_after:,.0f} MiB after")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 256 MiB follow")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        certs = init_pki(workdir / "pki", clients=["bench"])
+        os.environ.setdefault("PYTHONUNBUFFERED", "1")
+        if args.quick:
+            bench_status(certs, workdir, seconds=1.0, rounds=2)
+            bench_create(certs, workdir, count=300)
+            for backend in ("tempfile", "ring"):
+                bench_follow(certs, workdir, GIB // 4, backend)
+        else:
+            bench_status(certs, workdir, seconds=3.0, rounds=3)
+            bench_create(certs, workdir, count=2000)
+            for backend in ("tempfile", "ring"):
+                bench_follow(certs, workdir, GIB, backend)
+
+
+if __name__ == "__main__":
+    main()
