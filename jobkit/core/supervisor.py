@@ -58,6 +58,7 @@ class Supervisor:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._stopping = False
+        self._mutate = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="jobkit-supervisor", daemon=True)
         self._thread.start()
 
@@ -91,8 +92,23 @@ class Supervisor:
         return value  # type: ignore[no-any-return]
 
     def watch(self, job: Job, kill_after: float) -> None:
-        """Start draining a freshly spawned job and watching for its exit."""
-        self.call(lambda: self._watch(job, kill_after))
+        """Start draining a freshly spawned job and watching for its exit.
+
+        Registering from the caller's thread saves the supervisor a wake-up
+        per job; ``_mutate`` keeps it from racing with the supervisor's own
+        unregistering (epoll itself is thread-safe, the selector's map is not
+        meant to be shared).
+        """
+        with self._mutate:  # held throughout: the supervisor may drain these at once
+            for name, fd in list(job.fds.items()):
+                stream = job.streams[name]
+                self._selector.register(
+                    fd, selectors.EVENT_READ, lambda j=job, n=name, s=stream: self._drain(j, n, s)
+                )
+            self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
+        if job.timeout is not None:
+            timeout = job.timeout
+            self.call(lambda: self._at(timeout, lambda: self._time_out(job, kill_after)))
 
     def forget(self, job: Job) -> None:
         """Stop draining ``job``, close its pipes and free its output (waits)."""
@@ -146,16 +162,6 @@ class Supervisor:
     def _at(self, delay: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
 
-    def _watch(self, job: Job, kill_after: float) -> None:
-        for name, fd in job.fds.items():
-            stream = job.streams[name]
-            self._selector.register(
-                fd, selectors.EVENT_READ, lambda j=job, n=name, s=stream: self._drain(j, n, s)
-            )
-        self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
-        if job.timeout is not None:
-            self._at(job.timeout, lambda: self._time_out(job, kill_after))
-
     def _drain(self, job: Job, name: str, stream: OutputStream, budget: int = CHUNK) -> bool:
         """Move one chunk from the pipe to the store; False once the pipe is gone."""
         fd = job.fds.get(name, -1)
@@ -195,7 +201,8 @@ class Supervisor:
     def _close_pipe(self, job: Job, name: str) -> None:
         fd = job.fds.pop(name, -1)
         if fd >= 0:
-            self._selector.unregister(fd)
+            with self._mutate:
+                self._selector.unregister(fd)
             os.close(fd)
 
     def _reap(self, job: Job) -> None:
@@ -212,7 +219,8 @@ class Supervisor:
         returncode = job.process.poll()
         if returncode is None:
             return  # not reaped yet (spurious wake-up): epoll will tell us again
-        self._selector.unregister(job.pidfd)
+        with self._mutate:
+            self._selector.unregister(job.pidfd)
         os.close(job.pidfd)
         job.pidfd = -1
         job.finish_with_returncode(returncode)
