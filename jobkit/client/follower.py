@@ -1,0 +1,174 @@
+"""`RemoteFollower`: a job's output stream, read from a chunked HTTPS response."""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+from collections.abc import Iterator
+from types import TracebackType
+
+from jobkit.client.transport import Reply, Transport, translate_error
+from jobkit.core.errors import ClientError
+
+__all__ = ["RemoteFollower"]
+
+#: The most bytes one read hands out.
+CHUNK = 1 << 16
+#: Chunks the background reader (see `RemoteFollower.read`) may hold unread.
+_BUFFERED_CHUNKS = 16
+
+_Item = bytes | None | ClientError
+
+
+class RemoteFollower(Iterator[bytes]):
+    """Yields one stream of a remote job, from an offset on, as the server sends it.
+
+    The remote twin of the library's `Follower`, with the same interface:
+    iterate it, or call `read` with a timeout; `cancel` ends it from any
+    thread; ``offset`` is the absolute offset of the next byte to come.  It
+    ends when the server ends the response: when the job's stream is closed
+    and drained (or, for a plain read, when it has sent what the stream held
+    when asked), when the job is deleted, or when the server stops.
+
+    It holds its own connection until it ends; the connection goes back to
+    the client's keep-alive pool if the response was read to its end.  Use it
+    as a context manager, or call `close`, when you stop reading early.
+
+    Iteration reads the response in the calling thread.  The first `read`
+    with a timeout starts a reader thread that reads ahead (at most 16
+    chunks), since a blocking TLS read cannot be abandoned half-way; from then
+    on every read goes through it.
+
+    Raises `ConnectionFailed` if the connection breaks mid-stream.
+    """
+
+    def __init__(self, transport: Transport, reply: Reply, offset: int) -> None:
+        self._transport = transport
+        self._reply = reply
+        start = reply.headers.get("X-Jobkit-Offset")
+        #: The absolute offset of the next byte to come.
+        self.offset = max(offset, int(start)) if start and start.isdigit() else offset
+        self._cancelled = False
+        self._ended = False
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._buffer: collections.deque[_Item] = collections.deque()
+        self._reader: threading.Thread | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data = self.read()
+        if data is None:
+            raise StopIteration
+        return data
+
+    def __enter__(self) -> RemoteFollower:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def read(self, timeout: float | None = None) -> bytes | None:
+        """The next bytes; ``b""`` if ``timeout`` seconds passed first; None at the end."""
+        if timeout is None and self._reader is None:
+            item = self._next_chunk()
+        else:
+            item = self._take(timeout)
+        if isinstance(item, ClientError):
+            raise item
+        if item:
+            self.offset += len(item)
+        return item
+
+    def cancel(self) -> None:
+        """End the stream now, from any thread; a blocked reader wakes up with the end."""
+        with self._lock:
+            self._cancelled = True
+            self._changed.notify_all()
+        connection = self._reply.connection
+        sock = None if connection is None else connection.sock
+        if sock is not None:
+            try:
+                # The TCP socket's shutdown, not SSLSocket's: it only wakes the
+                # reading thread, without touching TLS state under its feet.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop reading and release the connection (kept for reuse only if fully read).
+
+        Call it from the thread that reads (or after it stopped); `cancel` is
+        the one to call from elsewhere.
+        """
+        if not self._ended:
+            self.cancel()
+        if self._reader is not None:
+            self._reader.join()
+        self._end(reusable=False)
+
+    # -- reading ------------------------------------------------------------------
+
+    def _next_chunk(self) -> _Item:
+        """Read the next chunk from the response (in whatever thread calls it)."""
+        if self._ended or self._cancelled:
+            self._end(reusable=False)
+            return None
+        response = self._reply.response
+        if response is None:
+            return None
+        try:
+            data = response.read1(CHUNK)
+        except Exception as error:
+            self._end(reusable=False)
+            if self._cancelled:
+                return None
+            return translate_error(error, self._transport.address, reading=True)
+        if not data:
+            self._end(reusable=not self._cancelled)
+            return None
+        return data
+
+    def _end(self, *, reusable: bool) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        self._transport.finish(self._reply, reusable=reusable)
+
+    def _take(self, timeout: float | None) -> _Item:
+        with self._lock:
+            if self._reader is None:
+                self._reader = threading.Thread(target=self._read_ahead, daemon=True,
+                                                name="jobkit-follower")
+                self._reader.start()
+            if not self._changed.wait_for(lambda: self._buffer or self._cancelled, timeout):
+                return b""
+            if not self._buffer:
+                return None  # cancelled
+            item = self._buffer.popleft()
+            if not isinstance(item, bytes):
+                self._buffer.appendleft(None)  # the end stays the end
+            self._changed.notify_all()
+            return item
+
+    def _read_ahead(self) -> None:
+        while True:
+            with self._lock:
+                self._changed.wait_for(
+                    lambda: len(self._buffer) < _BUFFERED_CHUNKS or self._cancelled
+                )
+            item = self._next_chunk()
+            with self._lock:
+                self._buffer.append(item)
+                self._changed.notify_all()
+            if not isinstance(item, bytes):
+                return

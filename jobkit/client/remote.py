@@ -1,0 +1,325 @@
+"""`Client`: the `JobPool` verbs, run by a jobkit server over mutual TLS."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import signal as _signal
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+from jobkit.client.arguments import (
+    check_args,
+    check_count,
+    check_env,
+    check_seconds,
+    check_str,
+)
+from jobkit.client.decode import status_from_json
+from jobkit.client.follower import RemoteFollower
+from jobkit.client.paths import DEFAULT_SERVER, default_client_dir, parse_server
+from jobkit.client.transport import Reply, Transport, load_tls_context
+from jobkit.core.errors import (
+    AuthenticationFailed,
+    BackendNotFound,
+    JobNotFound,
+    ServerError,
+)
+from jobkit.core.models import STREAMS, JobOutput, JobStatus
+from jobkit.core.signals import parse_signal, signal_name
+
+__all__ = ["DEFAULT_TIMEOUT", "Client"]
+
+#: Seconds to wait for the server to connect or to answer, by default.
+DEFAULT_TIMEOUT = 30.0
+#: `Client.wait` asks for the status this often at first, then backs off ...
+_POLL_FIRST = 0.005
+#: ... by this factor, to at most this many seconds between questions.
+_POLL_GROWTH = 1.5
+_POLL_MAX = 0.25
+
+
+class Client:
+    """A jobkit server's jobs, with the same verbs, values and errors as `JobPool`.
+
+    Code written against a `JobPool` runs against a server by swapping the
+    object: the methods take the same arguments and return the same
+    `JobStatus`, `JobOutput` and bytes; ``create`` checks its arguments the
+    same way (``TypeError`` / ``ValueError``); an unknown id raises
+    `JobNotFound` and an unknown backend `BackendNotFound`.  On top of those:
+
+    * `ConnectionFailed`: the server cannot be reached, or the connection
+      broke; the message names the address;
+    * `AuthenticationFailed`: TLS failed, either way round (the server refused
+      our certificate, or its certificate is not from our CA);
+    * `ServerError`: any other error answer, with its message and HTTP status.
+
+    Args:
+        server: ``HOST:PORT`` (``[IPv6]:PORT``; the port defaults to 8443).
+        certs: A client certificate folder holding ``ca.pem``, ``cert.pem``
+            and ``key.pem``; by default the one ``jobkit serve`` makes for the
+            current user (see `default_client_dir`).
+        timeout: Seconds to wait for a connection or an answer.  Follow
+            streams wait for output as long as the job runs.
+
+    Raises ``FileNotFoundError`` (or another ``OSError``) naming the missing
+    or unreadable folder or file, ``ValueError`` for certificates that cannot
+    be loaded or a malformed ``server``.
+
+    The client keeps a few connections alive between calls and is safe to
+    share between threads.  Close it (or use ``with``) when done.
+    """
+
+    def __init__(self, server: str = DEFAULT_SERVER,
+                 certs: str | os.PathLike[str] | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        host, port = parse_server(server)
+        timeout = check_seconds("timeout", timeout)
+        folder = default_client_dir() if certs is None else Path(certs)
+        self.certs = folder
+        self._transport = Transport(host, port, load_tls_context(folder), timeout)
+        #: ``host:port`` of the server, as used in messages.
+        self.server = self._transport.address
+
+    def __repr__(self) -> str:
+        return f"<Client server={self.server!r} certs={str(self.certs)!r}>"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the idle connections.  The client stays usable (it reconnects)."""
+        self._transport.close()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def create(
+        self,
+        command: str,
+        args: Any = (),
+        *,
+        env: Any = None,
+        replace_env: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        backend: str | None = None,
+        backend_options: Any = None,
+    ) -> str:
+        """Start ``command`` with ``args`` on the server; return the new job's id.
+
+        As `JobPool.create`: no shell, OS failures give a job in ``error``
+        state.  ``env`` is added to the server's environment and ``cwd`` is a
+        path on the server.  ``replace_env`` and ``backend_options`` are not
+        supported by the HTTP API: setting them raises ``ValueError``.
+        """
+        body: dict[str, Any] = {
+            "cmd": check_str("command", command, nonempty=True),
+            "args": check_args(args),
+        }
+        if env is not None:
+            body["env"] = check_env(env)
+        if cwd is not None:
+            body["cwd"] = check_str("cwd", os.fspath(cwd), nonempty=True)
+        if timeout is not None:
+            body["timeout"] = check_seconds("timeout", timeout)
+        if backend is not None:
+            body["backend"] = check_str("backend", backend, nonempty=True)
+        if replace_env:
+            raise ValueError("replace_env is not supported by the jobkit server")
+        if backend_options is not None:
+            raise ValueError("backend_options are not supported by the jobkit server")
+        data = self._json("PUT", "/jobs", body=body, backend=backend)
+        job_id = data.get("id") if isinstance(data, dict) else None
+        if not isinstance(job_id, str):
+            raise ServerError(f"the server at {self.server} answered PUT /jobs without an id",
+                              201)
+        return job_id
+
+    def list(self) -> list[str]:
+        """The ids of every job of ours on the server, oldest first."""
+        data = self.list_json()
+        ids = data.get("ids")
+        if not isinstance(ids, list):
+            raise ServerError(f"the server at {self.server} sent no 'ids' list", 200)
+        return [str(job_id) for job_id in ids]
+
+    def jobs(self) -> builtins.list[JobStatus]:
+        """The status of every job of ours on the server, oldest first, in one request."""
+        data = self.list_json()
+        try:
+            return [status_from_json(item) for item in data.get("jobs") or ()]
+        except ValueError as error:
+            raise ServerError(f"the server at {self.server} sent a malformed job list: "
+                              f"{error}", 200) from None
+
+    def list_json(self) -> dict[str, Any]:
+        """The server's ``GET /jobs`` document: ``{"ids": [...], "jobs": [...]}``."""
+        data = self._json("GET", "/jobs")
+        if not isinstance(data, dict):
+            raise ServerError(f"the server at {self.server} sent a malformed job list", 200)
+        return data
+
+    def status(self, job_id: str) -> JobStatus:
+        """A snapshot of the job's state; `JobNotFound` for an unknown id."""
+        data = self.status_json(job_id)
+        try:
+            return status_from_json(data)
+        except ValueError as error:
+            raise ServerError(f"the server at {self.server} sent a malformed status: "
+                              f"{error}", 200) from None
+
+    def status_json(self, job_id: str) -> dict[str, Any]:
+        """The server's ``GET /jobs/<id>/status`` document, as a dict."""
+        data = self._json("GET", f"{_job_path(job_id)}/status", job_id=job_id)
+        if not isinstance(data, dict):
+            raise ServerError(f"the server at {self.server} sent a malformed status", 200)
+        return data
+
+    def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
+        """Block until the job's main process has ended; return its status.
+
+        Asks the server for the status, first every 5 ms, backing off to every
+        0.25 s: the HTTP API has no "wait" call, and a follow stream would end
+        when the output closes, which is not the same as the process ending.
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first.
+        """
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout, allow_zero=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = _POLL_FIRST
+        while True:
+            status = self.status(job_id)
+            if not status.running:
+                return status
+            pause = delay
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job {job_id} still running after {timeout} s")
+                pause = min(pause, remaining)
+            time.sleep(pause)
+            delay = min(delay * _POLL_GROWTH, _POLL_MAX)
+
+    def output(self, job_id: str) -> JobOutput:
+        """Everything the job's output backend holds, stdout and stderr, as bytes.
+
+        Read from the raw ``/stdout`` and ``/stderr`` endpoints, so the bytes
+        are exact (``GET /jobs/<id>/output`` replaces invalid UTF-8).
+        """
+        stdout, stderr = (self.read(job_id, stream) for stream in STREAMS)
+        return JobOutput(stdout=stdout, stderr=stderr)
+
+    def read(self, job_id: str, stream: str, offset: int = 0, size: int | None = None) -> bytes:
+        """Up to ``size`` bytes (all, if None) of ``stream`` from absolute ``offset``.
+
+        What the stream holds now, without waiting; ``b""`` at or past the end.
+        """
+        if size is not None:
+            check_count("size", size)
+        chunks: builtins.list[bytes] = []
+        wanted = size
+        with self._stream(job_id, stream, offset, follow=False) as reader:
+            for chunk in reader:
+                if wanted is not None:
+                    chunk = chunk[:wanted]
+                    wanted -= len(chunk)
+                chunks.append(chunk)
+                if wanted == 0:
+                    break
+        return b"".join(chunks)
+
+    def follow(self, job_id: str, stream: str, offset: int = 0) -> RemoteFollower:
+        """A `RemoteFollower` of ``stream``'s bytes from ``offset`` on, as they arrive.
+
+        It ends when the stream is closed and drained, when the job is deleted
+        or when its ``cancel()`` is called.  Each follower holds one
+        connection (and one of the server's follow slots) until it ends.
+        """
+        return self._stream(job_id, stream, offset, follow=True)
+
+    def stop(self, job_id: str, signal: int | str = _signal.SIGTERM) -> JobStatus:
+        """Send ``signal`` (default SIGTERM) to the job's whole process group.
+
+        ``signal`` is a number or a name (``"TERM"``, ``"SIGTERM"``, ``"15"``).
+        Returns the job's status, as the server saw it right after.
+        """
+        name = signal_name(parse_signal(signal))
+        data = self._json("POST", f"{_job_path(job_id)}/stop", body={"signal": name},
+                          job_id=job_id)
+        try:
+            return status_from_json(data)
+        except ValueError as error:
+            raise ServerError(f"the server at {self.server} sent a malformed status: "
+                              f"{error}", 200) from None
+
+    def delete(self, job_id: str) -> None:
+        """SIGKILL the job's process group, reap it, free its output, forget it."""
+        self._json("DELETE", _job_path(job_id), job_id=job_id)
+
+    # -- requests -------------------------------------------------------------------
+
+    def _stream(self, job_id: str, stream: str, offset: int, *, follow: bool) -> RemoteFollower:
+        path = _job_path(job_id)
+        if stream not in STREAMS:
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        check_count("offset", offset)
+        query = f"?offset={offset}&follow=true" if follow else f"?offset={offset}"
+        reply = self._transport.request("GET", f"{path}/{stream}{query}", stream=True)
+        if reply.status != 200:
+            self._transport.finish(reply, reusable=True)
+            self._raise(reply, job_id=job_id)
+        return RemoteFollower(self._transport, reply, offset)
+
+    def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+              job_id: str | None = None, backend: str | None = None) -> Any:
+        payload = None if body is None else json.dumps(body).encode()
+        reply = self._transport.request(method, path, payload)
+        if not 200 <= reply.status < 300:
+            self._raise(reply, job_id=job_id, backend=backend)
+        try:
+            return json.loads(reply.body)
+        except ValueError:
+            raise ServerError(f"the server at {self.server} sent malformed JSON for "
+                              f"{method} {path}", reply.status) from None
+
+    def _raise(self, reply: Reply, *, job_id: str | None = None,
+               backend: str | None = None) -> NoReturn:
+        """Raise the library's error for an error reply (the one place that maps them)."""
+        status = reply.status
+        message = _error_message(reply)
+        if status == 404 and job_id is not None and not message.startswith("no such endpoint"):
+            raise JobNotFound(job_id)
+        if status == 400 and backend is not None and "'backend'" in message:
+            error = BackendNotFound.__new__(BackendNotFound)
+            Exception.__init__(error, message.partition(": ")[2] or message)
+            error.name = backend
+            raise error
+        if status in (400, 413):
+            raise ValueError(message)
+        if status == 403 and "certificate" in message:
+            raise AuthenticationFailed(f"the server at {self.server} refused our client "
+                                       f"certificate: {message}")
+        raise ServerError(message, status)
+
+
+def _job_path(job_id: str) -> str:
+    check_str("job_id", job_id)
+    return "/jobs/" + quote(job_id, safe="")
+
+
+def _error_message(reply: Reply) -> str:
+    try:
+        data = json.loads(reply.body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return f"HTTP {reply.status} from the server"
