@@ -53,6 +53,8 @@ access_log = logging.getLogger("jobkit.server.access")
 MAX_BODY = 1 << 20
 #: Live (running) jobs one client may have at once by default; more get 429.
 DEFAULT_MAX_JOBS = 256
+#: A refused body up to this size is read (and dropped) before the 413, so the client sees it.
+DRAIN_LIMIT = 8 << 20
 #: How often an idle follow stream wakes up to notice shutdown or a dead client.
 FOLLOW_POLL_INTERVAL = 0.5
 #: The environ key under which the app finds the client's CN.
@@ -442,6 +444,7 @@ class JobApi:
         try:
             body = rfile.read(self.limits.max_body + 1)
             if len(body) > self.limits.max_body:
+                _drain(rfile, DRAIN_LIMIT - len(body))
                 raise ApiError(413, f"request body larger than {self.limits.max_body} bytes")
             # cheroot stops after the last chunk and leaves the trailer section
             # (at least its final CRLF) unread; the connection would then look
@@ -639,7 +642,10 @@ class JobApi:
         environ = bottle.request.environ
         owner = self._owner(environ, _query(environ) if query is None else query)
         client = self._clients.get(owner)
-        if client is None:  # exactly what an unknown id in an existing pool gives
+        # Exactly what an unknown id in an existing pool gives: whether a
+        # client has a pool yet must not show.  (An id with NUL can never exist;
+        # the library would call it a bad value.)
+        if client is None or "\0" in job_id:
             raise JobNotFound(job_id)
         return client
 
@@ -807,6 +813,8 @@ def _read_json(environ: Mapping[str, Any], limit: int, *, required: bool) -> dic
     except ValueError:
         raise ApiError(400, f"bad Content-Length: {text!r}") from None
     if length > limit:
+        if length <= DRAIN_LIMIT:
+            _drain(environ["wsgi.input"], length)
         raise ApiError(413, f"request body larger than {limit} bytes")
     if length <= 0:
         if required:
@@ -828,6 +836,23 @@ def _read_json(environ: Mapping[str, Any], limit: int, *, required: bool) -> dic
     if not isinstance(value, dict):
         raise ApiError(400, f"the request body must be a JSON object, not {_json_type(value)}")
     return value
+
+
+def _drain(rfile: Any, most: int) -> None:
+    """Read and drop up to ``most`` bytes of a body we refuse.
+
+    A client still sending its body when the answer comes and the connection
+    closes gets a broken pipe instead of our 413; reading a few megabytes of
+    it first lets ordinary clients see the answer.  Larger bodies are cut off.
+    """
+    try:
+        while most > 0:
+            chunk = rfile.read(min(most, 1 << 16))
+            if not chunk:
+                return
+            most -= len(chunk)
+    except (OSError, ValueError):
+        return
 
 
 def _describe(error: OSError) -> str:

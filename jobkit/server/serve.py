@@ -12,6 +12,7 @@ Shutdown order matters, and `JobServer.stop` owns it:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -20,6 +21,8 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
+from cheroot import errors as cheroot_errors
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
@@ -84,8 +87,54 @@ class _Gateway(wsgi.Gateway_10):
             wfile.uncork()
 
 
+#: Messages for the errors cheroot answers without one.
+_PLAIN_MESSAGES = {
+    "408": "timed out waiting for the request",
+    "501": "unsupported Transfer-Encoding: only chunked is accepted",
+    "503": "the server is too busy; try again later",
+}
+
+
+class _Request(cheroot_server.HTTPRequest):
+    """cheroot's request, answering the errors cheroot handles itself in JSON.
+
+    cheroot refuses some requests before the app sees them (a malformed
+    request line or header, an unsupported transfer coding, a request that
+    times out, ...) with a ``text/plain`` body; every jobkit error is
+    ``{"error": ...}`` instead.
+    """
+
+    def simple_response(self, status: Any, msg: Any = "") -> None:
+        status = str(status)
+        if isinstance(msg, bytes):
+            msg = msg.decode("latin-1")
+        message = str(msg or _PLAIN_MESSAGES.get(status[:3], status[4:])).rstrip(".") or status
+        body = json.dumps({"error": message}).encode()
+        lines = [
+            f"{self.server.protocol} {status}\r\n",
+            f"Content-Length: {len(body)}\r\n",
+            "Content-Type: application/json\r\n",
+        ]
+        if status[:3] in {"413", "414"}:  # as cheroot does: the rest of the request is garbage
+            self.close_connection = True
+            if self.response_protocol == "HTTP/1.1":
+                lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        try:
+            self.conn.wfile.write("".join(lines).encode("latin-1") + body)
+        except OSError as error:
+            if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
+                raise
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
 class _CherootServer(wsgi.Server):
     """cheroot's WSGI server, logging through `logging` instead of raw stderr."""
+
+    ConnectionClass = _Connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
