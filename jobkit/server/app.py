@@ -277,6 +277,7 @@ class _ByteStream:
                  on_close: Callable[[_ByteStream], None]) -> None:
         self._follower = follower
         self._until = until
+        self.follow = until is None
         self._peer = peer
         self._on_close = on_close
         self._done = False
@@ -393,11 +394,12 @@ class JobApi:
         started = time.perf_counter()
         peer = environ.get(PEER_ENVIRON_KEY)
         client = peer.common_name if isinstance(peer, Peer) else None
-        state: list[Any] = [client or "-", 0]  # CN for the log, status code
+        state: list[Any] = [client or "-", 0, None]  # CN for the log, status, write()
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             state[1] = int(status[:3])
-            return start_response(status, headers, exc_info)
+            state[2] = start_response(status, headers, exc_info)
+            return state[2]
 
         try:
             if client is None:
@@ -417,6 +419,15 @@ class JobApi:
         if isinstance(result, list):
             self._log(environ, state, started)
             return result
+        if isinstance(result, _ByteStream) and result.follow and state[2] is not None:
+            # A server sends the headers with the first body bytes, which a
+            # quiet job may not write for hours; WSGI's write() sends them now.
+            try:
+                state[2](b"")
+            except BaseException:
+                result.close()  # the client is gone: free the follow slot
+                self._log(environ, state, started)
+                raise
         return _LoggedBody(result, lambda: self._log(environ, state, started))
 
     def _log(self, environ: Mapping[str, Any], state: list[Any], started: float) -> None:

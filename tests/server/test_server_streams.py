@@ -1,0 +1,194 @@
+"""Follow streams: several at once, ending on every condition, and within their limits."""
+
+from __future__ import annotations
+
+import http.client
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from jobkit.server.serve import JobServer
+from tests.conftest import wait_until
+from tests.server.conftest import ApiClient, start_server
+
+
+class Follow:
+    """One open ``?follow=true`` response on its own connection."""
+
+    def __init__(self, client: ApiClient, path: str) -> None:
+        self.conn = client.connect()
+        self.conn.request("GET", path)
+        self.response = self.conn.getresponse()
+        self.received = bytearray()
+
+    def read_until(self, expected: bytes) -> None:
+        """Read what arrives until ``received`` ends with ``expected``."""
+        while not self.received.endswith(expected):
+            chunk = self.response.read1(65536)
+            assert chunk, f"stream ended early with {bytes(self.received[-200:])!r}"
+            self.received += chunk
+
+    def read_to_end(self) -> bytes:
+        self.received += self.response.read()  # returns only once the chunked body ended
+        assert self.response.isclosed()
+        return bytes(self.received)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    """A named pipe: ``cat`` it in a job, and the test decides when the job writes."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    return path
+
+
+def test_several_followers_see_the_same_bytes_as_they_come(
+    server: JobServer, client: ApiClient, fifo: Path
+) -> None:
+    job_id = client.create("cat", str(fifo))
+    followers = [Follow(client, f"/jobs/{job_id}/stdout?follow=true") for _ in range(4)]
+    try:
+        assert all(f.response.status == 200 for f in followers)
+        assert all(f.response.headers["Transfer-Encoding"] == "chunked" for f in followers)
+        with open(fifo, "wb", buffering=0) as writer:
+            for line in [b"one\n", b"two\n", b"three\n"]:
+                writer.write(line)
+                for follower in followers:
+                    follower.read_until(line)  # each line arrives while the job runs
+        # The job ended: every stream ends too, with everything in it.
+        for follower in followers:
+            assert follower.read_to_end() == b"one\ntwo\nthree\n"
+    finally:
+        for follower in followers:
+            follower.close()
+    assert client.wait(job_id)["status"] == "completed"
+
+
+def test_follow_from_an_offset_and_from_stderr(client: ApiClient, fifo: Path) -> None:
+    job_id = client.create("sh", "-c", f"printf 0123456789 >&2; cat {fifo} >&2")
+    wait_until(lambda: client.status(job_id)["stderr"]["written"] == 10, what="first bytes")
+    follower = Follow(client, f"/jobs/{job_id}/stderr?follow=true&offset=6")
+    assert follower.response.headers["X-Jobkit-Offset"] == "6"
+    follower.read_until(b"6789")
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(b"more")
+    assert follower.read_to_end() == b"6789more"
+    follower.close()
+
+
+def test_follow_of_a_finished_job_returns_everything_and_ends(client: ApiClient) -> None:
+    size = 3 * (1 << 20) + 7
+    job_id = client.create("head", "-c", str(size), "/dev/urandom", backend="tempfile")
+    client.wait(job_id)
+    follower = Follow(client, f"/jobs/{job_id}/stdout?follow=true")
+    data = follower.read_to_end()
+    follower.close()
+    assert len(data) == size
+    assert data == client.get(f"/jobs/{job_id}/stdout").body
+
+
+def test_deleting_the_job_ends_its_followers(server: JobServer, client: ApiClient) -> None:
+    job_id = client.create("sleep", "600")
+    follower = Follow(client, f"/jobs/{job_id}/stdout?follow=true")
+    wait_until(lambda: server.api.open_follow_streams >= 1, what="the stream to open")
+    assert client.request("DELETE", f"/jobs/{job_id}").status == 200
+    assert follower.read_to_end() == b""
+    follower.close()
+
+
+def test_a_client_that_goes_away_ends_its_stream(server: JobServer, client: ApiClient) -> None:
+    # A quiet job: nothing is written, so only the disconnect check can notice.
+    job_id = client.create("sleep", "600")
+    before = server.api.open_follow_streams
+    follower = Follow(client, f"/jobs/{job_id}/stdout?follow=true")
+    wait_until(lambda: server.api.open_follow_streams == before + 1, what="the stream to open")
+    follower.conn.sock.close()  # type: ignore[union-attr]
+    follower.close()
+    wait_until(lambda: server.api.open_follow_streams == before, timeout=5,
+               what="the server to notice the client left")
+    assert client.status(job_id)["status"] == "running"
+    client.request("DELETE", f"/jobs/{job_id}")
+
+
+def test_a_follower_on_the_ring_backend_skips_what_was_dropped(client: ApiClient) -> None:
+    job_id = client.create("head", "-c", str(3 << 20), "/dev/zero", backend="ring")
+    status = client.wait(job_id)
+    follower = Follow(client, f"/jobs/{job_id}/stdout?follow=true")
+    assert follower.response.headers["X-Jobkit-Offset"] == str(status["stdout"]["dropped"])
+    data = follower.read_to_end()
+    follower.close()
+    assert len(data) == status["stdout"]["written"] - status["stdout"]["dropped"]
+
+
+# -- limits: followers cannot starve other requests ---------------------------------------------
+
+
+@pytest.fixture
+def small_server(pki: Path) -> Iterator[JobServer]:
+    server = start_server(pki, threads=4)  # 2 follow streams in all, 1 per client
+    yield server
+    server.stop()
+
+
+def test_follow_limits_keep_threads_for_other_requests(
+    small_server: JobServer, make_client: Callable[..., ApiClient]
+) -> None:
+    limits = small_server.api.limits
+    assert (limits.max_follows, limits.max_client_follows) == (2, 1)
+    x, y, z = (make_client(target=small_server) for _ in range(3))
+    jobs = {client.name: client.create("sleep", "600") for client in (x, y, z)}
+
+    first = Follow(x, f"/jobs/{jobs[x.name]}/stdout?follow=true")
+    assert first.response.status == 200
+    again = x.get(f"/jobs/{jobs[x.name]}/stderr?follow=true")
+    assert again.status == 429 and "follow streams" in again.json()["error"]
+    second = Follow(y, f"/jobs/{jobs[y.name]}/stdout?follow=true")
+    assert second.response.status == 200
+    full = z.get(f"/jobs/{jobs[z.name]}/stdout?follow=true")
+    assert full.status == 503 and "follow streams" in full.json()["error"]
+    assert full.headers["Retry-After"] == "1"
+
+    # With every follow slot taken, ordinary requests still get threads.
+    for client in (x, y, z):
+        assert client.get("/jobs").status == 200
+        assert client.get(f"/jobs/{jobs[client.name]}/stdout").status == 200  # not a follow
+
+    first.close()
+    wait_until(lambda: small_server.api.open_follow_streams == 1, timeout=5,
+               what="the closed stream to be noticed")
+    third = Follow(z, f"/jobs/{jobs[z.name]}/stdout?follow=true")
+    assert third.response.status == 200
+    for follow in (second, third):
+        follow.close()
+
+
+def test_an_unknown_stream_name_is_not_an_endpoint(client: ApiClient) -> None:
+    job_id = client.create("true")
+    response = client.get(f"/jobs/{job_id}/stdin?follow=true")
+    assert response.status == 404
+
+
+def test_follow_responses_are_raw_bytes(client: ApiClient, fifo: Path) -> None:
+    job_id = client.create("cat", str(fifo))
+    follower = Follow(client, f"/jobs/{job_id}/stdout?follow=true")
+    assert follower.response.headers["Content-Type"] == "application/octet-stream"
+    payload = bytes(range(256)) * 64
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(payload)
+    assert follower.read_to_end() == payload
+    follower.close()
+
+
+def test_a_follow_response_can_be_read_with_plain_http_client(client: ApiClient) -> None:
+    job_id = client.create("printf", "abc")
+    client.wait(job_id)
+    conn = client.connect()
+    conn.request("GET", f"/jobs/{job_id}/stdout?follow=true")
+    response: http.client.HTTPResponse = conn.getresponse()
+    assert response.read() == b"abc"
+    conn.close()
