@@ -236,6 +236,14 @@ class Client:
                     break
         return b"".join(chunks)
 
+    def chunks(self, job_id: str, stream: str, offset: int = 0) -> RemoteFollower:
+        """What ``stream`` holds now from ``offset`` on, as an iterator of chunks.
+
+        Like `read` without holding everything in memory at once (``jobkit
+        output`` writes each chunk as it arrives); it does not wait for more.
+        """
+        return self._stream(job_id, stream, offset, follow=False)
+
     def follow(self, job_id: str, stream: str, offset: int = 0) -> RemoteFollower:
         """A `RemoteFollower` of ``stream``'s bytes from ``offset`` on, as they arrive.
 

@@ -1,0 +1,169 @@
+"""``jobkit status / output / list / stop / delete / wait``: acting on existing jobs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from jobkit.cli.connect import complete_job_ids, connect
+from jobkit.cli.errors import EXIT_USAGE, EXIT_WAIT_TIMEOUT, CliError, OneLineCommand, handle_errors
+from jobkit.cli.relay import copy_to_end, exit_code
+from jobkit.cli.render import plain_table, rich_table, styled_status_line, wants_colour, wants_table
+from jobkit.core.models import JobStatus, State
+from jobkit.core.signals import parse_signal, signal_name
+
+__all__ = ["delete", "list_jobs", "output", "status", "stop", "wait"]
+
+_CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _job_id() -> Callable[[F], F]:
+    return click.argument("job_id", metavar="ID", shell_complete=complete_job_ids)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@_job_id()
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON status instead.")
+@click.pass_context
+@handle_errors()
+def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Print the status of job ID, e.g. 'completed, exit status: 0'.
+
+    \b
+    running                      yellow
+    completed, exit status: 0    green (another exit status: red)
+    killed, signal: SIGKILL      magenta
+    error: <why it could not start>   red
+    """
+    client = connect(ctx)
+    if as_json:
+        _print_json(client.status_json(job_id))
+        return
+    click.echo(styled_status_line(client.status(job_id), wants_colour()))
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@_job_id()
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep writing output as it comes, until the job's streams end.")
+@click.option("--stream", type=click.Choice(["stdout", "stderr"]),
+              help="Only this stream, written to stdout.")
+@click.pass_context
+@handle_errors()
+def output(ctx: click.Context, job_id: str, follow: bool, stream: str | None) -> None:
+    """Write job ID's stdout to stdout and its stderr to stderr, byte for byte.
+
+    With --stream, only that stream is written, to stdout, so it can be piped.
+    """
+    client = connect(ctx)
+    stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
+    wanted = [(stream, stdout)] if stream else [("stdout", stdout), ("stderr", stderr)]
+    if not follow:
+        for name, out in wanted:
+            with client.chunks(job_id, name) as chunks:
+                for chunk in chunks:
+                    out.write(chunk)
+            out.flush()
+        return
+    followers = []
+    try:
+        for name, out in wanted:
+            followers.append((client.follow(job_id, name), out))
+    except BaseException:
+        for follower, _ in followers:
+            follower.close()
+        raise
+    copy_to_end(followers)
+
+
+@click.command("list", cls=OneLineCommand, context_settings=_CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the server's JSON job list instead.")
+@click.pass_context
+@handle_errors()
+def list_jobs(ctx: click.Context, as_json: bool) -> None:
+    """List your jobs, oldest first: id, command, state, exit code or signal,
+    start time and duration.
+
+    A table in a terminal; aligned plain text (one line per job, after a
+    header line) when stdout is not a terminal or NO_COLOR is set.
+    """
+    client = connect(ctx)
+    if as_json:
+        _print_json(client.list_json())
+        return
+    statuses = sorted(client.jobs(), key=_age)
+    if wants_table():
+        from rich.console import Console
+
+        Console().print(rich_table(statuses))
+    else:
+        click.echo(plain_table(statuses), nl=False)
+
+
+def _age(status: JobStatus) -> tuple[Any, int]:
+    return status.created_at, int(status.id) if status.id.isdigit() else 0
+
+
+def _signal(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        return parse_signal(value)
+    except ValueError as error:
+        raise CliError(f"--signal: {error}", EXIT_USAGE) from None
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@_job_id()
+@click.option("--signal", "-s", "signum", default="TERM", show_default=True, metavar="SIGNAL",
+              callback=_signal, help="A name (TERM, SIGINT) or a number.")
+@click.pass_context
+@handle_errors()
+def stop(ctx: click.Context, job_id: str, signum: int) -> None:
+    """Send SIGNAL to job ID's whole process group. The job stays listed."""
+    connect(ctx).stop(job_id, signal_name(signum))
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@_job_id()
+@click.pass_context
+@handle_errors()
+def delete(ctx: click.Context, job_id: str) -> None:
+    """Kill job ID's process group (SIGKILL), free its output and forget it."""
+    connect(ctx).delete(job_id)
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@_job_id()
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Give up after this long (exit code 124).")
+@click.pass_context
+@handle_errors(relay=True)
+def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
+    """Wait until job ID ends; exit with its exit code, like a shell.
+
+    128 + N when signal N killed it, 127 when it could not start, 124 when
+    --timeout passed first, 255 when jobkit itself failed (see the message).
+    """
+    client = connect(ctx)
+    try:
+        final = client.wait(job_id, timeout)
+    except TimeoutError:
+        click.echo(f"jobkit: job {job_id} is still running after {timeout:g} s", err=True)
+        raise click.exceptions.Exit(EXIT_WAIT_TIMEOUT) from None
+    report_unstarted(final)
+    ctx.exit(exit_code(final))
+
+
+def report_unstarted(final: JobStatus) -> None:
+    """Say why a job in error state never ran (its exit code alone says little)."""
+    if final.state is State.ERROR:
+        click.echo(f"jobkit: job {final.id} could not start: {final.error}", err=True)
