@@ -16,7 +16,6 @@ from jobkit.cli.errors import (
 )
 from jobkit.cli.jobs import report_unstarted
 from jobkit.cli.relay import exit_code, follow_to_end
-from jobkit.client import Client
 
 __all__ = ["exec_command"]
 
@@ -69,19 +68,20 @@ def exec_command(ctx: click.Context, follow: bool, env: dict[str, str], cwd: str
     N killed it, 127 when it could not start, 255 when jobkit itself failed.
     Ctrl-C stops following (the job keeps running; exit code 130).
     """
-    client = connect(ctx)
     if follow:
-        _create_and_follow(ctx, client, command, args, env, cwd, timeout, backend)
+        _create_and_follow(ctx, command, args, env, cwd, timeout, backend)
         return
+    client = connect(ctx)
     job_id = client.create(command, args, env=env or None, cwd=cwd, timeout=timeout,
                            backend=backend)
     click.echo(job_id)
 
 
 @handle_errors(relay=True)
-def _create_and_follow(ctx: click.Context, client: Client, command: str, args: tuple[str, ...],
+def _create_and_follow(ctx: click.Context, command: str, args: tuple[str, ...],
                        env: dict[str, str], cwd: str | None, timeout: float | None,
                        backend: str | None) -> None:
+    client = connect(ctx)
     job_id = client.create(command, args, env=env or None, cwd=cwd, timeout=timeout,
                            backend=backend)
     try:
