@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from jobkit.cli.errors import EXIT_JOB_ERROR
-from jobkit.client import Client, RemoteFollower
 from jobkit.core.models import JobStatus, State
+
+if TYPE_CHECKING:  # `jobkit exec --help` needs neither ssl nor http.client
+    from jobkit.client import Client, RemoteFollower
 
 __all__ = ["Copier", "copy_to_end", "exit_code", "follow_to_end"]
 
