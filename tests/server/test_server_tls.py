@@ -240,7 +240,7 @@ def test_control_cheroots_own_adapter_does_stall(pki: Path) -> None:
     stalled.prepare()
     thread = threading.Thread(target=stalled.serve, daemon=True)
     thread.start()
-    silent = _silent_connections(stalled.bind_addr)
+    silent = [socket.create_connection(stalled.bind_addr)]  # one is enough to stall it
     try:
         assert _time_one_request(stalled.bind_addr, pki) > 0.5
     finally:
