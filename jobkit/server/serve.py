@@ -6,7 +6,9 @@ Shutdown order matters, and `JobServer.stop` owns it:
    generator that never ends would make cheroot's ``stop()`` wait forever);
 2. connections still in their TLS handshake are shut down, so silent
    clients do not hold worker threads for the handshake timeout;
-3. cheroot stops: no more connections, in-flight responses finish;
+3. cheroot stops: no more connections, in-flight responses finish; any
+   still running after `SHUTDOWN_TIMEOUT` (a client that stopped reading)
+   have their connections cut;
 4. every client's pool is closed: every job is killed and reaped.
 """
 
@@ -226,7 +228,17 @@ class JobServer:
             self._stopped = True
         self.api.begin_shutdown()
         self.adapter.abort_handshakes()
-        self._server.stop()
+        # cheroot's stop() waits for busy workers, then only shuts down the
+        # read side of their sockets, which does not wake one blocked sending
+        # to a client that stopped reading (a big response, a follow stream).
+        # Cut every connection shortly before cheroot's own deadline.
+        cutoff = threading.Timer(max(0.1, SHUTDOWN_TIMEOUT - 0.5), self.adapter.abort_connections)
+        cutoff.daemon = True
+        cutoff.start()
+        try:
+            self._server.stop()
+        finally:
+            cutoff.cancel()
         self.api.close()
         if self._thread is not None:
             self._thread.join(SHUTDOWN_TIMEOUT + CONNECTION_TIMEOUT)

@@ -454,6 +454,18 @@ class TLS13Adapter(Adapter):
             return SocketReader(sock)
         return SocketWriter(sock)
 
+    def abort_connections(self) -> int:
+        """Shut down every connection still open; return how many.
+
+        The last step of a shutdown: it wakes worker threads blocked sending
+        to a client that stopped reading, which nothing else would.
+        """
+        with self._lock:
+            open_sockets = [s for s in self._sockets if s.fileno() >= 0]
+        for sock in open_sockets:
+            sock.abort()
+        return len(open_sockets)
+
     def abort_handshakes(self) -> int:
         """Shut down every connection still in its handshake; return how many.
 
