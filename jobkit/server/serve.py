@@ -27,6 +27,7 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from jobkit.core.pool import JobPool
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
 from jobkit.server.pki import server_dir
 from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, SocketWriter, TLS13Adapter
@@ -157,6 +158,11 @@ class JobServer:
         threads: Worker threads (fixed).  Half may serve follow streams.
         admins: CNs that may act on every client's jobs.
         max_jobs: Live jobs per client (0: no limit).
+        handshake_timeout: Seconds a new connection has to finish its TLS handshake.
+        connection_timeout: Seconds a connection may idle, or stall a read or write.
+        cgroups: For every client's pool: None (default) gives each job its
+            own cgroup where this process may create them, so that stop and
+            delete reach processes that left the job's session; see `JobPool`.
 
     Use `start` / `stop` (or ``with``), or `run_until_signalled`.
     """
@@ -173,6 +179,7 @@ class JobServer:
         max_jobs: int = DEFAULT_MAX_JOBS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         connection_timeout: int = CONNECTION_TIMEOUT,
+        cgroups: bool | None = None,
     ) -> None:
         if threads < 2:
             raise ValueError("a server needs at least 2 worker threads")
@@ -183,7 +190,8 @@ class JobServer:
             handshake_timeout=handshake_timeout,
         )
         self.api = JobApi(backend, admins=admins,
-                          limits=Limits.for_threads(threads, max_jobs=max_jobs))
+                          limits=Limits.for_threads(threads, max_jobs=max_jobs),
+                          pool_factory=lambda: JobPool(backend, cgroups=cgroups))
         server = _CherootServer(
             (host, port), self.api, numthreads=threads, max=threads,
             timeout=connection_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT,
