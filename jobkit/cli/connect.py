@@ -41,7 +41,7 @@ def client_from(server: str | None, certs: str | None, timeout: float | None = N
     `CertificatesUnusable` when the certificate folder cannot be used.
     """
     from jobkit.client import Client
-    from jobkit.client.paths import DEFAULT_SERVER, default_client_dir, parse_server
+    from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
 
     address = server or DEFAULT_SERVER
     try:
@@ -49,7 +49,7 @@ def client_from(server: str | None, certs: str | None, timeout: float | None = N
     except ValueError as error:
         raise CliError(f"--server: {error}", EXIT_USAGE) from None
     try:
-        folder = certs or str(default_client_dir())
+        folder = certs or default_client_folder()
     except RuntimeError as error:
         raise CertificatesUnusable(f"{error}; give a client folder with --certs") from None
     try:
@@ -85,11 +85,11 @@ def complete_job_ids(ctx: click.Context, param: click.Parameter,
     params = ctx.find_root().params
     try:
         with client_from(params.get("server"), params.get("certs"), timeout=2.0) as client:
-            statuses = client.jobs()
+            jobs = client.list_json().get("jobs") or ()
     except Exception:  # completion must never print a traceback into the prompt
         return []
     return [
-        CompletionItem(status.id, help=f"{status.state.value}: {status.command}")
-        for status in statuses
-        if status.id.startswith(incomplete)
+        CompletionItem(str(job.get("id")), help=f"{job.get('status')}: {job.get('cmd')}")
+        for job in jobs
+        if str(job.get("id")).startswith(incomplete)
     ]

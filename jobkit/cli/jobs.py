@@ -11,10 +11,14 @@ import click
 
 from jobkit.cli.connect import complete_job_ids, connect
 from jobkit.cli.errors import EXIT_USAGE, EXIT_WAIT_TIMEOUT, CliError, OneLineCommand, handle_errors
-from jobkit.cli.relay import copy_to_end, exit_code
-from jobkit.cli.render import plain_table, rich_table, styled_status_line, wants_colour, wants_table
-from jobkit.core.models import JobStatus, State
-from jobkit.core.signals import parse_signal, signal_name
+from jobkit.cli.render import (
+    Document,
+    plain_table,
+    rich_table,
+    styled_status_line,
+    wants_colour,
+    wants_table,
+)
 
 __all__ = ["delete", "list_jobs", "output", "status", "stop", "wait"]
 
@@ -45,11 +49,11 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     killed, signal: SIGKILL      magenta
     error: <why it could not start>   red
     """
-    client = connect(ctx)
+    document = connect(ctx).status_json(job_id)
     if as_json:
-        _print_json(client.status_json(job_id))
+        _print_json(document)
         return
-    click.echo(styled_status_line(client.status(job_id), wants_colour()))
+    click.echo(styled_status_line(document, wants_colour()))
 
 
 @click.command(cls=OneLineCommand, context_settings=_CONTEXT)
@@ -65,6 +69,8 @@ def output(ctx: click.Context, job_id: str, follow: bool, stream: str | None) ->
 
     With --stream, only that stream is written, to stdout, so it can be piped.
     """
+    from jobkit.cli.relay import copy_to_end
+
     client = connect(ctx)
     stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
     wanted = [(stream, stdout)] if stream else [("stdout", stdout), ("stderr", stderr)]
@@ -97,24 +103,23 @@ def list_jobs(ctx: click.Context, as_json: bool) -> None:
     A table in a terminal; aligned plain text (one line per job, after a
     header line) when stdout is not a terminal or NO_COLOR is set.
     """
-    client = connect(ctx)
+    document = connect(ctx).list_json()
     if as_json:
-        _print_json(client.list_json())
+        _print_json(document)
         return
-    statuses = sorted(client.jobs(), key=_age)
+    jobs = document.get("jobs") or []  # the server lists them oldest first
     if wants_table():
         from rich.console import Console
 
-        Console().print(rich_table(statuses))
+        Console().print(rich_table(jobs))
     else:
-        click.echo(plain_table(statuses), nl=False)
+        click.echo(plain_table(jobs), nl=False)
 
-
-def _age(status: JobStatus) -> tuple[Any, int]:
-    return status.created_at, int(status.id) if status.id.isdigit() else 0
 
 
 def _signal(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from jobkit.core.signals import parse_signal
+
     try:
         return parse_signal(value)
     except ValueError as error:
@@ -129,7 +134,7 @@ def _signal(ctx: click.Context, param: click.Parameter, value: str) -> int:
 @handle_errors()
 def stop(ctx: click.Context, job_id: str, signum: int) -> None:
     """Send SIGNAL to job ID's whole process group. The job stays listed."""
-    connect(ctx).stop(job_id, signal_name(signum))
+    connect(ctx).stop(job_id, signum)
 
 
 @click.command(cls=OneLineCommand, context_settings=_CONTEXT)
@@ -153,9 +158,11 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     128 + N when signal N killed it, 127 when it could not start, 124 when
     --timeout passed first, 255 when jobkit itself failed (see the message).
     """
+    from jobkit.cli.relay import exit_code
+
     client = connect(ctx)
     try:
-        final = client.wait(job_id, timeout)
+        final = client.wait_json(job_id, timeout)
     except TimeoutError:
         click.echo(f"jobkit: job {job_id} is still running after {timeout:g} s", err=True)
         raise click.exceptions.Exit(EXIT_WAIT_TIMEOUT) from None
@@ -163,7 +170,8 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     ctx.exit(exit_code(final))
 
 
-def report_unstarted(final: JobStatus) -> None:
+def report_unstarted(final: Document) -> None:
     """Say why a job in error state never ran (its exit code alone says little)."""
-    if final.state is State.ERROR:
-        click.echo(f"jobkit: job {final.id} could not start: {final.error}", err=True)
+    if final.get("status") == "error":
+        click.echo(f"jobkit: job {final.get('id')} could not start: {final.get('error_msg')}",
+                   err=True)

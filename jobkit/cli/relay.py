@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from jobkit.cli.errors import EXIT_JOB_ERROR
-from jobkit.core.models import JobStatus, State
+from jobkit.cli.render import Document
 
 if TYPE_CHECKING:  # `jobkit exec --help` needs neither ssl nor http.client
     from jobkit.client import Client, RemoteFollower
@@ -20,12 +20,13 @@ _POLL_FIRST = 0.1
 _POLL_MAX = 1.0
 
 
-def exit_code(status: JobStatus) -> int:
+def exit_code(job: Document) -> int:
     """The code a shell would report: the exit status, 128 + the signal, 127 for error."""
-    if status.state is State.COMPLETED and status.exit_code is not None:
-        return status.exit_code
-    if status.state is State.KILLED and status.signal is not None:
-        return 128 + status.signal
+    code, signal = job.get("exit_code"), job.get("signal")
+    if job.get("status") == "completed" and isinstance(code, int):
+        return code
+    if job.get("status") == "killed" and isinstance(signal, int):
+        return 128 + signal
     return EXIT_JOB_ERROR
 
 
@@ -105,7 +106,8 @@ class Copier:
             thread.join()
 
 
-def follow_to_end(client: Client, job_id: str, stdout: BinaryIO, stderr: BinaryIO) -> JobStatus:
+def follow_to_end(client: Client, job_id: str, stdout: BinaryIO,
+                  stderr: BinaryIO) -> dict[str, Any]:
     """Copy the job's stdout and stderr live until it ended; return its final status.
 
     The streams usually end when the job does.  A background process the job
@@ -124,17 +126,23 @@ def follow_to_end(client: Client, job_id: str, stdout: BinaryIO, stderr: BinaryI
     copier.start()
     try:
         delay = _POLL_FIRST
-        final: JobStatus | None = None
+        final: dict[str, Any] | None = None
         while not copier.wait(delay):
-            status = client.status(job_id)
-            if not status.running:
+            status = client.status_json(job_id)
+            if status.get("status") != "running":
                 final = status
-                copier.wait_for_offsets([status.stdout.written, status.stderr.written])
+                copier.wait_for_offsets([_written(status, "stdout"), _written(status, "stderr")])
                 break
             delay = min(delay * 2, _POLL_MAX)
     finally:
         copier.stop()
-    return final if final is not None else client.wait(job_id)
+    return final if final is not None else client.wait_json(job_id)
+
+
+def _written(job: Document, stream: str) -> int:
+    info = job.get(stream)
+    written = info.get("written") if isinstance(info, dict) else None
+    return written if isinstance(written, int) else 0
 
 
 def copy_to_end(followers: Sequence[tuple[RemoteFollower, BinaryIO]]) -> None:

@@ -1,5 +1,10 @@
 """What people read: status lines, colours and the job table.
 
+Everything here renders the server's own JSON documents (``GET
+/jobs/<id>/status`` and the summaries of ``GET /jobs``): the CLI never needs
+the library's attrs classes, and ``--json`` and the human output come from
+one source.  That keeps ``jobkit status`` quick to start (see docs/cli.md).
+
 Colour and the rich table are only for a terminal: when stdout is not a
 terminal, or ``NO_COLOR`` is set (https://no-color.org), output is plain text
 and rich is not even imported (it costs more start-up time than the whole
@@ -10,30 +15,33 @@ and rich is not even imported (it costs more start-up time than the whole
 from __future__ import annotations
 
 import os
-import shlex
 import sys
-from collections.abc import Sequence
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from jobkit.core.models import JobStatus, State
-from jobkit.core.signals import signal_name
-
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from rich.table import Table
 
 __all__ = [
     "COLUMNS",
+    "Document",
     "exit_cell",
+    "format_duration",
     "plain_table",
     "rich_table",
     "status_colour",
     "status_line",
+    "styled_status_line",
     "wants_colour",
     "wants_table",
 ]
+
+#: A job's status as the server sends it (``status_json`` in jobkit.server.app).
+Document = Mapping[str, Any]
 
 #: The job table's columns.
 COLUMNS = ("ID", "COMMAND", "STATE", "EXIT", "STARTED", "DURATION")
@@ -54,64 +62,89 @@ def wants_colour(stream: TextIO | None = None) -> bool:
     return wants_table(stream) and os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
-def status_line(status: JobStatus) -> str:
+def _signal(job: Document) -> str:
+    name = job.get("signal_name")
+    return str(name) if name else str(job.get("signal", "?"))
+
+
+def status_line(job: Document) -> str:
     """``completed, exit status: 0``, ``killed, signal: SIGKILL``, ``error: <why>``..."""
-    if status.state is State.COMPLETED:
-        return f"completed, exit status: {status.exit_code}"
-    if status.state is State.KILLED:
+    state = job.get("status")
+    if state == "completed":
+        return f"completed, exit status: {job.get('exit_code')}"
+    if state == "killed":
         line = "killed"
-        if status.signal is not None:
-            line += f", signal: {signal_name(status.signal)}"
-        if status.timed_out:
+        if job.get("signal") is not None:
+            line += f", signal: {_signal(job)}"
+        if job.get("timed_out"):
             line += " (timed out)"
         return line
-    if status.state is State.ERROR:
-        return f"error: {status.error or 'the job could not start'}"
-    return "running"
+    if state == "error":
+        return f"error: {job.get('error_msg') or 'the job could not start'}"
+    return str(state)
 
 
-def status_colour(status: JobStatus) -> str:
+def status_colour(job: Document) -> str:
     """Running yellow; completed with 0 green; other exits and errors red; killed magenta."""
-    if status.state is State.RUNNING:
+    state = job.get("status")
+    if state == "running":
         return "yellow"
-    if status.state is State.KILLED:
+    if state == "killed":
         return "magenta"
-    if status.state is State.COMPLETED and status.exit_code == 0:
+    if state == "completed" and job.get("exit_code") == 0:
         return "green"
     return "red"
 
 
-def styled_status_line(status: JobStatus, colour: bool) -> str:
-    line = status_line(status)
-    return click.style(line, fg=status_colour(status)) if colour else line
+def styled_status_line(job: Document, colour: bool) -> str:
+    line = status_line(job)
+    return click.style(line, fg=status_colour(job)) if colour else line
 
 
-def exit_cell(status: JobStatus) -> str:
+def exit_cell(job: Document) -> str:
     """The table's EXIT column: the exit status, the signal's name, or ``-``."""
-    if status.exit_code is not None:
-        return str(status.exit_code)
-    if status.signal is not None:
-        return signal_name(status.signal)
+    if job.get("exit_code") is not None:
+        return str(job["exit_code"])
+    if job.get("signal") is not None:
+        return _signal(job)
     return "-"
 
 
-def command_cell(status: JobStatus) -> str:
-    return shlex.join([status.command, *status.args])
+def command_cell(job: Document) -> str:
+    import shlex
+
+    return shlex.join([str(job.get("cmd", "")), *map(str, job.get("args") or ())])
 
 
-def started_cell(status: JobStatus, now: datetime) -> str:
+def _time(text: Any) -> datetime | None:
+    from datetime import datetime
+
+    if not isinstance(text, str):
+        return None
+    # datetime.fromisoformat reads a "Z" suffix only from Python 3.11 on.
+    try:
+        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return None
+
+
+def started_cell(job: Document, now: datetime) -> str:
     """Local time; the date too unless it was today."""
-    local = status.created_at.astimezone()
+    created = _time(job.get("created_at"))
+    if created is None:
+        return "-"
+    local = created.astimezone()
     if local.date() == now.astimezone().date():
         return local.strftime("%H:%M:%S")
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def duration_cell(status: JobStatus, now: datetime) -> str:
-    end = status.ended_at or (now if status.running else None)
-    if end is None:
+def duration_cell(job: Document, now: datetime) -> str:
+    created = _time(job.get("created_at"))
+    end = _time(job.get("ended_at")) or (now if job.get("status") == "running" else None)
+    if created is None or end is None:
         return "-"
-    return format_duration((end - status.created_at).total_seconds())
+    return format_duration((end - created).total_seconds())
 
 
 def format_duration(seconds: float) -> str:
@@ -128,22 +161,24 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def rows(statuses: Sequence[JobStatus], now: datetime | None = None) -> list[tuple[str, ...]]:
+def rows(jobs: Sequence[Document], now: datetime | None = None) -> list[tuple[str, ...]]:
     """One tuple of cells per job, in `COLUMNS` order."""
+    from datetime import datetime, timezone
+
     now = datetime.now(timezone.utc) if now is None else now
     return [
-        (status.id, command_cell(status), status.state.value, exit_cell(status),
-         started_cell(status, now), duration_cell(status, now))
-        for status in statuses
+        (str(job.get("id")), command_cell(job), str(job.get("status")), exit_cell(job),
+         started_cell(job, now), duration_cell(job, now))
+        for job in jobs
     ]
 
 
-def plain_table(statuses: Sequence[JobStatus], now: datetime | None = None) -> str:
+def plain_table(jobs: Sequence[Document], now: datetime | None = None) -> str:
     """The table as aligned plain text, for pipes and ``NO_COLOR``: one line per job.
 
     Commands are never cut short; the column is as wide as the longest.
     """
-    table = [COLUMNS, *rows(statuses, now)]
+    table = [COLUMNS, *rows(jobs, now)]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     lines = []
     for row in table:
@@ -152,7 +187,7 @@ def plain_table(statuses: Sequence[JobStatus], now: datetime | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def rich_table(statuses: Sequence[JobStatus], now: datetime | None = None) -> Table:
+def rich_table(jobs: Sequence[Document], now: datetime | None = None) -> Table:
     """The table for a terminal: states in their colours, long commands folded."""
     from rich.table import Table
     from rich.text import Text
@@ -164,9 +199,9 @@ def rich_table(statuses: Sequence[JobStatus], now: datetime | None = None) -> Ta
     table.add_column("EXIT", justify="right", no_wrap=True)
     table.add_column("STARTED", no_wrap=True)
     table.add_column("DURATION", justify="right", no_wrap=True)
-    for status, row in zip(statuses, rows(statuses, now)):
+    for job, row in zip(jobs, rows(jobs, now)):
         job_id, command, state, exit_code, started, duration = row
         # Text, not markup: a command may well contain "[red]".
-        table.add_row(job_id, Text(command), Text(state, style=status_colour(status)),
+        table.add_row(job_id, Text(command), Text(state, style=status_colour(job)),
                       exit_code, started, duration)
     return table

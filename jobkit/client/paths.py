@@ -8,12 +8,21 @@ importing the PKI code, which needs ``cryptography``.
 
 from __future__ import annotations
 
-import getpass
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["DEFAULT_PORT", "DEFAULT_SERVER", "default_client_dir", "default_pki_dir",
-           "parse_server"]
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_SERVER",
+    "default_client_dir",
+    "default_client_folder",
+    "default_pki_dir",
+    "default_pki_folder",
+    "parse_server",
+]
 
 #: The port ``jobkit serve`` listens on by default.
 DEFAULT_PORT = 8443
@@ -25,17 +34,11 @@ def default_pki_dir() -> Path:
     """``$XDG_DATA_HOME/jobkit/pki``, else ``~/.local/share/jobkit/pki``.
 
     A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec asks (and as the
-    server does).
+    server does).  Raises ``RuntimeError`` when there is no home folder.
     """
-    data_home = os.environ.get("XDG_DATA_HOME", "")
-    if data_home and Path(data_home).is_absolute():
-        return Path(data_home) / "jobkit" / "pki"
-    try:
-        home = Path.home()
-    except RuntimeError as error:
-        raise RuntimeError(f"cannot find a home folder for the default certificates: "
-                           f"{error}") from None
-    return home / ".local" / "share" / "jobkit" / "pki"
+    from pathlib import Path
+
+    return Path(default_pki_folder())
 
 
 def default_client_dir() -> Path:
@@ -44,11 +47,33 @@ def default_client_dir() -> Path:
     ``default_pki_dir()/clients/USER``, where USER is the login name.  Raises
     ``RuntimeError`` when there is no home folder or no user name to go by.
     """
+    from pathlib import Path
+
+    return Path(default_client_folder())
+
+
+# The same as plain strings: the CLI's start-up does without pathlib.
+
+def default_pki_folder() -> str:
+    """`default_pki_dir` as a string."""
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    if data_home and os.path.isabs(data_home):
+        return os.path.join(data_home, "jobkit", "pki")
+    home = os.path.expanduser("~")
+    if home == "~":
+        raise RuntimeError("cannot find a home folder for the default certificates")
+    return os.path.join(home, ".local", "share", "jobkit", "pki")
+
+
+def default_client_folder() -> str:
+    """`default_client_dir` as a string."""
+    import getpass
+
     try:
         user = getpass.getuser()
     except Exception as error:  # KeyError or OSError, depending on the Python version
         raise RuntimeError(f"cannot tell the current user's name: {error}") from None
-    return default_pki_dir() / "clients" / user
+    return os.path.join(default_pki_folder(), "clients", user)
 
 
 def parse_server(text: str) -> tuple[str, int]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import builtins
 import json
 import os
-import signal as _signal
 import time
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 from jobkit.client.arguments import (
@@ -19,9 +17,8 @@ from jobkit.client.arguments import (
     check_seconds,
     check_str,
 )
-from jobkit.client.decode import status_from_json
 from jobkit.client.follower import RemoteFollower
-from jobkit.client.paths import DEFAULT_SERVER, default_client_dir, parse_server
+from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
 from jobkit.client.transport import Reply, Transport, load_tls_context
 from jobkit.core.errors import (
     AuthenticationFailed,
@@ -29,10 +26,15 @@ from jobkit.core.errors import (
     JobNotFound,
     ServerError,
 )
-from jobkit.core.models import STREAMS, JobOutput, JobStatus
-from jobkit.core.signals import parse_signal, signal_name
+
+if TYPE_CHECKING:
+    # Imported when first needed: the CLI works on the server's JSON and
+    # starts faster without attrs (see docs/cli.md, "Start-up").
+    from jobkit.core.models import JobOutput, JobStatus
 
 __all__ = ["DEFAULT_TIMEOUT", "Client"]
+
+_STREAMS = ("stdout", "stderr")
 
 #: Seconds to wait for the server to connect or to answer, by default.
 DEFAULT_TIMEOUT = 30.0
@@ -79,14 +81,15 @@ class Client:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         host, port = parse_server(server)
         timeout = check_seconds("timeout", timeout)
-        folder = default_client_dir() if certs is None else Path(certs)
+        folder = default_client_folder() if certs is None else os.fspath(certs)
+        #: The client certificate folder in use.
         self.certs = folder
         self._transport = Transport(host, port, load_tls_context(folder), timeout)
         #: ``host:port`` of the server, as used in messages.
         self.server = self._transport.address
 
     def __repr__(self) -> str:
-        return f"<Client server={self.server!r} certs={str(self.certs)!r}>"
+        return f"<Client server={self.server!r} certs={self.certs!r}>"
 
     def __enter__(self) -> Client:
         return self
@@ -153,12 +156,7 @@ class Client:
 
     def jobs(self) -> builtins.list[JobStatus]:
         """The status of every job of ours on the server, oldest first, in one request."""
-        data = self.list_json()
-        try:
-            return [status_from_json(item) for item in data.get("jobs") or ()]
-        except ValueError as error:
-            raise ServerError(f"the server at {self.server} sent a malformed job list: "
-                              f"{error}", 200) from None
+        return [self._decode(item) for item in self.list_json().get("jobs") or ()]
 
     def list_json(self) -> dict[str, Any]:
         """The server's ``GET /jobs`` document: ``{"ids": [...], "jobs": [...]}``."""
@@ -169,12 +167,7 @@ class Client:
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of the job's state; `JobNotFound` for an unknown id."""
-        data = self.status_json(job_id)
-        try:
-            return status_from_json(data)
-        except ValueError as error:
-            raise ServerError(f"the server at {self.server} sent a malformed status: "
-                              f"{error}", 200) from None
+        return self._decode(self.status_json(job_id))
 
     def status_json(self, job_id: str) -> dict[str, Any]:
         """The server's ``GET /jobs/<id>/status`` document, as a dict."""
@@ -186,19 +179,23 @@ class Client:
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job's main process has ended; return its status.
 
-        Asks the server for the status, first every 5 ms, backing off to every
+        Asks the server for the status, first after 5 ms, backing off to every
         0.25 s: the HTTP API has no "wait" call, and a follow stream would end
         when the output closes, which is not the same as the process ending.
         Raises ``TimeoutError`` if ``timeout`` seconds pass first.
         """
+        return self._decode(self.wait_json(job_id, timeout))
+
+    def wait_json(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """`wait`, returning the server's status document (as `status_json`)."""
         if timeout is not None:
             timeout = check_seconds("timeout", timeout, allow_zero=True)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = _POLL_FIRST
         while True:
-            status = self.status(job_id)
-            if not status.running:
-                return status
+            data = self.status_json(job_id)
+            if data.get("status") != "running":
+                return data
             pause = delay
             if deadline is not None:
                 remaining = deadline - time.monotonic()
@@ -214,7 +211,9 @@ class Client:
         Read from the raw ``/stdout`` and ``/stderr`` endpoints, so the bytes
         are exact (``GET /jobs/<id>/output`` replaces invalid UTF-8).
         """
-        stdout, stderr = (self.read(job_id, stream) for stream in STREAMS)
+        from jobkit.core.models import JobOutput
+
+        stdout, stderr = (self.read(job_id, stream) for stream in _STREAMS)
         return JobOutput(stdout=stdout, stderr=stderr)
 
     def read(self, job_id: str, stream: str, offset: int = 0, size: int | None = None) -> bytes:
@@ -253,20 +252,18 @@ class Client:
         """
         return self._stream(job_id, stream, offset, follow=True)
 
-    def stop(self, job_id: str, signal: int | str = _signal.SIGTERM) -> JobStatus:
+    def stop(self, job_id: str, signal: int | str = "SIGTERM") -> JobStatus:
         """Send ``signal`` (default SIGTERM) to the job's whole process group.
 
         ``signal`` is a number or a name (``"TERM"``, ``"SIGTERM"``, ``"15"``).
         Returns the job's status, as the server saw it right after.
         """
+        from jobkit.core.signals import parse_signal, signal_name
+
         name = signal_name(parse_signal(signal))
         data = self._json("POST", f"{_job_path(job_id)}/stop", body={"signal": name},
                           job_id=job_id)
-        try:
-            return status_from_json(data)
-        except ValueError as error:
-            raise ServerError(f"the server at {self.server} sent a malformed status: "
-                              f"{error}", 200) from None
+        return self._decode(data)
 
     def delete(self, job_id: str) -> None:
         """SIGKILL the job's process group, reap it, free its output, forget it."""
@@ -276,7 +273,7 @@ class Client:
 
     def _stream(self, job_id: str, stream: str, offset: int, *, follow: bool) -> RemoteFollower:
         path = _job_path(job_id)
-        if stream not in STREAMS:
+        if stream not in _STREAMS:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         check_count("offset", offset)
         query = f"?offset={offset}&follow=true" if follow else f"?offset={offset}"
@@ -285,6 +282,15 @@ class Client:
             self._transport.finish(reply, reusable=True)
             self._raise(reply, job_id=job_id)
         return RemoteFollower(self._transport, reply, offset)
+
+    def _decode(self, data: Any) -> JobStatus:
+        from jobkit.client.decode import status_from_json
+
+        try:
+            return status_from_json(data)
+        except ValueError as error:
+            raise ServerError(f"the server at {self.server} sent a malformed job status: "
+                              f"{error}", 200) from None
 
     def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
               job_id: str | None = None, backend: str | None = None) -> Any:

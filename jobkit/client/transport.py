@@ -22,7 +22,6 @@ import select
 import socket
 import ssl
 import threading
-from pathlib import Path
 
 from jobkit._version import __version__
 from jobkit.core.errors import AuthenticationFailed, ClientError, ConnectionFailed
@@ -58,40 +57,38 @@ def load_tls_context(folder: str | os.PathLike[str]) -> ssl.SSLContext:
     missing or unreadable folder or file, and ``ValueError`` for a file that is
     not a usable certificate or key.
     """
-    path = Path(folder)
-    if not path.exists():
+    path = os.fspath(folder)
+    if not os.path.exists(path):
         raise FileNotFoundError(
             errno.ENOENT,
             f"certificate folder {path} does not exist (make one with 'jobkit certs init', "
             f"or start 'jobkit serve' once to get the default one)",
-            str(path),
+            path,
         )
-    if not path.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a certificate folder",
-                                 str(path))
-    for name in CERT_FILES:
-        file = path / name
-        if not file.is_file():
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a certificate folder", path)
+    ca, cert, key = (os.path.join(path, name) for name in CERT_FILES)
+    for file in (ca, cert, key):
+        if not os.path.isfile(file):
             raise FileNotFoundError(
                 errno.ENOENT,
                 f"{file} is missing (a client certificate folder holds "
                 f"{', '.join(CERT_FILES)})",
-                str(file),
+                file,
             )
         if not os.access(file, os.R_OK):
-            raise PermissionError(errno.EACCES, f"{file} is not readable", str(file))
+            raise PermissionError(errno.EACCES, f"{file} is not readable", file)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:
-        context.load_verify_locations(cafile=path / "ca.pem")
+        context.load_verify_locations(cafile=ca)
     except ssl.SSLError as error:
-        raise ValueError(f"{path / 'ca.pem'} is not a usable CA certificate: "
-                         f"{_reason(error)}") from None
+        raise ValueError(f"{ca} is not a usable CA certificate: {_reason(error)}") from None
     try:
-        context.load_cert_chain(path / "cert.pem", path / "key.pem")
+        context.load_cert_chain(cert, key)
     except ssl.SSLError as error:
-        raise ValueError(f"{path / 'cert.pem'} and {path / 'key.pem'} are not a usable "
-                         f"certificate and key: {_reason(error)}") from None
+        raise ValueError(f"{cert} and {key} are not a usable certificate and key: "
+                         f"{_reason(error)}") from None
     return context
 
 

@@ -1,4 +1,4 @@
-"""Status lines and job tables, rendered in-process with fixed values."""
+"""Status lines and job tables, rendered in-process from fixed server documents."""
 
 from __future__ import annotations
 
@@ -13,17 +13,20 @@ from rich.console import Console
 
 from jobkit import JobStatus, State
 from jobkit.cli import render
+from jobkit.server.app import status_json
 
 NOW = datetime(2026, 5, 4, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def job(job_id: str, state: State, *, command: str = "sh", args: tuple[str, ...] = (),
-        age: float = 5.0, ran: float | None = 1.5, **fields: object) -> JobStatus:
+        age: float = 5.0, ran: float | None = 1.5, **fields: object) -> dict[str, object]:
+    """The server's JSON for a job (made by the server's own code)."""
     created = NOW - timedelta(seconds=age)
     ended = None if ran is None else created + timedelta(seconds=ran)
-    return JobStatus(id=job_id, state=state, command=command, args=args, pid=100,
-                     created_at=created, ended_at=ended, backend="memory",
-                     **fields)  # type: ignore[arg-type]
+    status = JobStatus(id=job_id, state=state, command=command, args=args, pid=100,
+                       created_at=created, ended_at=ended, backend="memory",
+                       **fields)  # type: ignore[arg-type]
+    return status_json(status)
 
 
 JOBS = [
