@@ -5,11 +5,12 @@ from __future__ import annotations
 import collections
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Literal
 
 from jobkit.client.transport import Reply, Transport, translate_error
-from jobkit.core.errors import ClientError
+from jobkit.core.errors import ClientError, JobNotFound
 
 __all__ = ["RemoteFollower"]
 
@@ -17,8 +18,11 @@ __all__ = ["RemoteFollower"]
 CHUNK = 1 << 16
 #: Chunks the background reader (see `RemoteFollower.read`) may hold unread.
 _BUFFERED_CHUNKS = 16
+#: Times in a row a broken follow stream is reopened before giving up.
+MAX_RESUMES = 3
 
-_Item = bytes | None | ClientError
+# A chunk with the absolute offset of its first byte; None at the end; or an error.
+_Item = tuple[int, bytes] | None | ClientError
 
 
 class RemoteFollower(Iterator[bytes]):
@@ -31,6 +35,11 @@ class RemoteFollower(Iterator[bytes]):
     and drained (or, for a plain read, when it has sent what the stream held
     when asked), when the job is deleted, or when the server stops.
 
+    A follow stream whose connection breaks is reopened from the offset
+    reached (up to three times in a row without progress), so a reader never
+    sees a byte twice or misses one; the server also cuts followers that stop
+    reading for its idle timeout, and this is how they carry on.
+
     It holds its own connection until it ends; the connection goes back to
     the client's keep-alive pool if the response was read to its end.  Use it
     as a context manager, or call `close`, when you stop reading early.
@@ -40,15 +49,17 @@ class RemoteFollower(Iterator[bytes]):
     chunks), since a blocking TLS read cannot be abandoned half-way; from then
     on every read goes through it.
 
-    Raises `ConnectionFailed` if the connection breaks mid-stream.
+    Raises `ConnectionFailed` if the connection breaks and cannot be reopened.
     """
 
-    def __init__(self, transport: Transport, reply: Reply, offset: int) -> None:
+    def __init__(self, transport: Transport, reply: Reply, offset: int,
+                 reopen: Callable[[int], Reply] | None = None) -> None:
         self._transport = transport
         self._reply = reply
-        start = reply.headers.get("X-Jobkit-Offset")
+        self._reopen = reopen
         #: The absolute offset of the next byte to come.
-        self.offset = max(offset, int(start)) if start and start.isdigit() else offset
+        self.offset = _start(reply, offset)
+        self._received = self.offset  # the next byte to come off the network
         self._cancelled = False
         self._ended = False
         self._lock = threading.Lock()
@@ -84,9 +95,11 @@ class RemoteFollower(Iterator[bytes]):
             item = self._take(timeout)
         if isinstance(item, ClientError):
             raise item
-        if item:
-            self.offset += len(item)
-        return item
+        if item is None:
+            return None
+        start, data = item
+        self.offset = start + len(data)
+        return data
 
     def cancel(self) -> None:
         """End the stream now, from any thread; a blocked reader wakes up with the end."""
@@ -118,24 +131,51 @@ class RemoteFollower(Iterator[bytes]):
     # -- reading ------------------------------------------------------------------
 
     def _next_chunk(self) -> _Item:
-        """Read the next chunk from the response (in whatever thread calls it)."""
-        if self._ended or self._cancelled:
-            self._end(reusable=False)
-            return None
-        response = self._reply.response
-        if response is None:
-            return None
-        try:
-            data = response.read1(CHUNK)
-        except Exception as error:
-            self._end(reusable=False)
-            if self._cancelled:
+        """Read the next chunk from the network (in whatever thread calls it)."""
+        resumes = 0
+        while True:
+            if self._ended or self._cancelled:
+                self._end(reusable=False)
                 return None
-            return translate_error(error, self._transport.address, reading=True)
-        if not data:
-            self._end(reusable=not self._cancelled)
-            return None
-        return data
+            response = self._reply.response
+            if response is None:
+                return None
+            try:
+                data = response.read1(CHUNK)
+            except Exception as error:
+                self._end(reusable=False)
+                if self._cancelled:
+                    return None
+                if self._reopen is None or resumes >= MAX_RESUMES:
+                    return translate_error(error, self._transport.address, reading=True)
+                resumes += 1
+                ended = self._resume()
+                if ended is not True:
+                    return ended
+                continue
+            if not data:
+                self._end(reusable=not self._cancelled)
+                return None
+            start = self._received
+            self._received += len(data)
+            return start, data
+
+    def _resume(self) -> Literal[True] | ClientError | None:
+        """Reopen the follow stream where it broke: True, or how the stream ends."""
+        assert self._reopen is not None
+        try:
+            reply = self._reopen(self._received)
+        except JobNotFound:
+            return None  # deleted meanwhile: a follower of a deleted job just ends
+        except ClientError as error:
+            return error
+        with self._lock:
+            self._reply = reply
+            self._ended = False
+        self._received = _start(reply, self._received)
+        if self._cancelled:  # cancelled while we reconnected: do not leak it
+            self._end(reusable=False)
+        return True
 
     def _end(self, *, reusable: bool) -> None:
         with self._lock:
@@ -151,11 +191,11 @@ class RemoteFollower(Iterator[bytes]):
                                                 name="jobkit-follower")
                 self._reader.start()
             if not self._changed.wait_for(lambda: self._buffer or self._cancelled, timeout):
-                return b""
+                return (self.offset, b"")
             if not self._buffer:
                 return None  # cancelled
             item = self._buffer.popleft()
-            if not isinstance(item, bytes):
+            if not isinstance(item, tuple):
                 self._buffer.appendleft(None)  # the end stays the end
             self._changed.notify_all()
             return item
@@ -170,5 +210,11 @@ class RemoteFollower(Iterator[bytes]):
             with self._lock:
                 self._buffer.append(item)
                 self._changed.notify_all()
-            if not isinstance(item, bytes):
+            if not isinstance(item, tuple):
                 return
+
+
+def _start(reply: Reply, offset: int) -> int:
+    """Where the reply's bytes start: ``offset``, or later if the server dropped some."""
+    start = reply.headers.get("X-Jobkit-Offset")
+    return max(offset, int(start)) if start and start.isdigit() else offset

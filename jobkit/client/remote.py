@@ -276,12 +276,17 @@ class Client:
         if stream not in _STREAMS:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         check_count("offset", offset)
-        query = f"?offset={offset}&follow=true" if follow else f"?offset={offset}"
-        reply = self._transport.request("GET", f"{path}/{stream}{query}", stream=True)
-        if reply.status != 200:
-            self._transport.finish(reply, reusable=True)
-            self._raise(reply, job_id=job_id)
-        return RemoteFollower(self._transport, reply, offset)
+
+        def open_at(start: int) -> Reply:
+            query = f"?offset={start}&follow=true" if follow else f"?offset={start}"
+            reply = self._transport.request("GET", f"{path}/{stream}{query}", stream=True)
+            if reply.status != 200:
+                self._transport.finish(reply, reusable=True)
+                self._raise(reply, job_id=job_id)
+            return reply
+
+        return RemoteFollower(self._transport, open_at(offset), offset,
+                              reopen=open_at if follow else None)
 
     def _decode(self, data: Any) -> JobStatus:
         from jobkit.client.decode import status_from_json

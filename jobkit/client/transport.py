@@ -137,6 +137,9 @@ def translate_error(error: BaseException, address: str, *, reading: bool = False
     if isinstance(error, http.client.RemoteDisconnected):
         return ConnectionFailed(f"the server at {address} closed the connection "
                                 f"without answering")
+    if isinstance(error, http.client.IncompleteRead):
+        return ConnectionFailed(f"lost the connection to the server at {address} "
+                                f"in the middle of a response")
     if isinstance(error, http.client.HTTPException):
         return ConnectionFailed(f"bad HTTP from the server at {address}: "
                                 f"{type(error).__name__} {error}".rstrip())

@@ -433,3 +433,41 @@ def test_context_is_tls13_only_and_trusts_only_our_ca(certs: Path) -> None:
     assert context.verify_mode is ssl.CERT_REQUIRED
     assert context.check_hostname
     assert len(context.get_ca_certs()) == 1  # ours; no system store
+
+
+def _cut(follower: RemoteFollower) -> None:
+    """Break the follower's connection under it, as a network failure would."""
+    import socket
+
+    connection = follower._reply.connection
+    assert connection is not None and connection.sock is not None
+    socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+
+
+def test_broken_follow_stream_resumes_where_it_was(client: Client, fifo: Path) -> None:
+    job_id = client.create("sh", ["-c", f"echo one; cat {fifo}; echo three"])
+    follower = client.follow(job_id, "stdout")
+    assert next(follower) == b"one\n"
+    _cut(follower)
+    release(fifo, b"two\n")
+    assert b"".join(follower) == b"two\nthree\n"  # nothing lost, nothing twice
+    assert follower.offset == len(b"one\ntwo\nthree\n")
+
+
+def test_broken_follow_stream_of_a_deleted_job_ends(client: Client, fifo: Path) -> None:
+    job_id = client.create("sh", ["-c", f"echo one; cat {fifo}"])
+    follower = client.follow(job_id, "stdout")
+    assert follower.read(10) == b"one\n"  # through the read-ahead thread this time
+    _cut(follower)
+    client.delete(job_id)
+    assert follower.read(10) is None
+
+
+def test_broken_plain_read_is_an_error(client: Client) -> None:
+    job_id = client.create(sys.executable, ["-c", "print('x' * 1_000_000)"])
+    client.wait(job_id, timeout=10)
+    chunks = client.chunks(job_id, "stdout")
+    assert next(chunks)
+    _cut(chunks)
+    with pytest.raises(ConnectionFailed, match="connection"):
+        b"".join(chunks)
