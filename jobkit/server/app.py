@@ -416,9 +416,6 @@ class JobApi:
             log.exception("unexpected error serving %s %s", environ.get("REQUEST_METHOD"),
                           environ.get("PATH_INFO"))
             result = _error_response(start, 500, "internal server error", exc_info=sys.exc_info())
-        if isinstance(result, list):
-            self._log(environ, state, started)
-            return result
         if isinstance(result, _ByteStream) and result.follow and state[2] is not None:
             # A server sends the headers with the first body bytes, which a
             # quiet job may not write for hours; WSGI's write() sends them now.
@@ -428,6 +425,9 @@ class JobApi:
                 result.close()  # the client is gone: free the follow slot
                 self._log(environ, state, started)
                 raise
+        # Logged when the server closes the body, i.e. once the response was
+        # sent: the line then has the whole duration, and costs the client
+        # no latency.
         return _LoggedBody(result, lambda: self._log(environ, state, started))
 
     def _log(self, environ: Mapping[str, Any], state: list[Any], started: float) -> None:
