@@ -157,6 +157,12 @@ def main() -> None:
             env = dict(os.environ, JOBKIT_SERVER=address,
                        JOBKIT_CERTS=str(folder / "pki" / "clients" / "bench"))
             env.pop("NO_COLOR", None)
+            # Bytecode for every module, as after `pip install` (which compiles
+            # it).  With PYTHONDONTWRITEBYTECODE set and an editable install,
+            # every run would compile jobkit's modules from source (and only
+            # jobkit's).  The warm-up runs write it, to a cache of our own.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
             job_id = subprocess.run([str(BIN / "jobkit"), "exec", "true"], env=env,
                                     capture_output=True, text=True, check=True).stdout.strip()
             subprocess.run([str(BIN / "jobkit"), "wait", job_id], env=env, check=True)
