@@ -118,11 +118,11 @@ class _Request(cheroot_server.HTTPRequest):
             f"Content-Length: {len(body)}\r\n",
             "Content-Type: application/json\r\n",
         ]
-        if status[:3] in {"413", "414"}:  # as cheroot does: the rest of the request is garbage
-            self.close_connection = True
-            if self.response_protocol == "HTTP/1.1":
-                lines.append("Connection: close\r\n")
-        lines.append("\r\n")
+        # cheroot closes the connection after each of these answers (the rest
+        # of the request cannot be trusted); say so, or a keep-alive client
+        # sends its next request into a closed connection.
+        self.close_connection = True
+        lines.append("Connection: close\r\n\r\n")
         try:
             self.conn.wfile.write("".join(lines).encode("latin-1") + body)
         except OSError as error:

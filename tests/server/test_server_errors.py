@@ -317,3 +317,12 @@ def test_any_path_gets_a_json_answer(client: ApiClient, path: str, method: str) 
     response = client.request(method, "/" + quote(path))
     assert response.status in {200, 400, 404, 405, 415}, response
     response.json()
+
+
+def test_requests_cheroot_refuses_say_the_connection_closes(client: ApiClient) -> None:
+    # cheroot answers these itself and closes the connection; without
+    # "Connection: close" a keep-alive client's next request would be lost.
+    response = client.get("//example.com/jobs")
+    assert_error(response, 400, "Absolute URI")
+    assert response.headers["Connection"] == "close"
+    assert client.get("/jobs").status == 200  # http.client saw it and reconnected
