@@ -66,6 +66,8 @@ _CREATE_FIELDS = frozenset({"cmd", "args", "env", "cwd", "timeout", "backend"})
 _STOP_FIELDS = frozenset({"signal"})
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
+#: For errors after which the rest of the request cannot be found in the byte stream.
+_CLOSE = {"Connection": "close"}
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -464,10 +466,9 @@ class JobApi:
                 for _line in rfile.read_trailer_lines():
                     pass
         except ValueError as error:  # cheroot's ChunkedRFile on a malformed chunk
-            raise ApiError(400, f"malformed chunked request body: {error}") from None
+            raise ApiError(400, f"malformed chunked request body: {error}", _CLOSE) from None
         except OSError as error:
-            raise ApiError(408 if isinstance(error, TimeoutError) else 400,
-                           f"cannot read the request body: {_describe(error)}") from None
+            raise _unreadable(error) from None
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         environ.pop("HTTP_TRANSFER_ENCODING", None)
@@ -838,8 +839,7 @@ def _read_json(environ: Mapping[str, Any], limit: int, *, required: bool) -> dic
     try:
         data = environ["wsgi.input"].read(length)
     except OSError as error:
-        raise ApiError(408 if isinstance(error, TimeoutError) else 400,
-                       f"cannot read the request body: {_describe(error)}") from None
+        raise _unreadable(error) from None
     try:
         value = json.loads(data)
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
@@ -864,6 +864,11 @@ def _drain(rfile: Any, most: int) -> None:
             most -= len(chunk)
     except (OSError, ValueError):
         return
+
+
+def _unreadable(error: OSError) -> ApiError:
+    status = 408 if isinstance(error, TimeoutError) else 400
+    return ApiError(status, f"cannot read the request body: {_describe(error)}", _CLOSE)
 
 
 def _describe(error: OSError) -> str:

@@ -326,3 +326,15 @@ def test_requests_cheroot_refuses_say_the_connection_closes(client: ApiClient) -
     assert_error(response, 400, "Absolute URI")
     assert response.headers["Connection"] == "close"
     assert client.get("/jobs").status == 200  # http.client saw it and reconnected
+
+
+def test_a_malformed_chunked_body_closes_the_connection(server: JobServer,
+                                                        client: ApiClient) -> None:
+    request = (b"PUT /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"cmd\r\nzz\r\n")
+    with raw_tls(server.address, client.context) as sock:
+        sock.sendall(request)
+        reply = read_until_closed(sock)  # returns: the server closes after answering
+    head = reply.split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert b"Connection: close" in head.split(b"\r\n")
