@@ -76,7 +76,18 @@ class _Gateway(wsgi.Gateway_10):
     cheroot writes the status line and headers, then each body chunk, as
     separate writes; corking the connection's `SocketWriter` around the
     first chunk makes a small response one TLS record and one system call.
+    It also closes the connection when the app's response says so.
     """
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        # The app says "Connection: close" when the rest of the request cannot
+        # be found in the stream (a malformed or unfinished body); cheroot
+        # would otherwise read on, taking leftovers for the next request.
+        if any(name.lower() == "connection" and value.lower() == "close"
+               for name, value in headers):
+            self.req.close_connection = True
+        return super().start_response(status, headers, exc_info)
 
     def write(self, chunk: bytes) -> None:
         wfile = self.req.conn.wfile
