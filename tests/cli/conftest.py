@@ -59,12 +59,14 @@ def run_jobkit(*args: str | Path, env: Mapping[str, str], input: bytes | None = 
     return Run(tuple(map(str, args)), done.returncode, done.stdout, done.stderr)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("cli-pki") / "pki")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the server is our child process, and other
+# tests (tests/core) check that the test process has no children left.
+@pytest.fixture(scope="module")
 def server(pki_root: Path) -> Iterator[str]:
     with serving(pki_root) as address:
         yield address

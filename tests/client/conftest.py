@@ -11,12 +11,14 @@ from jobkit.client import Client
 from tests.client.live_server import make_pki, new_client, serving
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pki(tmp_path_factory.mktemp("client-pki") / "pki")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the server is our child process, and other
+# tests (tests/core) check that the test process has no children left.
+@pytest.fixture(scope="module")
 def server(pki_root: Path) -> Iterator[str]:
     with serving(pki_root) as address:
         yield address
