@@ -245,6 +245,15 @@ def test_list_table_on_a_terminal(env: dict[str, str], jobkit: Jobkit) -> None:
     assert "echo '[red]not markup[/red]'" in lines[1]
     assert re.search(r"sh -c 'exit 9'\s+completed\s+9", lines[2])
     assert all(len(line) <= 100 for line in lines)
+    # NO_COLOR on a terminal: the plain text, as for a pipe.
+    main, child = pty.openpty()
+    subprocess.run([sys.executable, "-m", "jobkit", "list"], stdout=child, stderr=subprocess.PIPE,
+                   env={**tty_env, "NO_COLOR": "1"}, timeout=60, check=True)
+    os.close(child)
+    plain = os.read(main, 65536).decode().replace("\r\n", "\n")
+    os.close(main)
+    assert plain.startswith("ID  COMMAND  ")
+    assert plain.splitlines()[1].startswith("1   echo")  # left-aligned ids: not rich's table
 
 
 # -- stop, delete, wait ---------------------------------------------------------------------------
