@@ -182,6 +182,6 @@ def test_server_error_message_is_shown(jobkit: Jobkit, server: str, pki_root: Pa
 
 def test_flags_override_the_environment(env: dict[str, str], server: str, certs: Path) -> None:
     wrong = {**env, "JOBKIT_SERVER": "127.0.0.1:1", "JOBKIT_CERTS": "/nowhere"}
-    assert run_jobkit("list", env=wrong).code == 4
+    assert run_jobkit("list", env=wrong).code == 6  # /nowhere is checked first
     run = run_jobkit("--server", server, "--certs", certs, "list", env=wrong)
     assert (run.code, run.stdout) == (0, "ID  COMMAND  STATE  EXIT  STARTED  DURATION\n")
