@@ -58,3 +58,15 @@ def test_core_imports_no_http_or_terminal_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_every_public_name_has_a_home() -> None:
+    assert sorted([*jobkit._EXPORTS, "__version__"]) == jobkit.__all__
+    assert set(dir(jobkit)) >= set(jobkit.__all__)
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        jobkit.Nope  # noqa: B018

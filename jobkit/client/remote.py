@@ -10,16 +10,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
-from jobkit.client.arguments import (
+from jobkit.client.follower import RemoteFollower
+from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
+from jobkit.client.transport import Reply, Transport, load_tls_context
+from jobkit.core.checks import (
     check_args,
     check_count,
     check_env,
     check_seconds,
     check_str,
 )
-from jobkit.client.follower import RemoteFollower
-from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
-from jobkit.client.transport import Reply, Transport, load_tls_context
 from jobkit.core.errors import (
     AuthenticationFailed,
     BackendNotFound,

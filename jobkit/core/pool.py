@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import math
 import os
 import signal as signals
 import threading
@@ -16,6 +15,7 @@ from jobkit.core import plugins, supervisor
 from jobkit.core.backend import OutputBackend
 from jobkit.core.cgroups import CgroupTree
 from jobkit.core.cgroups import detect as cgroup_tree
+from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed
 from jobkit.core.job import Job, Outcome, utcnow
 from jobkit.core.ledger import Ledger
@@ -75,10 +75,10 @@ class JobPool:
         ledger: Ledger | None = None,
         cgroups: bool | None = False,
     ) -> None:
-        self._backend_name = _check_str("backend", backend)
+        self._backend_name = check_str("backend", backend)
         self._backend = _make_backend(backend, backend_options)
-        self._env = None if env is None else _check_env(env)
-        self._kill_after = _check_seconds("kill_after", kill_after, allow_zero=True)
+        self._env = None if env is None else check_env(env)
+        self._kill_after = check_seconds("kill_after", kill_after, allow_zero=True)
         self._jobs: dict[str, Job | None] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -138,17 +138,17 @@ class JobPool:
             backend: The output backend for this job instead of the pool's.
             backend_options: Options for ``backend``.
         """
-        command = _check_str("command", command, nonempty=True)
-        arguments = _check_args(args)
+        command = check_str("command", command, nonempty=True)
+        arguments = tuple(check_args(args))
         job_env = self._job_env(env, replace_env)
-        workdir = None if cwd is None else _check_str("cwd", os.fspath(cwd), nonempty=True)
+        workdir = None if cwd is None else check_str("cwd", os.fspath(cwd), nonempty=True)
         if timeout is not None:
-            timeout = _check_seconds("timeout", timeout)
+            timeout = check_seconds("timeout", timeout)
         if backend is None and backend_options is None:
             backend_name, output = self._backend_name, self._backend
         else:
             backend_name = self._backend_name if backend is None else backend
-            output = _make_backend(_check_str("backend", backend_name), backend_options)
+            output = _make_backend(check_str("backend", backend_name), backend_options)
 
         with self._lock:
             self._check_open()
@@ -223,7 +223,7 @@ class JobPool:
         ``TimeoutError`` if ``timeout`` seconds pass first.
         """
         if timeout is not None:
-            timeout = _check_seconds("timeout", timeout, allow_zero=True)
+            timeout = check_seconds("timeout", timeout, allow_zero=True)
         job = self._get(job_id)
         if not job.ended.wait(timeout):
             raise TimeoutError(f"job {job_id} still running after {timeout} s")
@@ -243,9 +243,9 @@ class JobPool:
         then starts at ``StreamInfo.dropped``.
         """
         out = self._stream(job_id, stream)
-        _check_count("offset", offset)
+        check_count("offset", offset)
         if size is not None:
-            _check_count("size", size)
+            check_count("size", size)
         return out.read(offset, size)[1]
 
     def follow(self, job_id: str, stream: str, offset: int = 0) -> Follower:
@@ -256,7 +256,7 @@ class JobPool:
         of followers may read one job at once.
         """
         out = self._stream(job_id, stream)
-        _check_count("offset", offset)
+        check_count("offset", offset)
         return Follower(out, offset)
 
     def stop(self, job_id: str, signal: int | str = signals.SIGTERM) -> JobStatus:
@@ -273,7 +273,7 @@ class JobPool:
 
     def delete(self, job_id: str) -> None:
         """SIGKILL the job's process group, reap it, free its output, forget it."""
-        _check_str("job_id", job_id)
+        check_str("job_id", job_id)
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
@@ -315,7 +315,7 @@ class JobPool:
             raise PoolClosed
 
     def _get(self, job_id: str) -> Job:
-        _check_str("job_id", job_id)
+        check_str("job_id", job_id)
         job = self._jobs.get(job_id)  # a dict read is atomic; no lock needed
         if job is None:
             self._check_open()
@@ -330,7 +330,7 @@ class JobPool:
 
     def _job_env(self, env: Mapping[str, str] | None, replace: bool) -> dict[str, str] | None:
         """The job's whole environment; None means exactly this process's (no copy)."""
-        extra = {} if env is None else _check_env(env)
+        extra = {} if env is None else check_env(env)
         if replace:
             return extra
         if self._env is None and not extra:
@@ -341,7 +341,7 @@ class JobPool:
 
 
 def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend:
-    factory = plugins.backend_factory(_check_str("backend", name))
+    factory = plugins.backend_factory(check_str("backend", name))
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"backend_options must be a mapping, not {type(options).__name__}")
     try:
@@ -351,47 +351,3 @@ def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend
     if not isinstance(backend, OutputBackend):
         raise TypeError(f"backend {name!r} did not return an OutputBackend")
     return backend
-
-
-def _check_str(what: str, value: object, *, nonempty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}")
-    if "\0" in value:
-        raise ValueError(f"{what} must not contain NUL bytes")
-    if nonempty and not value:
-        raise ValueError(f"{what} must not be empty")
-    return value
-
-
-def _check_args(args: object) -> tuple[str, ...]:
-    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-        raise TypeError(f"args must be a list of str, not {type(args).__name__}")
-    return tuple(_check_str(f"args[{i}]", arg) for i, arg in enumerate(args))
-
-
-def _check_env(env: object) -> dict[str, str]:
-    if not isinstance(env, Mapping):
-        raise TypeError(f"env must be a mapping of str to str, not {type(env).__name__}")
-    checked = {}
-    for key, value in env.items():
-        _check_str("env key", key, nonempty=True)
-        if "=" in key:
-            raise ValueError(f"env key must not contain '=': {key!r}")
-        checked[key] = _check_str(f"env[{key!r}]", value)
-    return checked
-
-
-def _check_seconds(what: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{what} must be a positive number of seconds, not {value}")
-    return float(value)
-
-
-def _check_count(what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, not {value}")
-    return value

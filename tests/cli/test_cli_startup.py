@@ -66,9 +66,6 @@ def test_errors_import_no_server_code(tmp_path: Path, certs: Path) -> None:
     assert loaded(modules, *SERVER_SIDE, "rich") == []
 
 
-@pytest.mark.xfail(strict=True, reason="jobkit/__init__.py imports JobPool (and with it "
-                   "attrs, pluggy and importlib.metadata) eagerly; a lazy __init__ (PEP 562) "
-                   "fixes it")
 def test_status_imports_only_what_it_uses(tmp_path: Path, env: dict[str, str],
                                           job_id: str) -> None:
     # The CLI renders the server's JSON: it needs neither the library nor attrs.

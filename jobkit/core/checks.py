@@ -1,9 +1,8 @@
-"""Checks on the client's arguments, with the same errors as `JobPool`'s.
+"""Argument checks shared by `JobPool` and the remote client.
 
-They run before anything is sent, so wrong types raise ``TypeError`` and bad
-values ``ValueError`` exactly as they do locally.  (Duplicated from
-``jobkit.core.pool`` on purpose: importing the pool would start-up the whole
-library, which a client does not run.)
+Wrong types raise ``TypeError`` and bad values ``ValueError``, with the same
+message locally and remotely.  Only the standard library is imported here:
+the CLI's start-up time depends on it.
 """
 
 from __future__ import annotations
