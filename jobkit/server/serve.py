@@ -14,11 +14,13 @@ Shutdown order matters, and `JobServer.stop` owns it:
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -70,6 +72,19 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host or DEFAULT_HOST, int(port_text)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = email.utils.formatdate(now, usegmt=True)
+        _date_cache = (now, text)
+    return text
+
+
 class _Gateway(wsgi.Gateway_10):
     """cheroot's WSGI gateway, sending the headers with the first body chunk.
 
@@ -87,6 +102,9 @@ class _Gateway(wsgi.Gateway_10):
         if any(name.lower() == "connection" and value.lower() == "close"
                for name, value in headers):
             self.req.close_connection = True
+        # cheroot formats the Date header anew for every response; one
+        # formatting per second is enough.
+        headers = [*headers, ("Date", _http_date())]
         return super().start_response(status, headers, exc_info)
 
     def write(self, chunk: bytes) -> None:
