@@ -61,7 +61,6 @@ FOLLOW_POLL_INTERVAL = 0.5
 CLIENT_ENVIRON_KEY = "jobkit.client"
 
 _JSON = "application/json"
-_STREAMS = ("stdout", "stderr")
 _CREATE_FIELDS = frozenset({"cmd", "args", "env", "cwd", "timeout", "backend"})
 _STOP_FIELDS = frozenset({"signal"})
 _TRUE = frozenset({"true", "1", "yes"})
