@@ -23,96 +23,32 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
+from jobkit.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, OneLineGroup
 from jobkit.server import pki
 
 __all__ = ["certs"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-
-
-class CertsError(click.ClickException):
-    """An expected failure: shown as one ``jobkit: error:`` line, exit code 1."""
-
-    exit_code = EXIT_FAILURE
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"jobkit: error: {self.format_message()}", err=True)
-
-
-class CertsUsageError(CertsError):
-    """The command line is wrong: one ``jobkit: error:`` line, exit code 2."""
-
-    exit_code = EXIT_USAGE
-
-
-# click >= 8.2 asks for help on a bare group by raising this; click 8.1 prints it itself.
-_HELP_REQUEST: tuple[type[click.UsageError], ...] = tuple(
-    getattr(click.exceptions, name)
-    for name in ("NoArgsIsHelpError",)
-    if hasattr(click.exceptions, name)
-)
-
-
-def _usage_error(error: click.UsageError) -> click.UsageError | CertsUsageError:
-    if isinstance(error, _HELP_REQUEST):
-        return error
-    message = error.format_message().rstrip(".")
-    if error.ctx is not None:
-        message += f". See '{error.ctx.command_path} --help'."
-    return CertsUsageError(message)
-
-
-class _Command(click.Command):
-    """A click command whose usage errors follow this module's one-line convention."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as error:
-            raise _usage_error(error) from error
-
-
-class _Group(click.Group):
-    """A click group whose usage errors follow this module's one-line convention."""
-
-    command_class = _Command
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as error:
-            raise _usage_error(error) from error
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as error:
-            raise _usage_error(error) from error
-
 
 def _translate_errors(function: F) -> F:
-    """Turn PKI and OS errors raised by ``function`` into `CertsError` (one place)."""
+    """Turn PKI and OS errors raised by ``function`` into `CliError` (one place)."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
         except pki.InvalidName as error:
-            raise CertsUsageError(str(error)) from None
+            raise CliError(str(error), EXIT_USAGE) from None
         except pki.PkiError as error:
-            raise CertsError(str(error)) from None
+            raise CliError(str(error), EXIT_FAILURE) from None
         except OSError as error:
             where = f": {error.filename}" if error.filename else ""
-            raise CertsError(f"{error.strerror or error}{where}") from None
+            raise CliError(f"{error.strerror or error}{where}", EXIT_FAILURE) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -133,7 +69,7 @@ def _shown(path: Path) -> str:
     return str(path.absolute())
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def certs() -> None:
     """Make the CA, server and client certificates for mutual TLS.
 

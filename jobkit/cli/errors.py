@@ -58,6 +58,7 @@ __all__ = [
     "CertificatesUnusable",
     "CliError",
     "OneLineCommand",
+    "OneLineGroup",
     "handle_errors",
     "one_line_usage",
 ]
@@ -120,6 +121,26 @@ class OneLineCommand(click.Command):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         try:
             return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise one_line_usage(error) from error
+
+
+class OneLineGroup(click.Group):
+    """A click group whose usage errors, and its commands', are one line."""
+
+    command_class = OneLineCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise one_line_usage(error) from error
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
         except click.UsageError as error:
             raise one_line_usage(error) from error
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from jobkit.cli.errors import EXIT_USAGE, CliError, OneLineCommand
+
 __all__ = ["serve"]
 
 
@@ -20,7 +22,7 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
         raise click.BadParameter(str(error)) from None
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option(
     "--certs", type=click.Path(path_type=Path, file_okay=False), default=None,
     help="Folder made by 'jobkit certs init' (or its server/ subfolder). "
@@ -38,18 +40,30 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
               help="A client CN that may list and act on every client's jobs (repeatable).")
 @click.option("--max-jobs", type=click.IntRange(min=0), default=256, show_default=True,
               help="Live jobs one client may have at once (0: no limit).")
+@click.option(
+    "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+    help="Where running jobs are recorded, so that the next start kills what a crashed "
+         "server left. Default: $XDG_STATE_HOME/jobkit/serve-HOST-PORT (none for port 0).",
+)
+@click.option(
+    "--cgroups/--no-cgroups", default=None,
+    help="Give each job its own cgroup v2 (so setsid() cannot escape stop/delete). "
+         "Default: where this process may create cgroups.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No access log; warnings and errors only.")
 def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: int,
-          admins: tuple[str, ...], max_jobs: int, quiet: bool) -> None:
+          admins: tuple[str, ...], max_jobs: int, state_dir: Path | None,
+          cgroups: bool | None, quiet: bool) -> None:
     """Serve the jobkit HTTPS API with mutual TLS 1.3 until Ctrl-C or SIGTERM.
 
     Every client authenticates with a certificate from the server's CA; the
     certificate's CN is its identity, and it sees only its own jobs. On exit,
     every job is killed.
     """
+    from jobkit.core.errors import JobkitError
     from jobkit.core.plugins import backend_names
     from jobkit.server.pki import PkiError, ensure_default_pki
-    from jobkit.server.serve import JobServer
+    from jobkit.server.serve import JobServer, default_state_dir
 
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
@@ -62,9 +76,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
     logging.logMultiprocessing = False
     known = backend_names()
     if backend not in known:
-        raise click.BadParameter(
-            f"unknown backend {backend!r} (known: {', '.join(sorted(known))})",
-            param_hint="'--backend'",
+        raise CliError(
+            f"unknown backend {backend!r} (known: {', '.join(sorted(known))})", EXIT_USAGE
         )
     try:
         if certs is None:
@@ -78,16 +91,22 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
                 click.echo(f"Client certificate for {name!r}: {folder / 'clients' / name}")
             certs = folder
         host, port = listen
+        if state_dir is None:
+            state_dir = default_state_dir(host, port)
         server = JobServer(certs, host=host, port=port, backend=backend, threads=threads,
-                           admins=admins, max_jobs=max_jobs)
-    except (PkiError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+                           admins=admins, max_jobs=max_jobs, cgroups=cgroups,
+                           state_dir=state_dir)
+        if server.recovered:
+            click.echo(f"Killed {len(server.recovered)} job(s) left running by a previous "
+                       f"server (state: {state_dir})")
+    except (PkiError, JobkitError, ValueError) as error:
+        raise CliError(str(error)) from None
     except OSError as error:
-        raise click.ClickException(f"cannot read the certificates: {error}") from None
+        raise CliError(f"cannot read the certificates: {error}") from None
     try:
         server.start()
     except OSError as error:
-        raise click.ClickException(
+        raise CliError(
             f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror or error}"
         ) from None
     click.echo(f"Serving on {server.url} (certificates: {server.certs}); Ctrl-C to stop")

@@ -18,14 +18,24 @@ start time and the boot id, so that a recycled pid is never hit:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import threading
 from pathlib import Path
 
 from jobkit.core.cgroups import CgroupTree
+from jobkit.core.errors import JobkitError
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "LedgerInUse"]
+
+
+class LedgerInUse(JobkitError):
+    """Another live process holds this ledger folder."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(f"the state folder {directory} is in use by another process")
+        self.directory = directory
 
 
 def _boot_id() -> str:
@@ -58,13 +68,39 @@ def _group_members(pgid: int) -> list[int]:
 
 
 class Ledger:
-    """Process groups that may still be running, kept in ``directory`` (made 0700)."""
+    """Process groups that may still be running, kept in ``directory`` (made 0700).
+
+    One process at a time may use a ledger folder: it holds an exclusive
+    ``flock`` on ``directory/lock`` until `close` (the kernel drops it if the
+    process dies), so two servers can never kill each other's jobs.  A
+    second user gets `LedgerInUse`.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._boot = _boot_id()
         self._lock = threading.Lock()
+        self._lock_fd = os.open(
+            self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise LedgerInUse(self.directory) from None
+
+    def close(self) -> None:
+        """Let another process use the folder (the records stay)."""
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def add(self, pid: int, cgroup: Path | None = None) -> None:
         """Record the group led by ``pid``, and its cgroup if it has one."""
@@ -88,6 +124,8 @@ class Ledger:
         killed = []
         with self._lock:
             for path in sorted(self.directory.iterdir()):
+                if path.name == "lock":
+                    continue
                 if path.name.isdigit() and self._kill_leftover(path):
                     killed.append(int(path.name))
                 with contextlib.suppress(FileNotFoundError):

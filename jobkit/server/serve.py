@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -29,6 +30,7 @@ from cheroot import errors as cheroot_errors
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from jobkit.core.ledger import Ledger
 from jobkit.core.pool import JobPool
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
 from jobkit.server.pki import server_dir
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_THREADS",
     "JobServer",
+    "default_state_dir",
     "parse_listen",
 ]
 
@@ -52,6 +55,21 @@ DEFAULT_THREADS = 64
 CONNECTION_TIMEOUT = 10
 #: Seconds cheroot waits for in-flight requests at shutdown before cutting them off.
 SHUTDOWN_TIMEOUT = 2
+
+
+def default_state_dir(host: str, port: int) -> Path | None:
+    """``$XDG_STATE_HOME/jobkit/serve-HOST-PORT``: one ledger per listen address.
+
+    Two live servers cannot listen on one address, so they never share it;
+    a server restarted on the same address finds its predecessor's jobs.
+    None for port 0, whose address changes every run.
+    """
+    if port == 0:
+        return None
+    base = os.environ.get("XDG_STATE_HOME", "")
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
+    safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
+    return root / "jobkit" / f"serve-{safe_host}-{port}"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -192,6 +210,10 @@ class JobServer:
         cgroups: For every client's pool: None (default) gives each job its
             own cgroup where this process may create them, so that stop and
             delete reach processes that left the job's session; see `JobPool`.
+        state_dir: A folder for the crash-recovery `Ledger`: the jobs a
+            previous server left there (it was killed with SIGKILL, say) are
+            killed now, and this server records its own.  Only one live
+            server may use a folder (`LedgerInUse` otherwise).  None: no ledger.
 
     Use `start` / `stop` (or ``with``), or `run_until_signalled`.
     """
@@ -209,6 +231,7 @@ class JobServer:
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         connection_timeout: int = CONNECTION_TIMEOUT,
         cgroups: bool | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if threads < 2:
             raise ValueError("a server needs at least 2 worker threads")
@@ -218,9 +241,22 @@ class JobServer:
             folder / "cert.pem", folder / "key.pem", folder / "ca.pem",
             handshake_timeout=handshake_timeout,
         )
+        # After the certificates were read, so that bad --certs neither kill
+        # anything nor hold the folder.
+        self.ledger = None if state_dir is None else Ledger(state_dir)
+        #: Process groups of the previous run that this server killed.
+        self.recovered: list[int] = []
+        if self.ledger is not None:
+            self.recovered = self.ledger.recover()
+            if self.recovered:
+                log.warning(
+                    "killed %d job(s) left running by a previous server: process groups %s",
+                    len(self.recovered), ", ".join(map(str, self.recovered)),
+                )
+        ledger = self.ledger
         self.api = JobApi(backend, admins=admins,
                           limits=Limits.for_threads(threads, max_jobs=max_jobs),
-                          pool_factory=lambda: JobPool(backend, cgroups=cgroups))
+                          pool_factory=lambda: JobPool(backend, cgroups=cgroups, ledger=ledger))
         server = _CherootServer(
             (host, port), self.api, numthreads=threads, max=threads,
             timeout=connection_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -277,6 +313,8 @@ class JobServer:
         finally:
             cutoff.cancel()
         self.api.close()
+        if self.ledger is not None:
+            self.ledger.close()
         if self._thread is not None:
             self._thread.join(SHUTDOWN_TIMEOUT + CONNECTION_TIMEOUT)
 

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from jobkit import JobPool
 from jobkit.core import cgroups
-from jobkit.core.ledger import Ledger
+from jobkit.core.ledger import Ledger, LedgerInUse
 from tests.conftest import group_members, process_alive, wait_until
 
 CRASHING_OWNER = """
@@ -40,13 +41,19 @@ def test_recover_kills_the_groups_a_crashed_run_left(tmp_path: Path) -> None:
     assert out.returncode == -signal.SIGKILL
     pgid = int(out.stdout)
     assert len(group_members(pgid)) == 2  # survived their owner, as processes do
-    assert Ledger(tmp_path).recover() == [pgid]
+    with Ledger(tmp_path) as ledger:
+        assert ledger.recover() == [pgid]
     wait_until(lambda: group_members(pgid) == [], what="the leftover group to die")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["lock"]
 
 
-def test_recover_kills_members_whose_leader_is_gone(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path)
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    with Ledger(tmp_path) as ledger:
+        yield ledger
+
+
+def test_recover_kills_members_whose_leader_is_gone(ledger: Ledger) -> None:
     leader = subprocess.Popen(
         ["sh", "-c", "sleep 1000 >/dev/null & echo $!; read line"],
         stdin=subprocess.PIPE,
@@ -63,10 +70,9 @@ def test_recover_kills_members_whose_leader_is_gone(tmp_path: Path) -> None:
     wait_until(lambda: not process_alive(child), what="the orphaned member to die")
 
 
-def test_a_reused_pid_is_never_killed(tmp_path: Path) -> None:
+def test_a_reused_pid_is_never_killed(ledger: Ledger, tmp_path: Path) -> None:
     bystander = subprocess.Popen(["sleep", "1000"], start_new_session=True)
     try:
-        ledger = Ledger(tmp_path)
         ledger.add(bystander.pid)
         record = tmp_path / str(bystander.pid)
         pid, start, boot, _ = record.read_text().split()
@@ -89,15 +95,15 @@ def test_a_reused_pid_is_never_killed(tmp_path: Path) -> None:
 
 
 def test_a_pool_records_running_groups_and_forgets_deleted_ones(tmp_path: Path) -> None:
-    with JobPool(ledger=Ledger(tmp_path)) as pool:
+    with Ledger(tmp_path) as ledger, JobPool(ledger=ledger) as pool:
         first = pool.create("sleep", ["1000"])
         second = pool.create("true")
         pool.wait(second, 10)
         pids = {pool.status(j).pid for j in (first, second)}
-        assert {int(p.name) for p in tmp_path.iterdir()} == pids
+        assert records(tmp_path) == pids
         pool.delete(first)
-        assert {int(p.name) for p in tmp_path.iterdir()} == {pool.status(second).pid}
-    assert list(tmp_path.iterdir()) == []
+        assert records(tmp_path) == {pool.status(second).pid}
+    assert records(tmp_path) == set()
     assert os.stat(tmp_path).st_mode & 0o777 == 0o700
 
 
@@ -126,5 +132,34 @@ def test_recover_kills_even_escaped_processes_through_the_cgroup(tmp_path: Path)
     assert out.returncode == -signal.SIGKILL, out.stderr
     escaped = int(out.stdout)
     assert process_alive(escaped)
-    Ledger(tmp_path).recover()
+    with Ledger(tmp_path) as ledger:
+        ledger.recover()
     wait_until(lambda: not process_alive(escaped), what="the escaped process to die")
+
+
+def records(folder: Path) -> set[int]:
+    return {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+
+
+def test_one_process_at_a_time_per_ledger_folder(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from jobkit.core.ledger import Ledger; "
+            "l = Ledger(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+            str(tmp_path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(LedgerInUse, match="in use by another process"):
+            Ledger(tmp_path)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
+    Ledger(tmp_path).close()  # free again once the holder is gone
