@@ -33,37 +33,27 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(b")", 1)[1].split()[0] != b"Z"
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
+def process_stats() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, fields after the command name)`` of every process in /proc."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
+                yield int(entry), f.read().rsplit(b")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
-            continue
-        if fields[0] != b"Z" and int(fields[2]) == pgid:
-            members.append(int(entry))
-    return members
+            continue  # it ended while we looked
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    return [pid for pid, fields in process_stats() if fields[0] != b"Z" and int(fields[2]) == pgid]
 
 
 def children() -> list[int]:
     """Our direct child processes, zombies included (unreaped children leak too)."""
     me = str(os.getpid()).encode()
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if fields[1] == me:
-            kids.append(int(entry))
-    return kids
+    return [pid for pid, fields in process_stats() if fields[1] == me]
 
 
 def open_fds() -> int:

@@ -16,7 +16,7 @@ import click
 
 from jobkit._version import __version__
 from jobkit.cli.connect import ClientOptions
-from jobkit.cli.errors import one_line_usage
+from jobkit.cli.errors import OneLineGroup
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
@@ -48,7 +48,7 @@ SHORT_HELP = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(OneLineGroup):
     """A click group that imports a sub-command's module only when it runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -78,19 +78,6 @@ class LazyGroup(click.Group):
         options = click.Command.shell_complete(self, ctx, incomplete)
         return names + options
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as error:
-            raise one_line_usage(error) from error
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as error:
-            raise one_line_usage(error) from error
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
