@@ -119,9 +119,10 @@ class Client:
         """Start ``command`` with ``args`` on the server; return the new job's id.
 
         As `JobPool.create`: no shell, OS failures give a job in ``error``
-        state.  ``env`` is added to the server's environment and ``cwd`` is a
-        path on the server.  ``replace_env`` and ``backend_options`` are not
-        supported by the HTTP API: setting them raises ``ValueError``.
+        state.  ``env`` is added to the server's environment (or replaces it,
+        with ``replace_env``) and ``cwd`` is a path on the server.
+        ``backend_options`` are the server's to choose (``jobkit serve``):
+        setting them raises ``ValueError``.
         """
         body: dict[str, Any] = {
             "cmd": check_str("command", command, nonempty=True),
@@ -136,7 +137,7 @@ class Client:
         if backend is not None:
             body["backend"] = check_str("backend", backend, nonempty=True)
         if replace_env:
-            raise ValueError("replace_env is not supported by the jobkit server")
+            body["replace_env"] = True
         if backend_options is not None:
             raise ValueError("backend_options are not supported by the jobkit server")
         data = self._json("PUT", "/jobs", body=body, backend=backend)

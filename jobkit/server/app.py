@@ -61,7 +61,7 @@ FOLLOW_POLL_INTERVAL = 0.5
 CLIENT_ENVIRON_KEY = "jobkit.client"
 
 _JSON = "application/json"
-_CREATE_FIELDS = frozenset({"cmd", "args", "env", "cwd", "timeout", "backend"})
+_CREATE_FIELDS = frozenset({"cmd", "args", "env", "replace_env", "cwd", "timeout", "backend"})
 _STOP_FIELDS = frozenset({"signal"})
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no", ""})
@@ -510,6 +510,10 @@ class JobApi:
         cmd = _field_str(body, "cmd")
         args = _field_str_list(body, "args")
         env = _field_env(body)
+        replace_env = body.get("replace_env", False)
+        if not isinstance(replace_env, bool):
+            raise ApiError(400, f"field 'replace_env' must be a boolean, "
+                                f"not {_json_type(replace_env)}")
         cwd = _field_optional_str(body, "cwd")
         backend = _field_optional_str(body, "backend")
         timeout = _field_timeout(body)
@@ -518,8 +522,8 @@ class JobApi:
         self._reserve(client)
         job_id = None
         try:
-            job_id = client.pool.create(cmd, args, env=env, cwd=cwd, timeout=timeout,
-                                        backend=backend)
+            job_id = client.pool.create(cmd, args, env=env, replace_env=replace_env, cwd=cwd,
+                                        timeout=timeout, backend=backend)
         finally:
             with client.lock:
                 client.reserved -= 1

@@ -227,6 +227,8 @@ def openapi_document() -> dict[str, Any]:
                         "args": {"type": "array", "items": {"type": "string"}, "default": []},
                         "env": {"type": "object", "additionalProperties": {"type": "string"},
                                 "description": "Variables set over the server's environment."},
+                        "replace_env": {"type": "boolean", "default": False,
+                                        "description": "Use env as the whole environment."},
                         "cwd": {"type": "string", "description": "Working directory."},
                         "timeout": {"type": "number", "exclusiveMinimum": 0,
                                     "description": "Seconds; then SIGTERM, SIGKILL 5 s later."},

@@ -212,6 +212,9 @@ def test_env_cwd_and_timeout(jobs: Any, tmp_path: Path) -> None:
     job_id = jobs.create("sh", ["-c", 'echo "$JK_A"; pwd'], env={"JK_A": "a b"}, cwd=tmp_path)
     jobs.wait(job_id, timeout=10)
     assert jobs.output(job_id).stdout == f"a b\n{tmp_path}\n".encode()
+    alone = jobs.create("/usr/bin/env", env={"ONLY": "1"}, replace_env=True)
+    jobs.wait(alone, timeout=10)
+    assert jobs.output(alone).stdout == b"ONLY=1\n"
     slow = jobs.create("sleep", ["30"], timeout=0.1)
     final = jobs.wait(slow, timeout=20)
     assert final.state is State.KILLED
@@ -230,8 +233,6 @@ def test_backend_not_found_names_the_backend(client: Client) -> None:
 
 
 def test_unsupported_create_options(client: Client) -> None:
-    with pytest.raises(ValueError, match="replace_env"):
-        client.create("true", replace_env=True)
     with pytest.raises(ValueError, match="backend_options"):
         client.create("true", backend_options={"size": 1})
 

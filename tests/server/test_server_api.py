@@ -77,6 +77,16 @@ def test_env_cwd_timeout_and_backend(client: ApiClient, tmp_path: Path) -> None:
     assert status["backend"] == "tempfile"
     assert client.get(f"/jobs/{job_id}/output").json()["stdout"] == f"hello\n{tmp_path}\n"
 
+    response = client.request("PUT", "/jobs", {"cmd": "/usr/bin/env", "env": {"ONLY": "1"},
+                                               "replace_env": True})
+    assert response.status == 201
+    job_id = response.json()["id"]
+    client.wait(job_id)
+    assert client.get(f"/jobs/{job_id}/output").json()["stdout"] == "ONLY=1\n"
+    response = client.request("PUT", "/jobs", {"cmd": "true", "replace_env": "yes"})
+    assert response.status == 400
+    assert response.json()["error"] == "field 'replace_env' must be a boolean, not a string"
+
     job_id = client.create("sleep", "30", timeout=0.2)
     status = client.wait(job_id)
     assert status["timed_out"] is True
