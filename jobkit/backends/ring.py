@@ -18,14 +18,16 @@ DEFAULT_CAPACITY = 1 << 20
 class RingStore(OutputStore):
     """A deque of chunks trimmed from the left once over capacity.
 
-    Trimming reshapes the deque, so appends and reads share a lock; it is only
-    ever held for a slice of at most ``capacity`` bytes.
+    Trimming only moves ``_head`` (how much of the first chunk is dropped)
+    and pops whole chunks, so an append never copies what it keeps.  Appends
+    and reads share a lock, held for at most a copy of ``capacity`` bytes.
     """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._chunks: collections.deque[bytes] = collections.deque()
-        self._held = 0
+        self._head = 0  # bytes of _chunks[0] already dropped
+        self._held = 0  # bytes kept: sum of the chunks' lengths less _head
         self._written = 0
         self._lock = threading.Lock()
 
@@ -39,13 +41,14 @@ class RingStore(OutputStore):
                 self._held += len(data)
             excess = self._held - self._capacity
             while excess > 0:
-                first = self._chunks[0]
-                if len(first) <= excess:
+                left = len(self._chunks[0]) - self._head
+                if left <= excess:
                     self._chunks.popleft()
-                    self._held -= len(first)
-                    excess -= len(first)
+                    self._head = 0
+                    self._held -= left
+                    excess -= left
                 else:
-                    self._chunks[0] = first[excess:]
+                    self._head += excess
                     self._held -= excess
                     excess = 0
             self._written += total
@@ -66,7 +69,7 @@ class RingStore(OutputStore):
                 return b""  # dropped meanwhile: the pool retries from `dropped`
             end = min(self._written, offset + size)
             parts = []
-            position = start
+            position = start - self._head  # where _chunks[0] would begin
             for chunk in self._chunks:
                 chunk_end = position + len(chunk)
                 if chunk_end > offset and position < end:
@@ -79,7 +82,7 @@ class RingStore(OutputStore):
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()
-            self._held = 0
+            self._head = self._held = 0
 
 
 @attrs.define

@@ -172,3 +172,12 @@ def detect() -> CgroupTree | None:
                 tree = None
         _detected = (True, tree)
         return tree
+
+
+def _forget_after_fork() -> None:
+    # Our folder is named after our pid: a forked child must find its own.
+    global _detected
+    _detected = (False, None)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -53,6 +53,8 @@ class Job:
     fds: dict[str, int] = attrs.Factory(dict)
     #: The job's own cgroup, where jobkit could make one (see jobkit.core.cgroups).
     cgroup: Path | None = None
+    #: Set by the supervisor once the job left its pool (deleted, or pool closed).
+    forgotten: bool = False
     #: Streams whose pipe was enlarged because the job writes a lot.
     grown: set[str] = attrs.Factory(set)
     timeout: float | None = None

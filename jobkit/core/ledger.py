@@ -11,8 +11,9 @@ start time and the boot id, so that a recycled pid is never hit:
 
 * the leader is alive with the recorded start time (same boot): kill the group;
 * the leader is alive with another start time: the pid was reused, leave it;
-* the leader is gone but processes remain in the group: they are the job's
-  (Linux does not reuse a pid while a group of that id exists), kill them.
+* the leader is gone but processes remain in the group, all started after
+  the recorded leader: they are the job's (Linux does not reuse a pid while
+  a group of that id exists), kill them.
 """
 
 from __future__ import annotations
@@ -57,12 +58,17 @@ def _stat(pid: int) -> tuple[int, int] | None:
     return int(fields[2]), int(fields[19])
 
 
-def _group_members(pgid: int) -> list[int]:
+def _group_members(pgid: int, born_since: int) -> list[int]:
+    """Live members of group ``pgid`` started no earlier than ``born_since`` (ticks).
+
+    A member of the job's group was forked by the job, so after it; one born
+    earlier belongs to a later group that reused the id.
+    """
     members = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(int(entry))
-            if stat is not None and stat[0] == pgid:
+            if stat is not None and stat[0] == pgid and stat[1] >= born_since:
                 members.append(int(entry))
     return members
 
@@ -144,7 +150,7 @@ class Ledger:
         if leader is not None and leader != (pid, start):
             return False  # the pid was reused, or the process left its group
         killed = self._kill_cgroup(cgroup_text.strip())
-        if leader is not None or _group_members(pid):
+        if leader is not None or (start >= 0 and _group_members(pid, start)):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             killed = True

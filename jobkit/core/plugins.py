@@ -86,7 +86,18 @@ def _registry() -> dict[str, Callable[..., Any]]:
                     return
                 found[name] = factory
 
-            pm.hook.jobkit_register_backends(register=register)
+            # One hook implementation at a time: a plugin that raises is
+            # reported and skipped, never the end of every other backend.
+            for impl in reversed(pm.hook.jobkit_register_backends.get_hookimpls()):
+                try:
+                    impl.function(register=register)
+                except Exception as exc:  # any failure of foreign code
+                    warnings.warn(
+                        f"jobkit: plugin {impl.plugin_name!r} failed to register "
+                        f"its backends: {exc}",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             _backends = found
         return _backends
 

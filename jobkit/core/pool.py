@@ -7,8 +7,8 @@ import itertools
 import os
 import signal as signals
 import threading
-import weakref
 from collections.abc import Mapping, Sequence
+from threading import TIMEOUT_MAX
 from typing import Any
 
 from jobkit.core import plugins, supervisor
@@ -32,7 +32,22 @@ DEFAULT_KILL_AFTER = 5.0
 #: How long `delete` and `close` wait for a SIGKILLed process to be reaped.
 _REAP_WAIT = 10.0
 
-_open_pools: weakref.WeakSet[JobPool] = weakref.WeakSet()
+#: Every pool not closed yet, held strongly: a pool with running jobs must not
+#: vanish with its last reference and leave them running after the exit.
+_open_pools: set[JobPool] = set()
+
+
+def _disown_after_fork() -> None:
+    # A fork's child inherits the pools but not their supervisor thread, and
+    # the jobs are its parent's: the child's copies are closed, never used.
+    for pool in _open_pools:
+        pool._lock = threading.Lock()  # another thread may have held it at the fork
+        pool._idle = threading.Condition(pool._lock)
+        pool._jobs, pool._busy, pool._closed = {}, 0, True
+    _open_pools.clear()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 @atexit.register
@@ -82,6 +97,8 @@ class JobPool:
         self._jobs: dict[str, Job | None] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._busy = 0
         self._closed = False
         self._ledger = ledger
         self._cgroups = None if cgroups is False else cgroup_tree()
@@ -154,20 +171,25 @@ class JobPool:
             self._check_open()
             job_id = str(next(self._ids))
             self._jobs[job_id] = None  # hold the place: list() is in creation order
+            self._busy += 1
         try:
-            job = self._start(
-                job_id, command, arguments, job_env, workdir, timeout, backend_name, output
-            )
-        except BaseException:
+            try:
+                job = self._start(
+                    job_id, command, arguments, job_env, workdir, timeout, backend_name, output
+                )
+            except BaseException:
+                with self._lock:
+                    self._jobs.pop(job_id, None)
+                raise
             with self._lock:
+                if not self._closed:
+                    self._jobs[job_id] = job
+                    return job_id
                 self._jobs.pop(job_id, None)
-            raise
-        with self._lock:
-            if not self._closed:
-                self._jobs[job_id] = job
-                return job_id
-        self._destroy(job)
-        raise PoolClosed
+            self._destroy(job)  # closed meanwhile: `close` did not see this one
+            raise PoolClosed
+        finally:
+            self._done()
 
     def _start(
         self,
@@ -198,14 +220,33 @@ class JobPool:
             job.finish(Outcome(State.ERROR, utcnow(), error=message))
             return job
         job.process = spawned.process
-        if self._cgroups is not None:
-            job.cgroup = self._cgroups.create(spawned.process.pid)
-        if self._ledger is not None:
-            self._ledger.add(spawned.process.pid, job.cgroup)
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
-        self._supervisor.watch(job, self._kill_after)
+        try:
+            if self._cgroups is not None:
+                job.cgroup = self._cgroups.create(spawned.process.pid)
+            if self._ledger is not None:
+                self._ledger.add(spawned.process.pid, job.cgroup)
+            self._supervisor.watch(job, self._kill_after)
+        except Exception as exc:  # the ledger's disk, epoll's memory: still a job
+            self._abandon(job, f"cannot watch the process: {exc}")
         return job
+
+    @staticmethod
+    def _abandon(job: Job, message: str) -> None:
+        """Kill and reap a job's process that cannot be watched; it ends in error."""
+        assert job.process is not None
+        job.signal_group(signals.SIGKILL)
+        job.process.wait()
+        for fd in (job.pidfd, *job.fds.values()):
+            os.close(fd)
+        job.pidfd = -1
+        job.fds.clear()
+        if job.cgroup is not None:
+            CgroupTree.remove(job.cgroup)
+        for stream in job.streams.values():
+            stream.mark_closed()
+        job.finish(Outcome(State.ERROR, utcnow(), error=message))
 
     def list(self) -> list[str]:
         """The ids of every job in the pool, oldest first."""
@@ -223,7 +264,7 @@ class JobPool:
         ``TimeoutError`` if ``timeout`` seconds pass first.
         """
         if timeout is not None:
-            timeout = check_seconds("timeout", timeout, allow_zero=True)
+            timeout = min(check_seconds("timeout", timeout, allow_zero=True), TIMEOUT_MAX)
         job = self._get(job_id)
         if not job.ended.wait(timeout):
             raise TimeoutError(f"job {job_id} still running after {timeout} s")
@@ -277,9 +318,21 @@ class JobPool:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None:
+                self._check_open()
                 raise JobNotFound(job_id)
             del self._jobs[job_id]
-        self._destroy(job)
+            self._busy += 1
+        try:
+            self._destroy(job)
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        """One `create` or `delete` less in flight (`close` waits for none)."""
+        with self._lock:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.notify_all()
 
     def close(self) -> None:
         """Kill and reap every job, free all output; later calls raise `PoolClosed`."""
@@ -287,6 +340,9 @@ class JobPool:
             if self._closed:
                 return
             self._closed = True
+            # A create or delete in flight still needs the supervisor.
+            while self._busy:
+                self._idle.wait()
             jobs = [job for job in self._jobs.values() if job is not None]
             self._jobs.clear()
         for job in jobs:  # signal all first, so they die in parallel
@@ -301,9 +357,9 @@ class JobPool:
     # -- helpers ------------------------------------------------------------
 
     def _destroy(self, job: Job) -> None:
-        job.signal_group(signals.SIGKILL)
-        reaped = job.ended.wait(_REAP_WAIT)
-        self._supervisor.forget(job)
+        job.signal_group(signals.SIGKILL)  # safe: the leader, even dead, holds the pgid
+        job.ended.wait(_REAP_WAIT)
+        reaped = self._supervisor.forget(job)
         if job.cgroup is not None:
             # Wait for every member, escaped or not: after delete, nothing runs.
             reaped = CgroupTree.remove(job.cgroup) and reaped

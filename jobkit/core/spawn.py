@@ -35,15 +35,19 @@ class Spawned:
 
 _limit_lock = threading.Lock()
 _limit_raised = False
+#: The limits jobs get back, when we raised our own: (soft, hard) as we found them.
+_child_nofile: tuple[int, int] | None = None
 
 
 def raise_fd_limit() -> None:
     """Raise the soft RLIMIT_NOFILE to the hard limit, once per process.
 
     Every running job holds three descriptors (two pipes and a pidfd), so the
-    usual soft limit of 1024 would cap a pool at about 300 jobs.
+    usual soft limit of 1024 would cap a pool at about 300 jobs.  Jobs get
+    the original soft limit back (see `spawn`): programs that loop over every
+    possible descriptor, or use ``select()``, expect the usual 1024.
     """
-    global _limit_raised
+    global _limit_raised, _child_nofile
     with _limit_lock:
         if _limit_raised:
             return
@@ -52,6 +56,7 @@ def raise_fd_limit() -> None:
         if hard == resource.RLIM_INFINITY or soft < hard:
             try:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                _child_nofile = (soft, hard)
             except (ValueError, OSError):
                 pass  # keep what we have; EMFILE then ends single jobs in error
 
@@ -88,6 +93,13 @@ def spawn(command: str, args: list[str], env: Mapping[str, str] | None, cwd: str
         _close_all(*fds)
         raise SpawnFailed(describe_spawn_error(exc, command, cwd)) from None
     _close_all(out_w, err_w)
+    if _child_nofile is not None:
+        # Python cannot set it between fork and exec without giving up vfork;
+        # right after exec, a program has had microseconds to look at it.
+        try:
+            resource.prlimit(process.pid, resource.RLIMIT_NOFILE, _child_nofile)
+        except OSError:
+            pass  # it has exited already
     try:
         pidfd = os.pidfd_open(process.pid)
     except OSError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from threading import TIMEOUT_MAX
 
 from jobkit.core.backend import OutputStore
 from jobkit.core.models import StreamInfo
@@ -108,22 +109,26 @@ class Follower(Iterator[bytes]):
         """Return the next bytes; ``b""`` if ``timeout`` passed first; None at the end."""
         stream = self._stream
         deadline = None if timeout is None else time.monotonic() + timeout
-        with stream.changed:
-            while True:
-                if self._cancelled or stream.released:
-                    return None
-                closed = stream.closed  # before `written`: see OutputStream
-                written = stream.store.written
-                if self.offset < written:
-                    break
-                if closed:
-                    return None
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return b""
-                stream.changed.wait(remaining)
-        start, data = stream.read(self.offset, min(written - self.offset, FOLLOW_CHUNK))
-        if not data:  # released while we read
-            return None
-        self.offset = start + len(data)
-        return data
+        while True:
+            with stream.changed:
+                while True:
+                    if self._cancelled or stream.released:
+                        return None
+                    closed = stream.closed  # before `written`: see OutputStream
+                    written = stream.store.written
+                    if self.offset < written:
+                        break
+                    if closed:
+                        return None
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return b""
+                    stream.changed.wait(None if remaining is None else min(remaining, TIMEOUT_MAX))
+            start, data = stream.read(self.offset, min(written - self.offset, FOLLOW_CHUNK))
+            if data:
+                self.offset = start + len(data)
+                return data
+            if stream.released:
+                return None
+            # All of it was dropped before we came (``ring``): wait for more.
+            self.offset = max(self.offset, start)

@@ -7,9 +7,10 @@ of jobs (or of pools: the server keeps one pool per client).  It waits in
 
 * a readable pipe is drained into the job's output store, a chunk at a time;
 * a readable pidfd means the main process exited: whatever it wrote is
-  already in the pipes, so those are drained first, then the process is
-  reaped and the job's outcome set (a grandchild holding a pipe open keeps
-  that stream open, never the job running);
+  already in the pipes, so those are drained first, then its exit status is
+  read and the job's outcome set (a grandchild holding a pipe open keeps
+  that stream open, never the job running).  The process stays a zombie,
+  holding its pid and process group id, until the job is deleted;
 * timers send a job's timeout signals.
 
 Other threads never touch the selector: they queue a callable with `call`
@@ -18,7 +19,6 @@ and the supervisor runs it between two waits.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import heapq
 import itertools
@@ -45,6 +45,9 @@ T = TypeVar("T")
 CHUNK = 1 << 20
 _DEFAULT_PIPE = 1 << 16
 _SETPIPE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_GETPIPE = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+#: The longest single wait in epoll (it refuses more than about 24 days).
+_MAX_WAIT = 3600.0
 
 
 class Supervisor:
@@ -55,7 +58,7 @@ class Supervisor:
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._selector.register(self._wake, selectors.EVENT_READ, None)
         self._commands: deque[Callable[[], None]] = deque()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers: list[tuple[float, int, Callable[[], None], Job]] = []
         self._seq = itertools.count()
         self._stopping = False
         self._mutate = threading.Lock()
@@ -97,22 +100,36 @@ class Supervisor:
         Registering from the caller's thread saves the supervisor a wake-up
         per job; ``_mutate`` keeps it from racing with the supervisor's own
         unregistering (epoll itself is thread-safe, the selector's map is not
-        meant to be shared).
+        meant to be shared).  All or nothing: on an error (epoll out of
+        memory, say) nothing stays registered and the error is raised.
         """
+        registered: list[int] = []
         with self._mutate:  # held throughout: the supervisor may drain these at once
-            for name, fd in list(job.fds.items()):
-                stream = job.streams[name]
-                self._selector.register(
-                    fd, selectors.EVENT_READ, lambda j=job, n=name, s=stream: self._drain(j, n, s)
-                )
-            self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
+            try:
+                for name, fd in list(job.fds.items()):
+                    stream = job.streams[name]
+                    self._selector.register(
+                        fd,
+                        selectors.EVENT_READ,
+                        lambda j=job, n=name, s=stream: self._drain(j, n, s),
+                    )
+                    registered.append(fd)
+                self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
+            except BaseException:
+                for fd in registered:
+                    self._selector.unregister(fd)
+                raise
         if job.timeout is not None:
             timeout = job.timeout
-            self.call(lambda: self._at(timeout, lambda: self._time_out(job, kill_after)))
+            self.call(lambda: self._at(timeout, lambda: self._time_out(job, kill_after), job))
 
-    def forget(self, job: Job) -> None:
-        """Stop draining ``job``, close its pipes and free its output (waits)."""
-        self.call_and_wait(lambda: self._forget(job))
+    def forget(self, job: Job) -> bool:
+        """Stop draining ``job``, close its pipes, free its output, reap its leader.
+
+        Waits for the supervisor to do it; returns False if the main process
+        has not exited (it is then reaped whenever it does).
+        """
+        return self.call_and_wait(lambda: self._forget(job))
 
     def stop(self) -> None:
         self.call(self._request_stop)
@@ -126,9 +143,9 @@ class Supervisor:
     def _run(self) -> None:
         try:
             while not self._stopping:
-                timeout = None
+                timeout = _MAX_WAIT
                 if self._timers:
-                    timeout = max(0.0, self._timers[0][0] - time.monotonic())
+                    timeout = min(_MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
                 for key, _ in self._selector.select(timeout):
                     if key.data is None:
                         self._run_commands()
@@ -139,7 +156,7 @@ class Supervisor:
             self._selector.close()
             os.close(self._wake)
 
-    def _safely(self, fn: Callable[[], None]) -> None:
+    def _safely(self, fn: Callable[[], object]) -> None:
         try:
             fn()
         except Exception:  # one bad job or plugin must not stop every other job
@@ -156,38 +173,41 @@ class Supervisor:
     def _run_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
+            _, _, fn, _ = heapq.heappop(self._timers)
             self._safely(fn)
 
-    def _at(self, delay: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+    def _at(self, delay: float, fn: Callable[[], None], job: Job) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn, job))
 
-    def _drain(self, job: Job, name: str, stream: OutputStream, budget: int = CHUNK) -> bool:
-        """Move one chunk from the pipe to the store; False once the pipe is gone."""
+    def _drain(self, job: Job, name: str, stream: OutputStream, budget: int = CHUNK) -> int:
+        """Move up to ``budget`` bytes from the pipe to the store.
+
+        Returns the count, 0 when the pipe is empty for now, -1 once it is
+        closed (end of file: every writer closed it).
+        """
         fd = job.fds.get(name, -1)
         if fd < 0:
-            return False
+            return -1
         try:
             if stream.error is None:
                 try:
                     count = stream.store.fill_from(fd, budget)
                 except BlockingIOError:
-                    return True
-                except OSError as exc:
-                    if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                        return True
-                    # Disk full and the like: keep the job running, drop its output.
-                    stream.error = f"cannot store output: {exc.strerror or exc}"
+                    raise
+                except Exception as exc:  # disk full, or a broken plugin
+                    # Keep the job running, and its pipe drained: drop its output.
+                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                    stream.error = f"cannot store output: {reason}"
                     log.warning("job %s %s: %s", job.id, name, stream.error)
-                    count = 1
+                    return 0
             else:
                 count = len(os.read(fd, budget))
         except BlockingIOError:
-            return True
+            return 0
         if count == 0:
             self._close_pipe(job, name)
             stream.mark_closed()
-            return False
+            return -1
         if count >= _DEFAULT_PIPE and name not in job.grown:
             # A busy writer: a larger pipe means fewer wake-ups per byte.
             job.grown.add(name)
@@ -196,7 +216,7 @@ class Supervisor:
             except OSError:
                 pass  # over the per-user pipe quota: the default size still works
         stream.notify()
-        return True
+        return count
 
     def _close_pipe(self, job: Job, name: str) -> None:
         fd = job.fds.pop(name, -1)
@@ -206,24 +226,51 @@ class Supervisor:
             os.close(fd)
 
     def _reap(self, job: Job) -> None:
+        """The main process exited: take its last output, then its exit status.
+
+        The status is read with ``WNOWAIT``: the process stays a zombie until
+        the job is deleted, so its pid (and the process group id) cannot be
+        given to another process while the job exists, and `stop` never hits
+        a stranger.  `_forget` reaps it for good.
+        """
         assert job.process is not None
-        # The main process is gone, so all it wrote sits in the pipes: take
-        # it now, so that whoever waits for the job then reads all of it.
-        for name, stream in job.streams.items():
-            budget = 4 * CHUNK  # bounded: a grandchild may still be writing
-            while budget > 0 and name in job.fds:
-                before = stream.store.written
-                if not self._drain(job, name, stream) or stream.store.written == before:
-                    break
-                budget -= stream.store.written - before
-        returncode = job.process.poll()
-        if returncode is None:
-            return  # not reaped yet (spurious wake-up): epoll will tell us again
-        with self._mutate:
-            self._selector.unregister(job.pidfd)
+        try:
+            # Everything it wrote sits in the pipes: take it now, so that
+            # whoever waits for the job then reads all of it.  Bounded by the
+            # pipe's size, since a grandchild may still be writing.
+            for name, stream in job.streams.items():
+                fd = job.fds.get(name, -1)
+                if fd < 0:
+                    continue
+                budget = fcntl.fcntl(fd, _GETPIPE) + CHUNK
+                while budget > 0:
+                    count = self._drain(job, name, stream)
+                    if count <= 0:
+                        break
+                    budget -= count
+        finally:
+            info = os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            if info is not None:
+                with self._mutate:
+                    self._selector.unregister(job.pidfd)
+                # CLD_EXITED: an exit status; CLD_KILLED, CLD_DUMPED: a signal.
+                exited = info.si_code == os.CLD_EXITED
+                returncode = info.si_status if exited else -info.si_status
+                # Popen must never reap it behind our back (nor add it to its
+                # list of processes to reap): it is ours until `_forget`.
+                job.process.returncode = returncode
+                job.finish_with_returncode(returncode)
+                if job.forgotten:
+                    self._release_leader(job)
+
+    def _release_leader(self, job: Job) -> None:
+        """Reap the zombie main process and close its pidfd."""
+        try:
+            os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass  # already reaped
         os.close(job.pidfd)
         job.pidfd = -1
-        job.finish_with_returncode(returncode)
 
     def _time_out(self, job: Job, kill_after: float) -> None:
         if not job.running:
@@ -235,15 +282,25 @@ class Supervisor:
             if job.running:
                 job.signal_group(signal.SIGKILL)
 
-        self._at(kill_after, kill)
+        self._at(kill_after, kill, job)
 
-    def _forget(self, job: Job) -> None:
-        # A pidfd still registered (a process stuck in the kernel past our
-        # wait) stays watched, so the process is reaped whenever it dies.
+    def _forget(self, job: Job) -> bool:
+        job.forgotten = True
         for name in list(job.fds):
             self._close_pipe(job, name)
         for stream in job.streams.values():
-            stream.release()
+            self._safely(stream.release)  # a plugin's close() may raise
+        if job.timeout is not None:  # timers would keep the job alive until they fire
+            self._timers = [timer for timer in self._timers if timer[3] is not job]
+            heapq.heapify(self._timers)
+        if job.pidfd < 0:
+            return True  # it never started
+        if job.outcome is None:
+            # Still running (stuck in the kernel past our wait): the pidfd
+            # stays watched and `_reap` reaps it whenever it exits.
+            return False
+        self._release_leader(job)
+        return True
 
 
 _shared_lock = threading.Lock()
@@ -270,3 +327,12 @@ def release() -> None:
             return
         supervisor, _shared = _shared, None
     supervisor.stop()
+
+
+def _forget_after_fork() -> None:
+    # The supervisor thread does not survive a fork; a child starts afresh.
+    global _shared, _users, _shared_lock
+    _shared, _users, _shared_lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
