@@ -19,9 +19,10 @@ Threading and ordering guarantees the pool gives a store:
   closes, after the last ``append``.  It may race with a ``read`` in another
   thread: that read must not crash or see another file's data; it may return
   ``b""``.
-* An ``OSError`` raised by ``append`` or ``fill_from`` (disk full, ...) is
-  recorded on the job as ``JobStatus.output_error``; the pool then discards
-  the stream's remaining output so the job never blocks on a full pipe.
+* An exception raised by ``append`` or ``fill_from`` (``OSError`` for a full
+  disk, or any bug) is recorded on the job as ``JobStatus.output_error``; the
+  pool then discards the stream's remaining output so the job never blocks
+  on a full pipe.
 
 Backends are registered through the ``jobkit_register_backends`` hook (see
 `jobkit.core.hookspecs`); a backend is any callable taking keyword options and
