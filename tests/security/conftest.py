@@ -55,6 +55,12 @@ def new_client_folder(pki: Path, prefix: str = "sec") -> tuple[str, Path]:
     return name, issue_client(pki, name)
 
 
+def new_api_client(address: tuple[str, int], pki: Path, prefix: str = "sec") -> ApiClient:
+    """An `ApiClient` of ``address`` with a fresh identity."""
+    name, folder = new_client_folder(pki, prefix)
+    return ApiClient(address, folder, name)
+
+
 def forge(pki: Path, folder: Path, *, ca: tuple[Any, Any] | None = None,
           chain: Sequence[Any] = (), **options: Any) -> Path:
     """A client folder holding a certificate made exactly as asked.
