@@ -152,7 +152,7 @@ def _stream_json(info: StreamInfo) -> dict[str, Any]:
 class _Client:
     """One client's pool and the counters the limits need."""
 
-    __slots__ = ("follows", "live", "lock", "name", "pool", "reserved")
+    __slots__ = ("live", "lock", "name", "pool", "reserved")
 
     def __init__(self, name: str, pool: JobPool) -> None:
         self.name = name
@@ -160,7 +160,6 @@ class _Client:
         self.lock = threading.Lock()
         self.live: set[str] = set()  # ids of jobs that were running when last seen
         self.reserved = 0  # creations in progress
-        self.follows = 0
 
 
 class _ClientPools:
@@ -211,9 +210,12 @@ class _FollowRegistry:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._open: set[_ByteStream] = set()
+        # Open follow streams per caller CN: an admin following another
+        # client's job spends the admin's allowance, not its owner's.
+        self._by_caller: dict[str, int] = {}
         self.shutting_down = False
 
-    def add(self, stream: _ByteStream, client: _Client | None, limits: Limits) -> None:
+    def add(self, stream: _ByteStream, caller: str | None, limits: Limits) -> None:
         with self._lock:
             if self.shutting_down:
                 raise ApiError(503, "the server is shutting down")
@@ -221,19 +223,23 @@ class _FollowRegistry:
                 raise ApiError(503, f"too many follow streams open on this server "
                                     f"(limit {limits.max_follows}); try again later",
                                {"Retry-After": "1"})
-            if client is not None:
-                if client.follows >= limits.max_client_follows:
+            if caller is not None:
+                if self._by_caller.get(caller, 0) >= limits.max_client_follows:
                     raise ApiError(429, f"too many follow streams open for client "
-                                        f"{client.name!r} (limit {limits.max_client_follows})")
-                client.follows += 1
+                                        f"{caller!r} (limit {limits.max_client_follows})")
+                self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
             self._open.add(stream)
 
-    def remove(self, stream: _ByteStream, client: _Client | None) -> None:
+    def remove(self, stream: _ByteStream, caller: str | None) -> None:
         with self._lock:
             if stream in self._open:
                 self._open.discard(stream)
-                if client is not None:
-                    client.follows -= 1
+                if caller is not None:
+                    left = self._by_caller[caller] - 1
+                    if left:
+                        self._by_caller[caller] = left
+                    else:
+                        del self._by_caller[caller]
                 self._lock.notify_all()
 
     def count(self) -> int:
@@ -293,23 +299,33 @@ class _ByteStream:
         return data
 
     def read(self, size: int = -1) -> bytes:
-        """The next chunk; ``b""`` at the end (``size`` is ignored)."""
+        """The next chunk; ``b""`` at the end (``size`` is ignored).
+
+        The body is contiguous from the offset in ``X-Jobkit-Offset``: if the
+        backend dropped bytes before we could send them (``ring``), the
+        response ends there instead, and the client, resuming from the
+        offset it reached, gets a new response saying where bytes start now.
+        """
         follower = self._follower
         while not self._done:
+            expected = follower.offset
             if self._until is not None:
-                if follower.offset >= self._until:
+                if expected >= self._until:
                     break
                 data = follower.read(0)
                 if not data:  # caught up (b"") or ended (None)
                     break
-                return data
-            data = follower.read(FOLLOW_POLL_INTERVAL)
-            if data is None:
-                break
-            if data:
-                return data
-            if self._peer is not None and self._peer.connection_gone():
-                break
+            else:
+                data = follower.read(FOLLOW_POLL_INTERVAL)
+                if data is None:
+                    break
+                if not data:
+                    if self._peer is not None and self._peer.connection_gone():
+                        break
+                    continue
+            if follower.offset - len(data) != expected:
+                break  # a gap: see the docstring
+            return data
         self.close()
         return b""
 
@@ -414,8 +430,9 @@ class JobApi:
         except ApiError as error:
             result = _error_response(start, error.status, error.message, error.headers)
         except Exception:
-            log.exception("unexpected error serving %s %s", environ.get("REQUEST_METHOD"),
-                          environ.get("PATH_INFO"))
+            log.exception("unexpected error serving %s %s",
+                          _printable(environ.get("REQUEST_METHOD", "-")),
+                          _printable(environ.get("PATH_INFO", "")))
             result = _error_response(start, 500, "internal server error", exc_info=sys.exc_info())
         if isinstance(result, _ByteStream) and result.follow and state[2] is not None:
             # A server sends the headers with the first body bytes, which a
@@ -443,7 +460,7 @@ class JobApi:
         # costs as much as the rest of the line on every request.
         access_log.handle(access_log.makeRecord(
             access_log.name, logging.INFO, __file__, 0, "%s %s %s %d %.1fms",
-            (_printable(state[0]), environ.get("REQUEST_METHOD", "-"), _printable(path),
+            (_printable(state[0]), _printable(environ.get("REQUEST_METHOD", "-")), _printable(path),
              state[1], (time.perf_counter() - started) * 1000.0),
             None,
         ))
@@ -601,11 +618,13 @@ class JobApi:
         client = self._client_for(job_id, query)
         status = client.pool.status(job_id)
         info: StreamInfo = getattr(status, stream)
+        # Bytes before `dropped` are gone (ring): the body starts after them.
+        offset = max(offset, info.dropped)
         follower = client.pool.follow(job_id, stream, offset)
         peer = environ.get(PEER_ENVIRON_KEY)
         registry = self._follows
         # The follow limits count only follow streams: a plain read ends by itself.
-        counted = client if follow else None
+        counted = environ[CLIENT_ENVIRON_KEY] if follow else None
         body = _ByteStream(
             follower,
             until=None if follow else info.written,
@@ -623,7 +642,7 @@ class JobApi:
         response.set_header("X-Content-Type-Options", "nosniff")
         # Where the bytes start: the requested offset, or the first byte the
         # backend still keeps (ring) if that is later.
-        response.set_header("X-Jobkit-Offset", str(max(offset, info.dropped)))
+        response.set_header("X-Jobkit-Offset", str(offset))
         return body
 
     def stop_job(self, job_id: str) -> bytes:
@@ -732,8 +751,8 @@ def _bottle_error(error: Any) -> bytes:
         message = f"method {request.method} not allowed on {request.path} (allowed: {allowed})"
     elif status >= 500:
         message = "internal server error"
-        log.error("bottle error %s on %s %s: %s", status, request.method, request.path,
-                  error.exception)
+        log.error("bottle error %s on %s %s: %s", status, _printable(request.method),
+                  _printable(request.path), error.exception)
     else:
         message = str(error.body or _reason(status))
     bottle.response.content_type = _JSON
@@ -908,13 +927,26 @@ def _check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
                             f"(known: {', '.join(sorted(allowed))})")
 
 
-def _field_str(body: Mapping[str, Any], name: str) -> str:
-    value = body[name]
+def _check_text(name: str, value: object) -> str:
+    """A request's string: a str, no NUL, and valid Unicode.
+
+    JSON can carry lone surrogates (``"\\udc80"``), which no response could
+    encode back as UTF-8: refuse them here, naming the field.
+    """
     if not isinstance(value, str):
         raise ApiError(400, f"field {name!r} must be a string, not {_json_type(value)}")
     if "\0" in value:
         raise ApiError(400, f"field {name!r} must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"field {name!r} must be valid Unicode "
+                            "(it has a lone surrogate)") from None
     return value
+
+
+def _field_str(body: Mapping[str, Any], name: str) -> str:
+    return _check_text(name, body[name])
 
 
 def _field_optional_str(body: Mapping[str, Any], name: str) -> str | None:
@@ -930,11 +962,7 @@ def _field_str_list(body: Mapping[str, Any], name: str) -> list[str]:
     if not isinstance(value, list):
         raise ApiError(400, f"field {name!r} must be an array of strings, not {_json_type(value)}")
     for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ApiError(400, f"field '{name}[{index}]' must be a string, "
-                                f"not {_json_type(item)}")
-        if "\0" in item:
-            raise ApiError(400, f"field '{name}[{index}]' must not contain NUL characters")
+        _check_text(f"{name}[{index}]", item)
     return value
 
 
@@ -945,8 +973,8 @@ def _field_env(body: Mapping[str, Any]) -> dict[str, str] | None:
     if not isinstance(value, dict):
         raise ApiError(400, f"field 'env' must be an object of strings, not {_json_type(value)}")
     for key, item in value.items():
-        if not isinstance(item, str):
-            raise ApiError(400, f"field 'env[{key!r}]' must be a string, not {_json_type(item)}")
+        _check_text("env key", key)
+        _check_text(f"env[{key!r}]", item)
     return value
 
 
@@ -957,6 +985,10 @@ def _field_timeout(body: Mapping[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError(400, f"field 'timeout' must be a number of seconds, "
                             f"not {_json_type(value)}")
-    if not value > 0 or value == float("inf"):
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ApiError(400, "field 'timeout' is too large") from None
+    if not seconds > 0 or seconds == float("inf"):
         raise ApiError(400, f"field 'timeout' must be a positive number of seconds, not {value}")
-    return float(value)
+    return seconds

@@ -18,6 +18,7 @@ only our CA's ``ca.pem``: the system's trust store is never loaded.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -364,9 +365,18 @@ class SocketWriter:
         if self._held is not None:
             self._held.append(bytes(data))
         else:
-            self._sock.sendall(data)
+            self._send(data)
         self.bytes_written += len(data)
         return len(data)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as error:
+            # The client went away mid-response (`curl | head`, Ctrl-C).
+            # cheroot knows EPIPE as a quiet disconnect; an SSL error it
+            # would log as a warning with a traceback, for every client.
+            raise BrokenPipeError(errno.EPIPE, f"the client went away: {error}") from None
 
     def cork(self) -> None:
         """Hold writes until `uncork`."""
@@ -377,7 +387,7 @@ class SocketWriter:
         """Send what was held, as one write."""
         held, self._held = self._held, None
         if held:
-            self._sock.sendall(held[0] if len(held) == 1 else b"".join(held))
+            self._send(held[0] if len(held) == 1 else b"".join(held))
 
     def flush(self) -> None:
         self.uncork()
