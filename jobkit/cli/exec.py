@@ -13,9 +13,11 @@ from jobkit.cli.errors import (
     CliError,
     OneLineCommand,
     handle_errors,
+    translate,
 )
 from jobkit.cli.jobs import report_unstarted
 from jobkit.cli.relay import exit_code, follow_to_end
+from jobkit.core.errors import ClientError
 
 __all__ = ["exec_command"]
 
@@ -86,6 +88,12 @@ def _create_and_follow(ctx: click.Context, command: str, args: tuple[str, ...],
                            backend=backend)
     try:
         final = follow_to_end(client, job_id, sys.stdout.buffer, sys.stderr.buffer)
+    except ClientError as error:
+        # The job runs on: say which, or nobody can find it again.
+        failure = translate(error)
+        assert failure is not None
+        raise CliError(f"job {job_id} was started, but: {failure.message}",
+                       failure.exit_code) from None
     except KeyboardInterrupt:
         click.echo(f"\njobkit: stopped following job {job_id}; it may still be running "
                    f"('jobkit stop {job_id}' stops it)", err=True)

@@ -111,9 +111,28 @@ def exit_cell(job: Document) -> str:
 
 
 def command_cell(job: Document) -> str:
+    """The command line, quoted as a shell would need, on one safe line.
+
+    Control characters (a newline, ESC starting a terminal escape sequence)
+    are shown as ``\\n``, ``\\x1b``: a job's arguments must never move the
+    cursor, retitle the terminal, or break a table row.
+    """
     import shlex
 
-    return shlex.join([str(job.get("cmd", "")), *map(str, job.get("args") or ())])
+    line = shlex.join([str(job.get("cmd", "")), *map(str, job.get("args") or ())])
+    if line.isprintable():
+        return line
+    return "".join(c if c.isprintable() else _escape(c) for c in line)
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _time(text: Any) -> datetime | None:

@@ -53,10 +53,12 @@ class RemoteFollower(Iterator[bytes]):
     """
 
     def __init__(self, transport: Transport, reply: Reply, offset: int,
-                 reopen: Callable[[int], Reply] | None = None) -> None:
+                 reopen: Callable[[int], Reply] | None = None,
+                 ended_at: Callable[[int], bool] | None = None) -> None:
         self._transport = transport
         self._reply = reply
         self._reopen = reopen
+        self._ended_at = ended_at
         #: The absolute offset of the next byte to come.
         self.offset = _start(reply, offset)
         self._received = self.offset  # the next byte to come off the network
@@ -155,7 +157,22 @@ class RemoteFollower(Iterator[bytes]):
                 continue
             if not data:
                 self._end(reusable=not self._cancelled)
-                return None
+                if self._cancelled or self._reopen is None or self._ended_at is None:
+                    return None
+                # The server ended the response: the stream's end, or the
+                # server stopping?  Ask; carry on where we are if not the end.
+                try:
+                    if self._ended_at(self._received):
+                        return None
+                except ClientError as error:
+                    return error
+                if resumes >= MAX_RESUMES:
+                    return None
+                resumes += 1
+                ended = self._resume()
+                if ended is not True:
+                    return ended
+                continue
             start = self._received
             self._received += len(data)
             return start, data

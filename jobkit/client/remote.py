@@ -81,7 +81,7 @@ class Client:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         host, port = parse_server(server)
         timeout = check_seconds("timeout", timeout)
-        folder = default_client_folder() if certs is None else os.fspath(certs)
+        folder = default_client_folder() if certs is None else os.path.expanduser(certs)
         #: The client certificate folder in use.
         self.certs = folder
         self._transport = Transport(host, port, load_tls_context(folder), timeout)
@@ -125,13 +125,16 @@ class Client:
         setting them raises ``ValueError``.
         """
         body: dict[str, Any] = {
-            "cmd": check_str("command", command, nonempty=True),
-            "args": check_args(args),
+            "cmd": _check_text("command", check_str("command", command, nonempty=True)),
+            "args": [_check_text(f"args[{i}]", arg) for i, arg in enumerate(check_args(args))],
         }
         if env is not None:
-            body["env"] = check_env(env)
+            body["env"] = {
+                _check_text("env key", key): _check_text(f"env[{key!r}]", value)
+                for key, value in check_env(env).items()
+            }
         if cwd is not None:
-            body["cwd"] = check_str("cwd", os.fspath(cwd), nonempty=True)
+            body["cwd"] = _check_text("cwd", check_str("cwd", os.fspath(cwd), nonempty=True))
         if timeout is not None:
             body["timeout"] = check_seconds("timeout", timeout)
         if backend is not None:
@@ -284,10 +287,24 @@ class Client:
             if reply.status != 200:
                 self._transport.finish(reply, reusable=True)
                 self._raise(reply, job_id=job_id)
+            if follow:
+                # A quiet job sends nothing for as long as it likes: no read
+                # timeout, but TCP keep-alive to notice a server that vanished.
+                self._transport.wait_forever(reply)
             return reply
 
+        def ended_at(position: int) -> bool:
+            """Is the stream really over at ``position``?  (A server stopping also
+            ends follow responses cleanly; then the job lives on elsewhere or not.)"""
+            try:
+                info = self.status_json(job_id).get(stream) or {}
+            except JobNotFound:
+                return True  # deleted: its followers end
+            return bool(info.get("closed")) and position >= int(info.get("written") or 0)
+
         return RemoteFollower(self._transport, open_at(offset), offset,
-                              reopen=open_at if follow else None)
+                              reopen=open_at if follow else None,
+                              ended_at=ended_at if follow else None)
 
     def _decode(self, data: Any) -> JobStatus:
         from jobkit.client.decode import status_from_json
@@ -332,7 +349,25 @@ class Client:
 
 def _job_path(job_id: str) -> str:
     check_str("job_id", job_id)
+    if not job_id or not _is_text(job_id):
+        raise JobNotFound(job_id)  # no server job has such an id: as JobPool says
     return "/jobs/" + quote(job_id, safe="")
+
+
+def _is_text(value: str) -> bool:
+    """True if ``value`` can travel as UTF-8 (no lone surrogates from undecodable bytes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_text(what: str, value: str) -> str:
+    if not _is_text(value):
+        raise ValueError(f"{what} is not valid UTF-8 text: the jobkit API carries text only "
+                         f"({value!r})")
+    return value
 
 
 def _error_message(reply: Reply) -> str:

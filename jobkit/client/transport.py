@@ -306,6 +306,21 @@ class Transport:
             )
         return translate_error(error, self.address, reading=True)
 
+    def wait_forever(self, reply: Reply) -> None:
+        """Let a streamed reply's reads block without a timeout, with TCP keep-alive on.
+
+        A dead server is then noticed in about a minute; `finish` restores the
+        connection's timeout before it is reused.
+        """
+        sock = None if reply.connection is None else reply.connection.sock
+        if sock is None:
+            return
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
     def finish(self, reply: Reply, *, reusable: bool) -> None:
         """Done with a streamed reply: keep its connection if ``reusable``, else close it."""
         connection = reply.connection
@@ -315,6 +330,8 @@ class Transport:
         if connection is None:
             return
         if reusable:
+            if connection.sock is not None:
+                connection.sock.settimeout(self.timeout)  # see `wait_forever`
             self._give_back(connection)
         else:
             connection.close()
