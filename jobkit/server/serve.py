@@ -269,6 +269,8 @@ class JobServer:
         self._thread: threading.Thread | None = None
         self._stop_lock = threading.Lock()
         self._stopped = False
+        self._stopping = threading.Event()
+        self._stopped_serving = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -286,6 +288,21 @@ class JobServer:
         self._server.prepare()  # binds: raises OSError (address in use, ...) here
         self._thread = threading.Thread(target=self._serve, name="jobkit-server", daemon=True)
         self._thread.start()
+        # The shutdown's watchdog is started now, not at shutdown: a server
+        # stopping because the machine ran out of processes could not start
+        # a thread then, and would hang half-stopped with its jobs running.
+        self._cutoff = threading.Thread(target=self._cut_off_stragglers,
+                                        name="jobkit-shutdown-watchdog", daemon=True)
+        self._cutoff.start()
+
+    def _cut_off_stragglers(self) -> None:
+        # cheroot's stop() waits for busy workers, then only shuts down the
+        # read side of their sockets, which does not wake one blocked sending
+        # to a client that stopped reading (a big response, a follow stream).
+        # Cut every connection shortly before cheroot's own deadline.
+        self._stopping.wait()
+        if not self._stopped_serving.wait(max(0.1, SHUTDOWN_TIMEOUT - 0.5)):
+            self.adapter.abort_connections()
 
     def _serve(self) -> None:
         try:
@@ -301,18 +318,12 @@ class JobServer:
             self._stopped = True
         self.api.begin_shutdown()
         self.adapter.abort_handshakes()
-        # cheroot's stop() waits for busy workers, then only shuts down the
-        # read side of their sockets, which does not wake one blocked sending
-        # to a client that stopped reading (a big response, a follow stream).
-        # Cut every connection shortly before cheroot's own deadline.
-        cutoff = threading.Timer(max(0.1, SHUTDOWN_TIMEOUT - 0.5), self.adapter.abort_connections)
-        cutoff.daemon = True
-        cutoff.start()
+        self._stopping.set()  # see _cut_off_stragglers
         try:
             self._server.stop()
         finally:
-            cutoff.cancel()
-        self.api.close()
+            self._stopped_serving.set()
+            self.api.close()  # whatever happened above: every job is killed
         if self.ledger is not None:
             self.ledger.close()
         if self._thread is not None:
