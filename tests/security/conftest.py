@@ -14,10 +14,10 @@ with a client certificate, as curl would use it.
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import resource
+import secrets
 import select
 import signal
 import subprocess
@@ -37,7 +37,6 @@ from tests.server.conftest import ApiClient
 
 ADMIN = "sec-admin"
 _SERVING = re.compile(rb"Serving on https://(\S+?):(\d+) ")
-_names = itertools.count(1)
 
 
 # -- PKI ----------------------------------------------------------------------------------
@@ -51,7 +50,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def new_client_folder(pki: Path, prefix: str = "sec") -> tuple[str, Path]:
     """A fresh client identity (its own, empty, pool on any server): ``(CN, folder)``."""
-    name = f"{prefix}-{os.getpid()}-{next(_names)}"
+    # Random, not counted: pytest loads this file as a conftest and the test
+    # modules import it again, so a module-level counter would exist twice.
+    name = f"{prefix}-{secrets.token_hex(6)}"
     return name, issue_client(pki, name)
 
 
