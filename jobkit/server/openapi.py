@@ -195,6 +195,7 @@ def openapi_document() -> dict[str, Any]:
                                 "jobs": {"type": "array", "items": _ref("JobSummary")},
                             },
                         }, "Ids oldest first, and one summary per id."),
+                        "400": _error("A malformed all= or client= value."),
                         "403": _COMMON_ERRORS["403"],
                     },
                 },

@@ -34,7 +34,13 @@ from jobkit.core.ledger import Ledger
 from jobkit.core.pool import JobPool
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
 from jobkit.server.pki import server_dir
-from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, SocketWriter, TLS13Adapter
+from jobkit.server.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    SocketReader,
+    SocketWriter,
+    TLS13Adapter,
+    TLSSocket,
+)
 
 __all__ = [
     "DEFAULT_HOST",
@@ -51,7 +57,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8443
 #: Worker threads; half of them may serve follow streams (see `Limits.for_threads`).
 DEFAULT_THREADS = 64
-#: Seconds a connection may sit idle (keep-alive), or stall a read or a write.
+#: Seconds a connection may sit idle (keep-alive), or stall a read or a write; also
+#: what a request (its TLS handshake included) has from its first byte to its last.
 CONNECTION_TIMEOUT = 10
 #: Seconds cheroot waits for in-flight requests at shutdown before cutting them off.
 SHUTDOWN_TIMEOUT = 2
@@ -178,7 +185,79 @@ class _Request(cheroot_server.HTTPRequest):
 
 
 class _Connection(cheroot_server.HTTPConnection):
+    """A connection that takes a worker thread only when a request is ready.
+
+    cheroot hands a connection to a worker as soon as a byte arrives, and
+    the worker then blocks until the request is complete: as many clients
+    as threads, each trickling a handshake or a header a byte a second,
+    would stall everyone (a slowloris).  Here each turn of a worker only
+    takes what the socket has: until the TLS handshake is done and a whole
+    request is buffered, the connection goes back to cheroot's selector,
+    holding no thread.  Each request (the handshake included) must be
+    complete within the connection timeout of its first byte, however it trickles:
+    a request head never holds a thread while it arrives, a body holds one
+    for at most that long.
+    """
+
     RequestHandlerClass = _Request
+    jobkit_deadline: float | None = None
+    _handshake_expires: float | None = None  # time.time(), as cheroot's last_used
+    _handshake_deadline: float = 0.0  # the same, in time.monotonic()
+    _last_used: float = 0.0
+
+    @property
+    def last_used(self) -> float:
+        """When cheroot last parked it; cheroot closes it ``server.timeout`` after.
+
+        While the TLS handshake is unfinished, this says "long ago" enough
+        for cheroot to close the connection when the handshake timeout ends
+        (a client that connects and never speaks holds only a descriptor, and
+        not for long).
+        """
+        if self._handshake_expires is None:
+            return self._last_used
+        idle_timeout = float(self.server.timeout)
+        return min(self._last_used, self._handshake_expires - idle_timeout)
+
+    @last_used.setter
+    def last_used(self, value: float) -> None:
+        self._last_used = value
+
+    def communicate(self) -> bool:
+        sock, reader = self.socket, self.rfile
+        if isinstance(sock, TLSSocket) and isinstance(reader, SocketReader):
+            now = time.monotonic()
+            if self.jobkit_deadline is None:
+                self.jobkit_deadline = now + float(self.server.timeout)
+            try:
+                if not sock.jobkit_handshake_done:
+                    timeout = sock.jobkit_handshake_timeout
+                    if self._handshake_expires is None:  # from its first turn on
+                        self._handshake_expires = time.time() + timeout
+                        self._handshake_deadline = now + timeout
+                    if not sock.try_handshake(self._handshake_deadline):
+                        return True  # back to the selector until more bytes come
+                    self._handshake_expires = None
+                if not reader.request_ready():
+                    return now <= self.jobkit_deadline  # too slow: closed
+            except cheroot_errors.FatalSSLAlert:
+                return False
+            except OSError:
+                return False  # reset by the peer while we looked
+            reader.deadline = self.jobkit_deadline
+            try:
+                return self._communicate()
+            finally:
+                # The next request gets its own deadline; reads between
+                # requests use cheroot's idle timeout.
+                reader.deadline = self.jobkit_deadline = None
+                if sock.fileno() >= 0:
+                    sock.settimeout(self.server.timeout)
+        return self._communicate()
+
+    def _communicate(self) -> bool:
+        keep: bool = super().communicate()  # type: ignore[no-untyped-call]
+        return keep
 
 
 class _CherootServer(wsgi.Server):

@@ -25,6 +25,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -217,6 +218,38 @@ class TLSSocket(ssl.SSLSocket):
         finally:
             if self.fileno() >= 0:
                 self.settimeout(previous)
+        self._identify_peer()
+
+    def try_handshake(self, deadline: float) -> bool:
+        """One non-blocking step of the handshake: True once it is complete.
+
+        Called by the worker serving the connection whenever bytes arrived
+        (see ``_Connection.communicate``), so that a client that stops half
+        way through holds a selector slot, never a worker thread.  Raises
+        cheroot's ``FatalSSLAlert`` when it fails or ``deadline``
+        (``time.monotonic()``) passes.
+        """
+        peer = self.jobkit_peer
+        previous = self.gettimeout()
+        self.settimeout(0.0)
+        try:
+            self.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if time.monotonic() > deadline:
+                log.info("TLS handshake with %s failed: timed out", peer.address)
+                raise cheroot_errors.FatalSSLAlert("handshake timed out") from None
+            return False
+        except (OSError, ValueError) as error:
+            log.info("TLS handshake with %s failed: %s", peer.address, _describe(error))
+            raise cheroot_errors.FatalSSLAlert(str(error)) from None
+        finally:
+            if self.fileno() >= 0:
+                self.settimeout(previous)
+        self._identify_peer()
+        return True
+
+    def _identify_peer(self) -> None:
+        peer = self.jobkit_peer
         der = self.getpeercert(binary_form=True)
         if der is None:  # cannot happen with CERT_REQUIRED; refuse if it does
             peer.refusal = "no client certificate"
@@ -258,6 +291,10 @@ def make_server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str
     return context
 
 
+#: The longest request head waited for whole before a worker takes it.
+MAX_HEAD = 64 * 1024
+
+
 class SocketReader:
     """The buffered reader cheroot reads requests with, for one connection.
 
@@ -275,17 +312,61 @@ class SocketReader:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = bytearray()
+        self._eof = False
         self.bytes_read = 0
         self.closed = False
+        #: While a request is read: when (``time.monotonic()``) it must be in.
+        self.deadline: float | None = None
 
     def has_data(self) -> bool:
-        """True if a request can be read without waiting for the network."""
-        if self._buffer:
+        """True if a request head can be read without waiting for the network.
+
+        cheroot asks this before it parks a connection in its selector: a
+        request only partly received must be parked, not handed to a worker
+        that would then wait for the rest (a slowloris).
+        """
+        if self._eof or self._request_complete():
             return True
         pending = getattr(self._sock, "pending", None)  # bytes OpenSSL decrypted already
         return bool(pending is not None and pending())
 
+    def request_ready(self) -> bool:
+        """Take what the socket has now, without waiting; True once a request head is here.
+
+        The head is the request line and headers, up to the blank line.  The
+        end of the connection, or a head longer than `MAX_HEAD`, also count
+        as ready: cheroot then closes or answers as it should.  The body is
+        read as it comes, within the request's `deadline`.
+        """
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(0.0)
+        try:
+            while len(self._buffer) <= MAX_HEAD:
+                data = self._sock.recv(self.RECEIVE_SIZE)
+                if not data:
+                    self._eof = True
+                    break
+                self._buffer += data
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        finally:
+            if self._sock.fileno() >= 0:
+                self._sock.settimeout(previous)
+        return self._eof or self._request_complete()
+
+    def _request_complete(self) -> bool:
+        return b"\r\n\r\n" in self._buffer or len(self._buffer) > MAX_HEAD
+
     def _fill(self) -> bool:
+        if self.deadline is not None:
+            # A body trickled a byte at a time must not hold the worker for
+            # ever: the request as a whole has a deadline, not just each read.
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")  # cheroot answers 408
+            timeout = self._sock.gettimeout()
+            if timeout is None or timeout > remaining:
+                self._sock.settimeout(remaining)
         data = self._sock.recv(self.RECEIVE_SIZE)
         if not data:
             return False

@@ -344,10 +344,6 @@ def test_a_few_slowloris_clients_do_not_stall_others(server: JobServer, pki: Pat
         loris.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "no deadline for a whole request header: cheroot's timeout applies to each read, so a "
-    "client sending one byte a second (less than the 2 s connection timeout here, 10 s "
-    "by default) keeps its connection, and a worker thread, forever"))
 def test_a_slowloris_does_not_hold_a_thread_forever(small_server: JobServer,
                                                     pki: Path) -> None:
     # Generous: the handshake timeout plus a few connection timeouts.
@@ -361,10 +357,6 @@ def test_a_slowloris_does_not_hold_a_thread_forever(small_server: JobServer,
         loris.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "as many slowloris clients as worker threads (4 here, 64 by default) stall every "
-    "other client for as long as they trickle: each holds a worker thread, and new "
-    "connections wait in cheroot's queue for a free one"))
 def test_more_slowloris_clients_than_threads_do_not_stall_others(small_server: JobServer,
                                                                  pki: Path) -> None:
     loris = Slowloris(small_server.address, client_context(pki / "clients" / "bob"), 8)
@@ -422,12 +414,6 @@ def quick_handshake_server(pki: Path) -> Iterator[JobServer]:
     server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "silent connections (TCP connected, nothing sent) queue ahead of new clients in "
-    "cheroot's FIFO, and each holds a worker thread for the whole handshake timeout: a new "
-    "client waits about connections / threads x timeout (here 40 / 4 x 0.5 s = 5 s; with "
-    "the defaults, 1,000 connections / 64 threads x 5 s = 78 s), not 'at most the timeout' "
-    "as docs/server.md says"))
 def test_many_silent_connections_delay_a_new_client_at_most_a_timeout(
     quick_handshake_server: JobServer, pki: Path
 ) -> None:
@@ -440,9 +426,6 @@ def test_many_silent_connections_delay_a_new_client_at_most_a_timeout(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "1,000 silent connections to a server with the default 64 threads and 5 s handshake "
-    "timeout delay a new client by about 1,000 / 64 x 5 s = 78 s (see the fast variant)"))
 def test_1000_silent_connections_do_not_stop_a_new_client(pki: Path) -> None:
     server = start_server(pki)  # the defaults: 64 threads, 5 s handshake timeout
     silent: list[socket.socket] = []
@@ -456,9 +439,6 @@ def test_1000_silent_connections_do_not_stop_a_new_client(pki: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "66 slowloris clients against the default 64 worker threads stall every other client "
-    "(see the fast variant)"))
 def test_slowloris_against_the_default_server(pki: Path) -> None:
     server = start_server(pki)  # 64 threads, 10 s connection timeout
     loris = Slowloris(server.address, client_context(pki / "clients" / "bob"), 66)

@@ -118,17 +118,11 @@ def cases() -> list[Any]:
                              or operation.get("requestBody"))
             for mode in MODES if has_input else MODES[:1]:
                 case_id = f"{method.upper()} {path} {mode.value}"
-                params.append(pytest.param(path, method.upper(), mode, id=case_id,
-                                           marks=KNOWN_BUGS.get(case_id, ())))
+                params.append(pytest.param(path, method.upper(), mode, id=case_id))
     return params
 
 
 MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
-KNOWN_BUGS = {
-    "GET /jobs negative": pytest.mark.xfail(strict=True, reason=(
-        "openapi.json: GET /jobs documents only 200 and 403, but the server answers 400 "
-        "(correctly) for a malformed all= value, e.g. GET /jobs?all=-5.8e%2B49")),
-}
 CASES = cases()
 
 
