@@ -204,21 +204,10 @@ class TLSSocket(ssl.SSLSocket):
             pass
 
     def _finish_handshake(self) -> None:
-        peer = self.jobkit_peer
-        previous = self.gettimeout()
+        """The whole handshake, blocking (for callers that skipped `try_handshake`)."""
         timeout = self.jobkit_handshake_timeout
-        self.settimeout(timeout if previous is None else min(previous, timeout))
-        try:
-            self.do_handshake()
-        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-            # Failed handshakes are routine (scanners, wrong certificates,
-            # TLS 1.2 clients); log them for the operator, quietly.
-            log.info("TLS handshake with %s failed: %s", peer.address, _describe(error))
-            raise cheroot_errors.FatalSSLAlert(str(error)) from None
-        finally:
-            if self.fileno() >= 0:
-                self.settimeout(previous)
-        self._identify_peer()
+        previous = self.gettimeout()
+        self._handshake(timeout if previous is None else min(previous, timeout), None)
 
     def try_handshake(self, deadline: float) -> bool:
         """One non-blocking step of the handshake: True once it is complete.
@@ -229,22 +218,29 @@ class TLSSocket(ssl.SSLSocket):
         cheroot's ``FatalSSLAlert`` when it fails or ``deadline``
         (``time.monotonic()``) passes.
         """
-        peer = self.jobkit_peer
+        return self._handshake(0.0, deadline)
+
+    def _handshake(self, timeout: float, deadline: float | None) -> bool:
         previous = self.gettimeout()
-        self.settimeout(0.0)
+        self.settimeout(timeout)
+        failure: BaseException | None = None
         try:
             self.do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            if time.monotonic() > deadline:
-                log.info("TLS handshake with %s failed: timed out", peer.address)
-                raise cheroot_errors.FatalSSLAlert("handshake timed out") from None
-            return False
-        except (OSError, ValueError) as error:
-            log.info("TLS handshake with %s failed: %s", peer.address, _describe(error))
-            raise cheroot_errors.FatalSSLAlert(str(error)) from None
+            if deadline is not None and time.monotonic() <= deadline:
+                return False
+            failure = TimeoutError("timed out")
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            failure = error
         finally:
             if self.fileno() >= 0:
                 self.settimeout(previous)
+        if failure is not None:
+            # Failed handshakes are routine (scanners, wrong certificates,
+            # TLS 1.2 clients); log them for the operator, quietly.
+            log.info("TLS handshake with %s failed: %s", self.jobkit_peer.address,
+                     _describe(failure))
+            raise cheroot_errors.FatalSSLAlert(str(failure))
         self._identify_peer()
         return True
 
