@@ -54,6 +54,13 @@ class MemoryStore(OutputStore):
         return block[used:]
 
     def fill_from(self, fd: int, limit: int) -> int:
+        if not self._blocks:
+            # Nothing stored yet: most streams end empty or with a line, so
+            # map no memory until there is something to keep.
+            data = os.read(fd, min(limit, _FIRST_BLOCK))
+            if data:
+                self.append(data)
+            return len(data)
         tail = self._tail()
         count = os.readv(fd, [tail[:limit]])
         self._room -= count
