@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
 import pytest
 
-from tests.client.live_server import make_pki, new_client, serving
+from tests.client.live_server import certs, pki_root, server  # noqa: F401 - fixtures
 
 
 @attrs.frozen
@@ -57,25 +57,6 @@ def run_jobkit(*args: str | Path, env: Mapping[str, str], input: bytes | None = 
     done = subprocess.run(command, capture_output=True, input=input, env=dict(env),
                           timeout=timeout, check=False)
     return Run(tuple(map(str, args)), done.returncode, done.stdout, done.stderr)
-
-
-@pytest.fixture(scope="module")
-def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("cli-pki") / "pki")
-
-
-# Module scope, not session: the server is our child process, and other
-# tests (tests/core) check that the test process has no children left.
-@pytest.fixture(scope="module")
-def server(pki_root: Path) -> Iterator[str]:
-    with serving(pki_root) as address:
-        yield address
-
-
-@pytest.fixture
-def certs(pki_root: Path) -> Path:
-    """A client folder for a CN no other test uses: an empty job list."""
-    return new_client(pki_root)
 
 
 @pytest.fixture

@@ -8,26 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobkit.client import Client
-from tests.client.live_server import make_pki, new_client, serving
-
-
-@pytest.fixture(scope="module")
-def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_pki(tmp_path_factory.mktemp("client-pki") / "pki")
-
-
-# Module scope, not session: the server is our child process, and other
-# tests (tests/core) check that the test process has no children left.
-@pytest.fixture(scope="module")
-def server(pki_root: Path) -> Iterator[str]:
-    with serving(pki_root) as address:
-        yield address
-
-
-@pytest.fixture
-def certs(pki_root: Path) -> Path:
-    """A client folder for a CN no other test uses: an empty pool on the server."""
-    return new_client(pki_root)
+from tests.client.live_server import certs, pki_root, server  # noqa: F401 - fixtures
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A real ``jobkit serve`` in a subprocess, on 127.0.0.1, with certificates from our PKI.
 
-Shared by tests/client and tests/cli (the latter loads this file by path).
+Shared by tests/client and tests/cli, whose conftests import its fixtures.
 """
 
 from __future__ import annotations
@@ -19,10 +19,32 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import pytest
+
 from jobkit.server import pki
 
 _SERVING = re.compile(rb"Serving on https://(\S+?):(\d+) ")
 _names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pki(tmp_path_factory.mktemp("live-pki") / "pki")
+
+
+# Module scope, not session: the server is our child process, and other
+# tests (tests/core) check that the test process has no children left.
+@pytest.fixture(scope="module")
+def server(pki_root: Path) -> Iterator[str]:
+    """``jobkit serve`` in a subprocess; its address, ``"127.0.0.1:PORT"``."""
+    with serving(pki_root) as address:
+        yield address
+
+
+@pytest.fixture
+def certs(pki_root: Path) -> Path:
+    """A client folder for a CN no other test uses: an empty pool on the server."""
+    return new_client(pki_root)
 
 
 def make_pki(root: Path) -> Path:
@@ -49,7 +71,8 @@ def serving(certs: Path | None, *, env: Mapping[str, str] | None = None,
             env=None if env is None else dict(env),
         )
         try:
-            yield _wait_for_address(process, log, timeout)
+            host, port = wait_for_address(process, log, timeout)
+            yield f"{host}:{port}"
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -61,7 +84,9 @@ def serving(certs: Path | None, *, env: Mapping[str, str] | None = None,
             process.stdout.close()
 
 
-def _wait_for_address(process: subprocess.Popen[bytes], log: IO[bytes], timeout: float) -> str:
+def wait_for_address(process: subprocess.Popen[bytes], log: IO[bytes],
+                     timeout: float) -> tuple[str, int]:
+    """Read ``jobkit serve``'s stdout until it says where it listens; fail if it exits."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     seen = b""
@@ -69,7 +94,7 @@ def _wait_for_address(process: subprocess.Popen[bytes], log: IO[bytes], timeout:
     while True:
         match = _SERVING.search(seen)
         if match:
-            return f"{match.group(1).decode()}:{match.group(2).decode()}"
+            return match.group(1).decode(), int(match.group(2))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"jobkit serve did not start in {timeout}s: {seen!r}")

@@ -15,15 +15,12 @@ with a client certificate, as curl would use it.
 from __future__ import annotations
 
 import os
-import re
 import resource
 import secrets
-import select
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,10 +30,10 @@ import pytest
 
 from jobkit.server.pki import init_pki, issue_certificate, issue_client, load_ca, write_bundle
 from jobkit.server.serve import JobServer
+from tests.client.live_server import wait_for_address
 from tests.server.conftest import ApiClient
 
 ADMIN = "sec-admin"
-_SERVING = re.compile(rb"Serving on https://(\S+?):(\d+) ")
 
 
 # -- PKI ----------------------------------------------------------------------------------
@@ -217,7 +214,7 @@ def server_process(certs: Path, *options: str, env: Mapping[str, str] | None = N
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
                                    env=None if env is None else dict(env), cwd=cwd)
         try:
-            address = _wait_for_address(process, log, timeout)
+            address = wait_for_address(process, log, timeout)
             yield ServerProcess(process, address, log)
         finally:
             if process.poll() is None:
@@ -231,26 +228,3 @@ def server_process(certs: Path, *options: str, env: Mapping[str, str] | None = N
             process.stdout.close()
 
 
-def _wait_for_address(process: subprocess.Popen[bytes], log: IO[bytes],
-                      timeout: float) -> tuple[str, int]:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = b""
-    fd = process.stdout.fileno()
-    while True:
-        match = _SERVING.search(seen)
-        if match:
-            return match.group(1).decode(), int(match.group(2))
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"jobkit serve did not start in {timeout}s: {seen!r}")
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        data = os.read(fd, 4096)
-        if not data:
-            process.wait(timeout)
-            log.seek(0)
-            error = log.read().decode(errors="replace")
-            raise RuntimeError(f"jobkit serve exited ({process.returncode}): {seen!r} {error}")
-        seen += data
