@@ -19,6 +19,7 @@ from jobkit.core.checks import (
     check_env,
     check_seconds,
     check_str,
+    is_text,
 )
 from jobkit.core.errors import (
     AuthenticationFailed,
@@ -349,22 +350,13 @@ class Client:
 
 def _job_path(job_id: str) -> str:
     check_str("job_id", job_id)
-    if not job_id or not _is_text(job_id):
+    if not job_id or not is_text(job_id):
         raise JobNotFound(job_id)  # no server job has such an id: as JobPool says
     return "/jobs/" + quote(job_id, safe="")
 
 
-def _is_text(value: str) -> bool:
-    """True if ``value`` can travel as UTF-8 (no lone surrogates from undecodable bytes)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _check_text(what: str, value: str) -> str:
-    if not _is_text(value):
+    if not is_text(value):
         raise ValueError(f"{what} is not valid UTF-8 text: the jobkit API carries text only "
                          f"({value!r})")
     return value

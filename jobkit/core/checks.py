@@ -10,7 +10,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-__all__ = ["check_args", "check_count", "check_env", "check_seconds", "check_str"]
+__all__ = [
+    "check_args",
+    "check_count",
+    "check_env",
+    "check_seconds",
+    "check_str",
+    "is_text",
+]
 
 
 def check_str(what: str, value: object, *, nonempty: bool = False) -> str:
@@ -55,3 +62,16 @@ def check_count(what: str, value: object) -> int:
     if value < 0:
         raise ValueError(f"{what} must be >= 0, not {value}")
     return value
+
+
+def is_text(value: str) -> bool:
+    """True if ``value`` can travel as UTF-8 text.
+
+    Strings decoded from undecodable bytes (``os.fsdecode``) hold lone
+    surrogates: fine for ``execve``, impossible in a JSON request or answer.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

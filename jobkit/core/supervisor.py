@@ -190,19 +190,16 @@ class Supervisor:
             return -1
         try:
             if stream.error is None:
-                try:
-                    count = stream.store.fill_from(fd, budget)
-                except BlockingIOError:
-                    raise
-                except Exception as exc:  # disk full, or a broken plugin
-                    # Keep the job running, and its pipe drained: drop its output.
-                    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-                    stream.error = f"cannot store output: {reason}"
-                    log.warning("job %s %s: %s", job.id, name, stream.error)
-                    return 0
-            else:
+                count = stream.store.fill_from(fd, budget)
+            else:  # storing failed before: keep the pipe drained, drop the bytes
                 count = len(os.read(fd, budget))
         except BlockingIOError:
+            return 0
+        except Exception as exc:  # disk full, or a broken plugin
+            if stream.error is None:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                stream.error = f"cannot store output: {reason}"
+                log.warning("job %s %s: %s", job.id, name, stream.error)
             return 0
         if count == 0:
             self._close_pipe(job, name)

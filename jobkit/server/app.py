@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 import attrs
 import bottle  # type: ignore[import-untyped]
 
+from jobkit.core.checks import is_text
 from jobkit.core.errors import BackendNotFound, JobNotFound, PoolClosed
 from jobkit.core.models import JobStatus, StreamInfo
 from jobkit.core.pool import JobPool
@@ -937,11 +938,8 @@ def _check_text(name: str, value: object) -> str:
         raise ApiError(400, f"field {name!r} must be a string, not {_json_type(value)}")
     if "\0" in value:
         raise ApiError(400, f"field {name!r} must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, f"field {name!r} must be valid Unicode "
-                            "(it has a lone surrogate)") from None
+    if not is_text(value):
+        raise ApiError(400, f"field {name!r} must be valid Unicode (it has a lone surrogate)")
     return value
 
 
