@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from jobkit.server.pki import init_pki
+from jobkit.pki import init_pki
 
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent

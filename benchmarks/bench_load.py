@@ -22,7 +22,7 @@ from pathlib import Path
 # The driver lives with the tests that also use it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobkit.server.pki import init_pki, issue_client
+from jobkit.pki import init_pki, issue_client
 from tests.security.conftest import (
     descendants,
     fd_count,

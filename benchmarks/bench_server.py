@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from jobkit import JobPool
-from jobkit.server.pki import init_pki
+from jobkit.pki import init_pki
 
 GIB = 1 << 30
 PYTHON = sys.executable

@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 import click
 
+from jobkit import pki
 from jobkit.cli.errors import EXIT_FAILURE, EXIT_USAGE, CliError, OneLineGroup
-from jobkit.server import pki
 
 __all__ = ["certs"]
 

@@ -41,7 +41,8 @@ def client_from(server: str | None, certs: str | None, timeout: float | None = N
     `CertificatesUnusable` when the certificate folder cannot be used.
     """
     from jobkit.client import Client
-    from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
+    from jobkit.client.paths import DEFAULT_SERVER, parse_server
+    from jobkit.pki.layout import PkiError, client_folder
 
     address = server or DEFAULT_SERVER
     try:
@@ -49,8 +50,8 @@ def client_from(server: str | None, certs: str | None, timeout: float | None = N
     except ValueError as error:
         raise CliError(f"--server: {error}", EXIT_USAGE) from None
     try:
-        folder = certs or default_client_folder()
-    except RuntimeError as error:
+        folder = client_folder(certs or None)
+    except PkiError as error:
         raise CertificatesUnusable(f"{error}; give a client folder with --certs") from None
     try:
         if timeout is None:

@@ -62,7 +62,7 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
     """
     from jobkit.core.errors import JobkitError
     from jobkit.core.plugins import backend_names
-    from jobkit.server.pki import PkiError, ensure_default_pki
+    from jobkit.pki import PkiError, ensure_default_pki
     from jobkit.server.serve import JobServer, default_state_dir
 
     logging.basicConfig(

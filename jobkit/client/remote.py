@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 from jobkit.client.follower import RemoteFollower
-from jobkit.client.paths import DEFAULT_SERVER, default_client_folder, parse_server
+from jobkit.client.paths import DEFAULT_SERVER, parse_server
 from jobkit.client.transport import Reply, Transport, load_tls_context
 from jobkit.core.checks import (
     check_args,
@@ -27,6 +27,7 @@ from jobkit.core.errors import (
     JobNotFound,
     ServerError,
 )
+from jobkit.pki.layout import client_folder
 
 if TYPE_CHECKING:
     # Imported when first needed: the CLI works on the server's JSON and
@@ -71,7 +72,8 @@ class Client:
 
     Raises ``FileNotFoundError`` (or another ``OSError``) naming the missing
     or unreadable folder or file, ``ValueError`` for certificates that cannot
-    be loaded or a malformed ``server``.
+    be loaded or a malformed ``server``, and `PkiError` when ``certs`` is None
+    and there is no default folder to go by (no home folder or user name).
 
     The client keeps a few connections alive between calls and is safe to
     share between threads.  Close it (or use ``with``) when done.
@@ -82,7 +84,7 @@ class Client:
                  timeout: float = DEFAULT_TIMEOUT) -> None:
         host, port = parse_server(server)
         timeout = check_seconds("timeout", timeout)
-        folder = default_client_folder() if certs is None else os.path.expanduser(certs)
+        folder = client_folder(certs)
         #: The client certificate folder in use.
         self.certs = folder
         self._transport = Transport(host, port, load_tls_context(folder), timeout)

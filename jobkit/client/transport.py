@@ -15,7 +15,6 @@ Every network failure leaves this module as one of the client errors of
 
 from __future__ import annotations
 
-import errno
 import http.client
 import os
 import select
@@ -25,11 +24,9 @@ import threading
 
 from jobkit._version import __version__
 from jobkit.core.errors import AuthenticationFailed, ClientError, ConnectionFailed
+from jobkit.pki.layout import client_files
 
-__all__ = ["CERT_FILES", "Reply", "Transport", "load_tls_context", "translate_error"]
-
-#: The files a client folder holds, after Docker's convention.
-CERT_FILES = ("ca.pem", "cert.pem", "key.pem")
+__all__ = ["Reply", "Transport", "load_tls_context", "translate_error"]
 
 #: Idle keep-alive connections kept per client (more are closed when returned).
 MAX_IDLE = 4
@@ -57,27 +54,7 @@ def load_tls_context(folder: str | os.PathLike[str]) -> ssl.SSLContext:
     missing or unreadable folder or file, and ``ValueError`` for a file that is
     not a usable certificate or key.
     """
-    path = os.fspath(folder)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"certificate folder {path} does not exist (make one with 'jobkit certs init', "
-            f"or start 'jobkit serve' once to get the default one)",
-            path,
-        )
-    if not os.path.isdir(path):
-        raise NotADirectoryError(errno.ENOTDIR, f"{path} is not a certificate folder", path)
-    ca, cert, key = (os.path.join(path, name) for name in CERT_FILES)
-    for file in (ca, cert, key):
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                errno.ENOENT,
-                f"{file} is missing (a client certificate folder holds "
-                f"{', '.join(CERT_FILES)})",
-                file,
-            )
-        if not os.access(file, os.R_OK):
-            raise PermissionError(errno.EACCES, f"{file} is not readable", file)
+    ca, cert, key = client_files(folder)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks host names
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     try:

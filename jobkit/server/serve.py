@@ -32,8 +32,8 @@ from cheroot import wsgi
 
 from jobkit.core.ledger import Ledger
 from jobkit.core.pool import JobPool
+from jobkit.pki.layout import CA_FILE, CERT_FILE, KEY_FILE, server_dir
 from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
-from jobkit.server.pki import server_dir
 from jobkit.server.tls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     SocketReader,
@@ -317,7 +317,7 @@ class JobServer:
         folder = server_dir(certs)
         self.certs = folder
         self.adapter = TLS13Adapter(
-            folder / "cert.pem", folder / "key.pem", folder / "ca.pem",
+            folder / CERT_FILE, folder / KEY_FILE, folder / CA_FILE,
             handshake_timeout=handshake_timeout,
         )
         # After the certificates were read, so that bad --certs neither kill

@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from jobkit.server import pki
+from jobkit import pki
 
 
 def jobkit(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

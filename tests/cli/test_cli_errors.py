@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobkit.server import pki
+from jobkit import pki
 from tests.cli.conftest import Jobkit, base_env, run_jobkit
 
 CLIENT_COMMANDS = [["list"], ["status", "1"], ["output", "1"], ["stop", "1"], ["delete", "1"],

@@ -21,7 +21,7 @@ from typing import IO
 
 import pytest
 
-from jobkit.server import pki
+from jobkit import pki
 
 _SERVING = re.compile(rb"Serving on https://(\S+?):(\d+) ")
 _names = itertools.count(1)

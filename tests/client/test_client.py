@@ -355,7 +355,7 @@ def test_unreachable_server_names_the_address(certs: Path) -> None:
 
 
 def test_server_from_another_ca_is_refused(server: str, tmp_path: Path) -> None:
-    from jobkit.server import pki
+    from jobkit import pki
 
     other = pki.init_pki(tmp_path / "other", clients=["mallory"])
     with Client(server, other / "clients" / "mallory", timeout=5) as remote, \
@@ -365,7 +365,7 @@ def test_server_from_another_ca_is_refused(server: str, tmp_path: Path) -> None:
 
 def _forged_folder(tmp_path: Path, pki_root: Path, **issue: Any) -> Path:
     """A client folder trusting our CA, with a certificate made by ``issue``."""
-    from jobkit.server import pki
+    from jobkit import pki
 
     folder = tmp_path / "forged"
     folder.mkdir()
@@ -378,7 +378,7 @@ def _forged_folder(tmp_path: Path, pki_root: Path, **issue: Any) -> Path:
 
 def test_client_certificate_from_another_ca_is_refused(server: str, pki_root: Path,
                                                        tmp_path: Path) -> None:
-    from jobkit.server import pki
+    from jobkit import pki
 
     signer = pki.make_ca()
     folder = _forged_folder(tmp_path, pki_root, common_names=["mallory"], signer=signer)

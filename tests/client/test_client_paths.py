@@ -1,33 +1,10 @@
-"""The client's defaults agree with the server's, without importing the server."""
+"""The client's default address agrees with the server's, and how it reads an address."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from jobkit.client import paths
-from jobkit.server import pki
-
-
-@pytest.mark.parametrize("xdg", [None, "/srv/data", "relative/data", ""],
-                         ids=["unset", "absolute", "relative", "empty"])
-def test_default_folders_agree_with_the_pki(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                             xdg: str | None) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    if xdg is None:
-        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    else:
-        monkeypatch.setenv("XDG_DATA_HOME", xdg)
-    assert paths.default_pki_dir() == pki.default_pki_dir()
-    assert paths.default_client_dir() == pki.default_client_dir()
-
-
-def test_default_folder_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
-    monkeypatch.setenv("USER", "carol")
-    monkeypatch.setenv("LOGNAME", "carol")
-    assert paths.default_client_dir() == Path("/srv/data/jobkit/pki/clients/carol")
 
 
 def test_default_server_is_what_serve_listens_on() -> None:

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import pytest
 
-from jobkit.server.pki import init_pki, issue_certificate, issue_client, load_ca, write_bundle
+from jobkit.pki import init_pki, issue_certificate, issue_client, load_ca, write_bundle
 from jobkit.server.serve import JobServer
 from tests.client.live_server import wait_for_address
 from tests.server.conftest import ApiClient

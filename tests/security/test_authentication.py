@@ -22,7 +22,7 @@ import attrs
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from jobkit.server.pki import issue_certificate, load_ca, make_ca
+from jobkit.pki import issue_certificate, load_ca, make_ca
 from jobkit.server.serve import JobServer
 from tests.security.conftest import all_jobs, forge
 from tests.server.conftest import ApiClient, client_context

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from jobkit.server.pki import init_pki, issue_client
+from jobkit.pki import init_pki, issue_client
 from jobkit.server.serve import JobServer
 
 ADMIN = "admin"

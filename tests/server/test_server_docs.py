@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from jobkit.server.pki import init_pki
+from jobkit.pki import init_pki
 from tests.server.conftest import start_server
 
 DOC = Path(__file__).parents[2] / "docs" / "server.md"

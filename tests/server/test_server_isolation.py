@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from jobkit.server.pki import issue_client
+from jobkit.pki import issue_client
 from jobkit.server.serve import JobServer
 from tests.conftest import process_alive, wait_until
 from tests.server.conftest import ADMIN, ApiClient

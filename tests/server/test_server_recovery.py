@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from jobkit import pki
 from jobkit.client import Client
 from jobkit.core import cgroups
-from jobkit.server import pki
 from jobkit.server.serve import default_state_dir
 from tests.conftest import group_members, process_alive, wait_until
 

@@ -17,7 +17,7 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from jobkit.server.pki import issue_certificate, load_ca, make_ca, write_bundle
+from jobkit.pki import issue_certificate, load_ca, make_ca, write_bundle
 from jobkit.server.serve import JobServer
 from jobkit.server.tls import UnacceptableCertificate, common_name
 from tests.conftest import wait_until

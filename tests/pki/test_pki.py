@@ -1,4 +1,4 @@
-"""jobkit.server.pki: real files in tmp_path, real certificates, a real TLS 1.3 handshake."""
+"""jobkit.pki: real files in tmp_path, real certificates, a real TLS 1.3 handshake."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from jobkit import pki
 from jobkit.core.errors import JobkitError
-from jobkit.server import pki
 
 CLIENTS = ("alice", "bob@example.org")
 
@@ -466,15 +466,6 @@ def test_ensure_default_pki(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     before = snapshot(folder)
     assert pki.ensure_default_pki() == (expected, False)
     assert snapshot(folder) == before
-
-
-def test_default_pki_dir_without_xdg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    assert pki.default_pki_dir() == tmp_path / ".local" / "share" / "jobkit" / "pki"
-    # The XDG spec says a relative path is invalid and must be ignored.
-    monkeypatch.setenv("XDG_DATA_HOME", "relative/data")
-    assert pki.default_pki_dir() == tmp_path / ".local" / "share" / "jobkit" / "pki"
 
 
 def test_default_pki_refuses_an_unusable_user_name(

@@ -1,33 +1,18 @@
-"""jobkit's built-in PKI: a root CA, a server certificate and client certificates.
+"""Making jobkit's PKI: a root CA, a server certificate and client certificates.
 
 Everything is made with the ``cryptography`` package (never by shelling out to
 openssl). Keys are ECDSA P-256 and certificates are signed with SHA-256, as
-Mozilla's "modern" TLS profile recommends.
+Mozilla's "modern" TLS profile recommends. Where each file goes, its name and
+its mode, and the errors raised here, are `jobkit.pki.layout`'s.
 
-The layout follows Docker's convention of ``ca.pem``, ``cert.pem`` and ``key.pem``
-in each folder, so that a client folder is all a client needs::
-
-    DIR/
-    ├── ca/{cert.pem,key.pem}               the root CA (keep key.pem offline if you can)
-    ├── server/{ca.pem,cert.pem,key.pem}    serverAuth, SANs for the hosts
-    └── clients/NAME/{ca.pem,cert.pem,key.pem}  clientAuth, CN = NAME
-
-Private keys are written 0600 and the folders we create 0700. Nothing that
-exists is ever overwritten unless ``force`` is given; with ``force`` each file is
-replaced atomically (written beside it, then renamed over it).
-
-Errors::
-
-    JobkitError
-    └── PkiError                  anything the PKI refuses or cannot do
-        ├── InvalidName (also ValueError)   a bad client name or host
-        └── AlreadyExists                   would overwrite a file (no force)
+Nothing that exists is ever overwritten unless ``force`` is given; with
+``force`` each file is replaced atomically (written beside it, then renamed
+over it).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import ipaddress
 import os
 import re
@@ -43,25 +28,39 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from jobkit.core.errors import JobkitError
+from jobkit.pki.layout import (
+    BUNDLE_FILES,
+    CA_FILE,
+    CA_FILES,
+    CA_FOLDER,
+    CERT_FILE,
+    CERT_MODE,
+    CLIENTS_FOLDER,
+    CN_MAX_LENGTH,
+    DIR_MODE,
+    KEY_FILE,
+    KEY_MODE,
+    SERVER_FOLDER,
+    AlreadyExists,
+    InvalidName,
+    PkiError,
+    ca_dir,
+    client_dir,
+    default_client_name,
+    default_pki_dir,
+    validate_client_name,
+)
 
 __all__ = [
     "CA_VALIDITY",
     "DEFAULT_HOSTS",
     "LEAF_VALIDITY",
-    "AlreadyExists",
-    "InvalidName",
-    "PkiError",
-    "default_client_dir",
-    "default_pki_dir",
     "ensure_default_pki",
     "init_pki",
     "issue_certificate",
     "issue_client",
     "load_ca",
     "make_ca",
-    "server_dir",
-    "validate_client_name",
     "validate_host",
     "write_bundle",
 ]
@@ -81,59 +80,10 @@ CLOCK_SKEW = _dt.timedelta(minutes=5)
 #: The hashes a certificate may be signed with (all but SHA-256 only for forging).
 SigningHash = hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512
 
-_KEY_MODE = 0o600
-_CERT_MODE = 0o644  # certificates are public; the 0700 folder keeps others out anyway
-_DIR_MODE = 0o700
-
-_CA_FILES = ("cert.pem", "key.pem")
-_BUNDLE_FILES = ("ca.pem", "cert.pem", "key.pem")
-
-# A client name becomes a folder name and a certificate CN: keep it boring.
-_CLIENT_NAME = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,63}")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-# X.509 (RFC 5280 ub-common-name) caps a CN at 64 characters.
-_CN_MAX = 64
-
-
-class PkiError(JobkitError):
-    """The PKI refused a request or could not complete it; the message says why."""
-
-
-class InvalidName(PkiError, ValueError):
-    """A client name or host name that jobkit will not put in a certificate."""
-
-
-class AlreadyExists(PkiError):
-    """Making the certificates would overwrite an existing file (and force was not given)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(f"{path} already exists (use --force to replace it)")
-        self.path = path
 
 
 # -- names ------------------------------------------------------------------------------
-
-
-def validate_client_name(name: str) -> str:
-    """Return ``name`` if it is a safe client name, else raise `InvalidName`.
-
-    A client name is both a folder name under ``clients/`` and the certificate's
-    CN, so it is restricted to 1-64 ASCII letters, digits, ``-``, ``_``, ``.`` and
-    ``@``, not starting with ``.`` (which also rules out ``.`` and ``..``).
-    """
-    if not isinstance(name, str):
-        raise InvalidName(f"client name must be a string, not {type(name).__name__}")
-    if not name:
-        raise InvalidName("client name must not be empty")
-    if _CLIENT_NAME.fullmatch(name) is None:
-        if name.startswith("."):
-            why = "must not start with '.'"
-        elif len(name) > _CN_MAX:
-            why = f"is longer than {_CN_MAX} characters"
-        else:
-            why = "may only contain ASCII letters, digits, '-', '_', '.' and '@'"
-        raise InvalidName(f"invalid client name {name!r}: it {why}")
-    return name
 
 
 def validate_host(host: str) -> str | ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -345,7 +295,7 @@ def _server_certificate(
         ca_key,
         # A DNS name may be up to 253 characters but a CN only 64: clients match
         # on the SANs anyway, so the CN is only a label.
-        common_names=[first if len(first) <= _CN_MAX else "jobkit server"],
+        common_names=[first if len(first) <= CN_MAX_LENGTH else "jobkit server"],
         dns_names=dns_names,
         ip_addresses=ips,
         extended_usages=[ExtendedKeyUsageOID.SERVER_AUTH],
@@ -387,12 +337,12 @@ def _make_dir(path: Path) -> None:
     try:
         # The mode is given at creation, so the folder is never more open than
         # 0700; the chmod only restores owner bits a strict umask removed.
-        path.mkdir(_DIR_MODE)
+        path.mkdir(DIR_MODE)
     except FileExistsError:
         if not path.is_dir():
             raise
         return
-    path.chmod(_DIR_MODE)
+    path.chmod(DIR_MODE)
 
 
 def _write_file(path: Path, data: bytes, mode: int, *, force: bool) -> None:
@@ -451,11 +401,11 @@ def write_bundle(
     """
     path = Path(folder)
     if not force:
-        _refuse_existing(path / name for name in _BUNDLE_FILES)
+        _refuse_existing(path / name for name in BUNDLE_FILES)
     _make_dir(path)
-    _write_file(path / "key.pem", _key_pem(key), _KEY_MODE, force=force)
-    _write_file(path / "cert.pem", _cert_pem(cert), _CERT_MODE, force=force)
-    _write_file(path / "ca.pem", _cert_pem(ca_cert), _CERT_MODE, force=force)
+    _write_file(path / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
+    _write_file(path / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
+    _write_file(path / CA_FILE, _cert_pem(ca_cert), CERT_MODE, force=force)
     return path
 
 
@@ -463,8 +413,8 @@ def _write_ca(
     folder: Path, cert: x509.Certificate, key: EllipticCurvePrivateKey, *, force: bool
 ) -> None:
     _make_dir(folder)
-    _write_file(folder / "key.pem", _key_pem(key), _KEY_MODE, force=force)
-    _write_file(folder / "cert.pem", _cert_pem(cert), _CERT_MODE, force=force)
+    _write_file(folder / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
+    _write_file(folder / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -487,10 +437,8 @@ def load_ca(
     belong together.
     """
     root = Path(directory)
-    folder = root / "ca"
-    if not folder.is_dir() and all((root / name).is_file() for name in _CA_FILES):
-        folder = root
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    folder = ca_dir(root)
+    cert_path, key_path = folder / CERT_FILE, folder / KEY_FILE
     if not cert_path.exists() and not key_path.exists():
         raise PkiError(
             f"no CA in {root}: {cert_path} does not exist "
@@ -517,10 +465,6 @@ def load_ca(
     if not is_ca:
         raise PkiError(f"{cert_path} is not a CA certificate")
     return cert, key
-
-
-def _client_folder(root: Path, name: str) -> Path:
-    return root / "clients" / validate_client_name(name)
 
 
 def init_pki(
@@ -550,22 +494,22 @@ def init_pki(
     if not hosts:
         raise InvalidName("a server certificate needs at least one host")
     client_names = list(dict.fromkeys(validate_client_name(name) for name in clients))
-    targets = [root / "ca" / name for name in _CA_FILES]
-    targets += [root / "server" / name for name in _BUNDLE_FILES]
+    targets = [root / CA_FOLDER / name for name in CA_FILES]
+    targets += [root / SERVER_FOLDER / name for name in BUNDLE_FILES]
     for name in client_names:
-        targets += [_client_folder(root, name) / file for file in _BUNDLE_FILES]
+        targets += [client_dir(root, name) / file for file in BUNDLE_FILES]
     if not force:
         _refuse_existing(targets)
 
     ca_cert, ca_key = make_ca()
     _make_dir(root)
-    _write_ca(root / "ca", ca_cert, ca_key, force=force)
+    _write_ca(root / CA_FOLDER, ca_cert, ca_key, force=force)
     server_cert, server_key = _server_certificate(ca_cert, ca_key, hosts)
-    write_bundle(root / "server", server_cert, server_key, ca_cert, force=force)
-    _make_dir(root / "clients")
+    write_bundle(root / SERVER_FOLDER, server_cert, server_key, ca_cert, force=force)
+    _make_dir(root / CLIENTS_FOLDER)
     for name in client_names:
         cert, key = _client_certificate(ca_cert, ca_key, name)
-        write_bundle(_client_folder(root, name), cert, key, ca_cert, force=force)
+        write_bundle(client_dir(root, name), cert, key, ca_cert, force=force)
     return root
 
 
@@ -577,73 +521,16 @@ def issue_client(directory: str | os.PathLike[str], name: str, *, force: bool = 
     the CA cannot be loaded.
     """
     root = Path(directory)
-    folder = _client_folder(root, name)
+    folder = client_dir(root, name)
     if not force:
-        _refuse_existing(folder / file for file in _BUNDLE_FILES)
+        _refuse_existing(folder / file for file in BUNDLE_FILES)
     ca_cert, ca_key = load_ca(root)
     cert, key = _client_certificate(ca_cert, ca_key, name)
-    _make_dir(root / "clients")
+    _make_dir(root / CLIENTS_FOLDER)
     return write_bundle(folder, cert, key, ca_cert, force=force)
 
 
-def server_dir(certs: str | os.PathLike[str]) -> Path:
-    """Return the folder holding the server's ``ca.pem``, ``cert.pem`` and ``key.pem``.
-
-    ``certs`` is either a folder made by `init_pki` or its ``server/``
-    subfolder. Raises `PkiError` naming what is missing otherwise.
-    """
-    path = Path(certs)
-    if not path.exists():
-        raise PkiError(f"certificate folder {path} does not exist")
-    if not path.is_dir():
-        raise PkiError(f"{path} is not a folder")
-    candidates = [path / "server", path] if (path / "server").is_dir() else [path]
-    for folder in candidates:
-        if all((folder / name).is_file() for name in _BUNDLE_FILES):
-            return folder
-    folder = candidates[0]
-    missing = [name for name in _BUNDLE_FILES if not (folder / name).is_file()]
-    raise PkiError(
-        f"{folder} is not a server certificate folder: missing {', '.join(missing)} "
-        f"(expected a folder made by 'jobkit certs init', or its server/ subfolder)"
-    )
-
-
 # -- the default PKI --------------------------------------------------------------------
-
-
-def _current_user() -> str:
-    try:
-        user = getpass.getuser()
-    except Exception as error:  # getpass raises KeyError or OSError, by version
-        raise PkiError(f"cannot tell the current user's name: {error}") from None
-    try:
-        return validate_client_name(user)
-    except InvalidName as error:
-        raise PkiError(
-            f"the user name {user!r} cannot be a client name ({error}); "
-            f"make certificates with 'jobkit certs init' instead"
-        ) from None
-
-
-def default_pki_dir() -> Path:
-    """``$XDG_DATA_HOME/jobkit/pki``, else ``~/.local/share/jobkit/pki``.
-
-    A relative ``XDG_DATA_HOME`` is ignored, as the XDG spec asks.
-    """
-    data_home = os.environ.get("XDG_DATA_HOME", "")
-    if data_home and Path(data_home).is_absolute():
-        return Path(data_home) / "jobkit" / "pki"
-    try:
-        home = Path.home()
-    except RuntimeError as error:
-        raise PkiError(f"cannot find a home folder for the default PKI: {error}") from None
-    return home / ".local" / "share" / "jobkit" / "pki"
-
-
-def default_client_dir() -> Path:
-    """The default PKI's folder for the current user: ``default_pki_dir()/clients/USER``."""
-    return default_pki_dir() / "clients" / _current_user()
 
 
 def ensure_default_pki() -> tuple[Path, bool]:
@@ -657,7 +544,7 @@ def ensure_default_pki() -> tuple[Path, bool]:
     target = default_pki_dir()
     if target.exists():
         return target, False
-    user = _current_user()
+    user = default_client_name()
     _make_dir(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=".pki-", dir=target.parent))
     try:
