@@ -6,12 +6,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from jobkit import JobPool
 
-BACKENDS = ["memory", "tempfile", "ring"]
+BACKENDS = ["memory", "tempfile", "ring", "file"]
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -69,9 +70,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+def pool_for(backend: str, folder: Path) -> JobPool:
+    """A pool of ``backend``; a durable one keeps its state in ``folder``."""
+    return JobPool(backend, state_dir=folder / "state" if backend == "file" else None)
+
+
 @pytest.fixture
-def pool(backend: str) -> Iterator[JobPool]:
-    with JobPool(backend) as p:
+def pool(backend: str, tmp_path: Path) -> Iterator[JobPool]:
+    with pool_for(backend, tmp_path) as p:
         yield p
 
 

@@ -24,6 +24,14 @@ Threading and ordering guarantees the pool gives a store:
   pool then discards the stream's remaining output so the job never blocks
   on a full pipe.
 
+A *durable* backend (`DurableBackend`, e.g. ``file``) keeps a job's output
+after its store is closed, across restarts of the pool: ``close`` then only
+releases what the store holds open, `DurableBackend.reopen_store` reads a
+finished job's output back, and `DurableBackend.delete_output` removes it
+when the job is deleted.  The pool closes a durable job's stores as soon as
+the job has ended and both streams are drained, so that a finished job costs
+the pool no descriptor and no memory.
+
 Backends are registered through the ``jobkit_register_backends`` hook (see
 `jobkit.core.hookspecs`); a backend is any callable taking keyword options and
 returning an `OutputBackend`, usually the class itself.
@@ -33,9 +41,10 @@ from __future__ import annotations
 
 import abc
 import os
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["OutputBackend", "OutputStore"]
+__all__ = ["DurableBackend", "OutputBackend", "OutputStore"]
 
 
 class OutputStore(abc.ABC):
@@ -79,7 +88,10 @@ class OutputStore(abc.ABC):
         return len(data)
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
-        """Free the storage. Called once; later reads may return ``b""``."""
+        """Free the storage (a durable store: release it, keep the bytes).
+
+        Called once; later reads may return ``b""`` (a durable store's must not).
+        """
 
 
 @runtime_checkable
@@ -95,3 +107,27 @@ class OutputBackend(Protocol):
 
 
 BackendFactory = Any  # Callable[..., OutputBackend]; kept loose for plugin authors
+
+
+@runtime_checkable
+class DurableBackend(OutputBackend, Protocol):
+    """A backend whose output outlives its stores and the process that wrote it."""
+
+    def attach(self, state_dir: Path | None) -> None:
+        """Called once by the pool before the first store: its state folder, or None.
+
+        Raise ``ValueError`` if the backend cannot work with it.
+        """
+        ...
+
+    def reopen_store(self, job_id: str, stream: str) -> OutputStore:
+        """A read-only store of output written earlier, perhaps by another process.
+
+        Its ``written`` and ``dropped`` say what is still kept; reading it
+        must hold no descriptor between calls.
+        """
+        ...
+
+    def delete_output(self, job_id: str) -> None:
+        """Remove both streams' output of a job; no error if there is none."""
+        ...

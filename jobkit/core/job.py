@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import attrs
 
 from jobkit.core.cgroups import CgroupTree
+from jobkit.core.leftovers import signal_group_since
 from jobkit.core.models import JobStatus, State, StreamInfo
 from jobkit.core.stream import OutputStream
 
-__all__ = ["Job", "Outcome", "utcnow"]
+__all__ = ["CLOSED_BY_POOL", "Job", "Outcome", "utcnow"]
+
+log = logging.getLogger("jobkit.pool")
+
+#: ``JobStatus.error`` of a job killed because its pool was closed.
+CLOSED_BY_POOL = "killed when its pool was closed"
 
 
 def utcnow() -> datetime:
@@ -37,8 +45,15 @@ class Job:
     """Everything the pool knows about one job.
 
     ``outcome`` is None while the main process runs.  Only the supervisor
-    thread sets it (or `JobPool.create` for a job that never started), and
-    ``ended`` is set right after.
+    thread sets it (or `JobPool.create` for a job that never started); the
+    pool's ``on_end`` records it, and ``ended`` is set right after, so that
+    whoever waits for the job finds it recorded.
+
+    The main process is reaped as soon as it exits, so a finished job holds
+    no zombie and no pidfd.  ``lock`` orders that reaping with `signal_group`:
+    while the leader is unreaped its pid (the group id) cannot be reused, so
+    ``killpg`` is safe; after, the group is signalled only if members born
+    since the leader are left in it (see `jobkit.core.leftovers`).
     """
 
     id: str
@@ -61,6 +76,19 @@ class Job:
     timed_out: bool = False
     outcome: Outcome | None = None
     ended: threading.Event = attrs.Factory(threading.Event)
+    #: The leader's start time in clock ticks since boot, for `signal_group`.
+    start_ticks: int | None = None
+    #: True once the leader was reaped: its pid may belong to someone else.
+    leader_gone: bool = False
+    #: Set by `JobPool.close` before it kills the job.
+    closing: bool = False
+    lock: threading.Lock = attrs.Factory(threading.Lock)
+    #: The status as recorded when the job ended.
+    recorded: JobStatus | None = None
+    #: Called (in the supervisor thread) with the job once its outcome is set.
+    on_end: Callable[[Job], None] | None = None
+    #: Called (in the supervisor thread) once it has ended and both streams are drained.
+    on_drained: Callable[[Job], None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -70,12 +98,28 @@ class Job:
     def running(self) -> bool:
         return self.outcome is None
 
+    @property
+    def drained(self) -> bool:
+        """True once both output pipes are closed (or never opened)."""
+        return not self.fds
+
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
+        if self.on_end is not None:
+            try:
+                self.on_end(self)
+            except Exception:  # a full disk must not leave waiters hanging
+                log.exception("job %s: cannot record its end", self.id)
         self.ended.set()
 
     def finish_with_returncode(self, returncode: int) -> None:
-        if returncode < 0:
+        if self.closing:
+            self.finish(Outcome(
+                State.KILLED, utcnow(), error=CLOSED_BY_POOL,
+                signal=-returncode if returncode < 0 else None,
+                exit_code=returncode if returncode >= 0 else None,
+            ))
+        elif returncode < 0:
             self.finish(Outcome(State.KILLED, utcnow(), signal=-returncode))
         else:
             self.finish(Outcome(State.COMPLETED, utcnow(), exit_code=returncode))
@@ -84,10 +128,14 @@ class Job:
         """Send ``signal`` to the job's whole process group and cgroup, if anything is left."""
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal)
-        except ProcessLookupError:
-            pass  # the whole group is gone already
+        with self.lock:
+            if not self.leader_gone:
+                try:
+                    os.killpg(self.process.pid, signal)
+                except ProcessLookupError:
+                    pass  # the whole group is gone already
+            elif self.start_ticks is not None:
+                signal_group_since(self.process.pid, self.start_ticks, signal)
         if self.cgroup is not None:
             CgroupTree.signal(self.cgroup, signal)  # also those that left the group
 

@@ -22,7 +22,12 @@ class State(str, enum.Enum):
     #: The main process exited; ``JobStatus.exit_code`` has its status.
     COMPLETED = "completed"
     #: The main process died of a signal; ``JobStatus.signal`` has its number.
+    #: A job killed because its pool was closed says so in ``JobStatus.error``.
     KILLED = "killed"
+    #: The pool that ran the job ended without closing (it was killed or
+    #: crashed) while the job ran; the next pool on the same ``state_dir``
+    #: killed what was left of it.  ``JobStatus.error`` says so.
+    LOST = "lost"
 
     def __str__(self) -> str:
         return self.value
@@ -58,7 +63,8 @@ class JobStatus:
         exit_code: The exit status, when ``state`` is ``COMPLETED``.
         signal: The number of the signal that killed the main process, when
             ``state`` is ``KILLED`` (whoever sent it).
-        error: A message for people, when ``state`` is ``ERROR``.
+        error: A message for people: why a job is in ``ERROR`` or ``LOST``,
+            or that it was ``KILLED`` by its pool's close.
         timed_out: True when jobkit stopped the job because its ``timeout`` passed.
         created_at: When ``create`` was called (UTC).
         ended_at: When the main process was reaped or the start failed (UTC).

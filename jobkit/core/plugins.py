@@ -27,6 +27,7 @@ DEFAULT_PLUGINS = (
     "jobkit.backends.memory",
     "jobkit.backends.tempfile",
     "jobkit.backends.ring",
+    "jobkit.backends.file",
 )
 
 #: Set this environment variable (to anything but "" or "0") to skip entry-point plugins.

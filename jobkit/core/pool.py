@@ -1,40 +1,66 @@
-"""`JobPool`: create, watch, stop and delete jobs."""
+"""`JobPool`: create, watch, stop and delete jobs, and keep their records."""
 
 from __future__ import annotations
 
 import atexit
-import itertools
+import fcntl
+import logging
 import os
 import signal as signals
 import threading
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from threading import TIMEOUT_MAX
 from typing import Any
 
+import attrs
+
 from jobkit.core import plugins, supervisor
-from jobkit.core.backend import OutputBackend
+from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore
 from jobkit.core.cgroups import CgroupTree
 from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed
 from jobkit.core.job import Job, Outcome, utcnow
-from jobkit.core.ledger import Ledger
-from jobkit.core.models import STREAMS, JobOutput, JobStatus, State
+from jobkit.core.leftovers import boot_id, kill_leftover, process_start, signal_group_since
+from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
+from jobkit.core.records import DATABASE_NAME, JobRecords
+from jobkit.core.retention import CleanResult, Retention
 from jobkit.core.signals import parse_signal
 from jobkit.core.spawn import SpawnFailed, raise_fd_limit, spawn
 from jobkit.core.stream import Follower, OutputStream
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "JobPool"]
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "DURABLE_BACKEND", "JobPool", "StateDirInUse"]
 
+log = logging.getLogger("jobkit.pool")
+
+#: The backend of a pool without a ``state_dir``.
 DEFAULT_BACKEND = "memory"
+#: The backend of a pool with a ``state_dir``: output kept across restarts.
+DURABLE_BACKEND = "file"
 #: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
 DEFAULT_KILL_AFTER = 5.0
 #: How long `delete` and `close` wait for a SIGKILLed process to be reaped.
 _REAP_WAIT = 10.0
+#: ``JobStatus.error`` of a job whose pool died while it ran.
+LOST_MESSAGE = (
+    "lost: the pool that ran it ended without closing (killed or crashed);"
+    " what was left of it was killed when the pool was reopened"
+)
+_MEMORY_LOST = "the output was held in memory by a pool that has ended"
 
 #: Every pool not closed yet, held strongly: a pool with running jobs must not
 #: vanish with its last reference and leave them running after the exit.
 _open_pools: set[JobPool] = set()
+
+
+class StateDirInUse(JobkitError):
+    """Another pool (in this process or another) owns this state folder."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(f"the state folder {directory} is in use by another jobkit pool")
+        self.directory = directory
 
 
 def _disown_after_fork() -> None:
@@ -62,19 +88,26 @@ class JobPool:
 
     Args:
         backend: Name of the output backend new jobs use unless ``create``
-            says otherwise (``memory``, ``tempfile``, ``ring`` or a plugin's).
+            says otherwise (``memory``, ``tempfile``, ``ring``, ``file`` or a
+            plugin's).  Default: ``file`` with a ``state_dir``, else ``memory``.
         backend_options: Keyword options for that backend,
             e.g. ``{"capacity": 65536}`` for ``ring``.
         env: The environment jobs start from; ``None`` means this process's
             environment at the time of each ``create``.
         kill_after: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
-        ledger: Where to record running process groups, so that a later run
-            can kill what this one leaves if it is killed itself (see `Ledger`).
         cgroups: Put each job in its own cgroup v2, so that `stop` and
             `delete` also reach processes that left the job's session
             (``setsid``).  False (default): process groups only; None: where
             this process may create cgroups; True: required (``JobkitError``
             if impossible).  It costs about half a millisecond per job.
+        state_dir: A folder (made 0700) where the pool keeps every job's
+            record in SQLite (``jobs.db``) and, with the ``file`` backend,
+            its output.  A pool reopened on it sees every job recorded
+            before, continues the ids, and kills and marks `State.LOST` the
+            jobs a dead previous owner left running.  One pool at a time may
+            own a folder (`StateDirInUse`).  None: records in memory only.
+        retention: When finished jobs are deleted on their own (see
+            `Retention`); default: never.
 
     Use it as a context manager, or call `close`; either kills and reaps every
     job still running.  So does the interpreter's exit.
@@ -82,31 +115,57 @@ class JobPool:
 
     def __init__(
         self,
-        backend: str = DEFAULT_BACKEND,
+        backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
         *,
         env: Mapping[str, str] | None = None,
         kill_after: float = DEFAULT_KILL_AFTER,
-        ledger: Ledger | None = None,
         cgroups: bool | None = False,
+        state_dir: str | os.PathLike[str] | None = None,
+        retention: Retention | None = None,
     ) -> None:
+        if backend is None:
+            backend = DEFAULT_BACKEND if state_dir is None else DURABLE_BACKEND
         self._backend_name = check_str("backend", backend)
-        self._backend = _make_backend(backend, backend_options)
         self._env = None if env is None else check_env(env)
         self._kill_after = check_seconds("kill_after", kill_after, allow_zero=True)
-        self._jobs: dict[str, Job | None] = {}
-        self._ids = itertools.count(1)
+        if retention is not None and not isinstance(retention, Retention):
+            raise TypeError(f"retention must be a Retention, not {type(retention).__name__}")
+        self._retention = retention or Retention()
+        self._state_dir = None if state_dir is None else Path(os.fspath(state_dir))
+        self._lock_fd = -1 if self._state_dir is None else _claim(self._state_dir)
+        try:
+            self._backends: dict[str, OutputBackend] = {}
+            self._backend = self._make_backend(backend, backend_options)
+            self._records = JobRecords(
+                None if self._state_dir is None else self._state_dir / DATABASE_NAME
+            )
+        except BaseException:
+            self._release_claim()
+            raise
+        #: Jobs that hold something live: running ones, and finished ones
+        #: whose output lives in this process (a non-durable backend) or
+        #: whose pipes are still open.  The rest are only records.
+        self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._busy = 0
         self._closed = False
-        self._ledger = ledger
+        self._records_gone = False
+        #: Durable jobs that settled before `create` listed them.
+        self._settled_early: set[str] = set()
         self._cgroups = None if cgroups is False else cgroup_tree()
         if cgroups and self._cgroups is None:
+            self._records.close()
+            self._release_claim()
             raise JobkitError("cgroups=True, but this process cannot create cgroup v2 groups")
+        self._boot = boot_id()
         raise_fd_limit()
+        self._recover()
+        self._finished, self._kept = self._records.finished_totals()
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
+        self._apply_retention()
 
     def __enter__(self) -> JobPool:
         return self
@@ -115,13 +174,18 @@ class JobPool:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._jobs)} jobs"
+        state = "closed" if self._closed else f"{len(self._jobs)} live jobs"
         return f"<JobPool backend={self._backend_name!r} {state}>"
 
     @property
     def backend(self) -> str:
         """The name of the pool's default output backend."""
         return self._backend_name
+
+    @property
+    def state_dir(self) -> Path | None:
+        """The folder the pool keeps its records in, or None."""
+        return self._state_dir
 
     # -- jobs ---------------------------------------------------------------
 
@@ -144,9 +208,12 @@ class JobPool:
         (command not found, too many processes, ...) never raise: the job is
         created in `State.ERROR` with a message.  Bad argument types raise
         ``TypeError``; NUL bytes and other bad values raise ``ValueError``.
+        Ids are never reused, not even after a delete or a restart on the
+        same ``state_dir``.
 
         Args:
             env: Variables set for the job, over the pool's environment.
+                Their values are never recorded.
             replace_env: Use ``env`` as the whole environment instead.
             cwd: The job's working directory (default: this process's).
             timeout: Seconds after which the job's process group gets
@@ -165,27 +232,21 @@ class JobPool:
             backend_name, output = self._backend_name, self._backend
         else:
             backend_name = self._backend_name if backend is None else backend
-            output = _make_backend(check_str("backend", backend_name), backend_options)
+            output = self._make_backend(check_str("backend", backend_name), backend_options)
 
         with self._lock:
             self._check_open()
-            job_id = str(next(self._ids))
-            self._jobs[job_id] = None  # hold the place: list() is in creation order
             self._busy += 1
         try:
-            try:
-                job = self._start(
-                    job_id, command, arguments, job_env, workdir, timeout, backend_name, output
-                )
-            except BaseException:
-                with self._lock:
-                    self._jobs.pop(job_id, None)
-                raise
+            job = self._start(
+                command, arguments, job_env, workdir, timeout, backend_name, output
+            )
             with self._lock:
                 if not self._closed:
-                    self._jobs[job_id] = job
-                    return job_id
-                self._jobs.pop(job_id, None)
+                    if job.id not in self._settled_early:
+                        self._jobs[job.id] = job
+                    self._settled_early.discard(job.id)
+                    return job.id
             self._destroy(job)  # closed meanwhile: `close` did not see this one
             raise PoolClosed
         finally:
@@ -193,7 +254,6 @@ class JobPool:
 
     def _start(
         self,
-        job_id: str,
         command: str,
         args: tuple[str, ...],
         env: dict[str, str] | None,
@@ -203,8 +263,10 @@ class JobPool:
         output: OutputBackend,
     ) -> Job:
         created_at = utcnow()
+        job_id = self._records.add(command, args, cwd, timeout, backend_name, created_at)
         streams: dict[str, OutputStream] = {}
-        job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout)
+        job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout,
+                  on_end=self._ended, on_drained=self._drained)
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
@@ -218,44 +280,114 @@ class JobPool:
             for stream in streams.values():
                 stream.mark_closed()
             job.finish(Outcome(State.ERROR, utcnow(), error=message))
+            self._drained(job)
             return job
         job.process = spawned.process
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
+        job.start_ticks = process_start(spawned.process.pid)
         try:
             if self._cgroups is not None:
                 job.cgroup = self._cgroups.create(spawned.process.pid)
-            if self._ledger is not None:
-                self._ledger.add(spawned.process.pid, job.cgroup)
+            self._records.started(
+                job_id, spawned.process.pid, job.start_ticks, self._boot,
+                None if job.cgroup is None else str(job.cgroup),
+            )
             self._supervisor.watch(job, self._kill_after)
-        except Exception as exc:  # the ledger's disk, epoll's memory: still a job
+        except Exception as exc:  # the database's disk, epoll's memory: still a job
             self._abandon(job, f"cannot watch the process: {exc}")
         return job
 
-    @staticmethod
-    def _abandon(job: Job, message: str) -> None:
+    def _abandon(self, job: Job, message: str) -> None:
         """Kill and reap a job's process that cannot be watched; it ends in error."""
         assert job.process is not None
         job.signal_group(signals.SIGKILL)
         job.process.wait()
-        for fd in (job.pidfd, *job.fds.values()):
-            os.close(fd)
-        job.pidfd = -1
-        job.fds.clear()
+        with job.lock:
+            job.leader_gone = True
+            for fd in (job.pidfd, *job.fds.values()):
+                os.close(fd)
+            job.pidfd = -1
+            job.fds.clear()
         if job.cgroup is not None:
             CgroupTree.remove(job.cgroup)
         for stream in job.streams.values():
             stream.mark_closed()
         job.finish(Outcome(State.ERROR, utcnow(), error=message))
+        self._drained(job)
 
-    def list(self) -> list[str]:
-        """The ids of every job in the pool, oldest first."""
+    # -- the supervisor's calls ---------------------------------------------
+
+    def _ended(self, job: Job) -> None:
+        """Record a job's end (supervisor thread, or `create` for a failed start)."""
+        status = job.status()
+        if self._records_closed():
+            return
+        self._records.finished(status)
         with self._lock:
-            return [job_id for job_id, job in self._jobs.items() if job is not None]
+            self._finished += 1
+            self._kept += _kept(status)
+            job.recorded = status
+
+    def _drained(self, job: Job) -> None:
+        """The job has ended and both its pipes are closed: let go of what it holds.
+
+        A job with durable output becomes a record and two files: its stores
+        are closed (followers still read them by name) and the pool forgets
+        the object.  Others keep their stores, which hold the output.
+        """
+        if self._records_closed():
+            return
+        recorded = job.recorded
+        status = job.status()
+        if recorded is not None and (recorded.stdout, recorded.stderr) != (
+            status.stdout, status.stderr
+        ):
+            self._records.output_settled(job.id, status.stdout, status.stderr,
+                                         status.output_error)
+            with self._lock:
+                self._kept += _kept(status) - _kept(recorded)
+        durable = isinstance(self._backend_of(job.backend), DurableBackend)
+        if durable and (job.cgroup is None or CgroupTree.remove(job.cgroup, wait=0)):
+            job.cgroup = None
+            for stream in job.streams.values():
+                try:
+                    stream.store.close()
+                except Exception:
+                    log.exception("job %s: cannot close its output store", job.id)
+            with self._lock:
+                if self._jobs.pop(job.id, None) is None:
+                    self._settled_early.add(job.id)  # `create` has not listed it yet
+        self._apply_retention()
+
+    def _records_closed(self) -> bool:
+        return self._records_gone
+
+    # -- reading ------------------------------------------------------------
+
+    def list(
+        self, *, limit: int | None = None, after: str | None = None, newest_first: bool = False
+    ) -> list[str]:
+        """The ids of the pool's jobs, oldest first (or newest first).
+
+        ``limit`` caps how many; ``after`` is a cursor, the last id of the
+        previous page: the page starts past it, in the order asked for.
+        Each page costs the same however many jobs the pool holds.
+        """
+        if limit is not None:
+            check_count("limit", limit)
+        if after is not None:
+            check_str("after", after)
+        with self._lock:
+            self._check_open()
+        return self._records.ids(after=after, limit=limit, newest_first=newest_first)
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of the job's state; `JobNotFound` for an unknown id."""
-        return self._get(job_id).status()
+        job = self._live(job_id)
+        if job is not None:
+            return job.status()
+        return self._recorded(job_id)
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobStatus:
         """Block until the job's main process has ended; return its status.
@@ -265,29 +397,29 @@ class JobPool:
         """
         if timeout is not None:
             timeout = min(check_seconds("timeout", timeout, allow_zero=True), TIMEOUT_MAX)
-        job = self._get(job_id)
+        job = self._live(job_id)
+        if job is None:
+            return self._recorded(job_id)
         if not job.ended.wait(timeout):
             raise TimeoutError(f"job {job_id} still running after {timeout} s")
         return job.status()
 
     def output(self, job_id: str) -> JobOutput:
         """Everything the job's output backend holds, stdout and stderr."""
-        job = self._get(job_id)
-        stdout, stderr = (job.streams[name].read(0, None)[1] for name in STREAMS)
+        stdout, stderr = (self._stream(job_id, name).read(0, None)[1] for name in STREAMS)
         return JobOutput(stdout=stdout, stderr=stderr)
 
     def read(self, job_id: str, stream: str, offset: int = 0, size: int | None = None) -> bytes:
         """Up to ``size`` bytes (all, if None) of ``stream`` from absolute ``offset``.
 
         Returns what is there now, without waiting; ``b""`` at or past the
-        end.  Bytes the backend dropped (``ring``) are skipped: the result
-        then starts at ``StreamInfo.dropped``.
+        end.  Bytes the backend dropped (``ring``, a capped ``file``) are
+        skipped: the result then starts at ``StreamInfo.dropped``.
         """
-        out = self._stream(job_id, stream)
         check_count("offset", offset)
         if size is not None:
             check_count("size", size)
-        return out.read(offset, size)[1]
+        return self._stream(job_id, stream).read(offset, size)[1]
 
     def follow(self, job_id: str, stream: str, offset: int = 0) -> Follower:
         """An iterator of ``stream``'s bytes from ``offset`` on, as they arrive.
@@ -296,9 +428,10 @@ class JobPool:
         deleted, or when another thread calls its ``cancel()``.  Any number
         of followers may read one job at once.
         """
-        out = self._stream(job_id, stream)
         check_count("offset", offset)
-        return Follower(out, offset)
+        return Follower(self._stream(job_id, stream), offset)
+
+    # -- acting -------------------------------------------------------------
 
     def stop(self, job_id: str, signal: int | str = signals.SIGTERM) -> JobStatus:
         """Send ``signal`` (default SIGTERM) to the job's whole process group.
@@ -308,24 +441,178 @@ class JobPool:
         (nothing, usually) and is not an error.  Returns the job's status.
         """
         number = parse_signal(signal)
-        job = self._get(job_id)
-        job.signal_group(number)
-        return job.status()
+        job = self._live(job_id)
+        if job is not None:
+            job.signal_group(number)
+            return job.status()
+        status = self._recorded(job_id)
+        self._signal_leftovers(status.id, number)
+        return status
 
     def delete(self, job_id: str) -> None:
-        """SIGKILL the job's process group, reap it, free its output, forget it."""
+        """SIGKILL the job's process group, reap it, remove its output and record.
+
+        The id is never handed out again.
+        """
         check_str("job_id", job_id)
         with self._lock:
-            job = self._jobs.get(job_id)
-            if job is None:
-                self._check_open()
-                raise JobNotFound(job_id)
-            del self._jobs[job_id]
+            self._check_open()
+            job = self._jobs.pop(job_id, None)
             self._busy += 1
         try:
-            self._destroy(job)
+            if job is None:
+                status = self._recorded(job_id)
+                self._signal_leftovers(job_id, signals.SIGKILL)
+            else:
+                self._destroy(job)
+                status = job.status()
+            self._remove(job_id, status)
         finally:
             self._done()
+
+    def clean(
+        self, *, older_than: float | None = None, states: Sequence[State | str] | None = None
+    ) -> CleanResult:
+        """Delete finished jobs: all, or those ended ``older_than`` seconds ago or more,
+        or in one of ``states``.  Running jobs are never touched.
+        """
+        if older_than is not None:
+            older_than = check_seconds("older_than", older_than, allow_zero=True)
+        wanted = None
+        if states is not None:
+            if isinstance(states, (str, bytes)) or not isinstance(states, Sequence):
+                raise TypeError("states must be a list of states")
+            wanted = [State(s).value for s in states]
+            if State.RUNNING.value in wanted:
+                raise ValueError("clean deletes finished jobs only, not running ones")
+        with self._lock:
+            self._check_open()
+        before = None if older_than is None else time.time() - older_than
+        victims = list(self._records.finished_jobs(ended_before=before, states=wanted))
+        return self._prune(victims, "clean")
+
+    def close(self) -> None:
+        """Kill and reap every running job; later calls raise `PoolClosed`.
+
+        A pool with a ``state_dir`` records those jobs as killed by the close
+        (`State.KILLED`, ``error`` says so) and keeps every record and all
+        durable output for the next pool on that folder.  Without one, all
+        output is freed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            # A create or delete in flight still needs the supervisor.
+            while self._busy:
+                self._idle.wait()
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:  # signal all first, so they die in parallel
+            if job.running:
+                job.closing = True
+            job.signal_group(signals.SIGKILL)
+        for job in jobs:
+            self._destroy(job)
+        self._records_gone = True
+        self._records.close()
+        _open_pools.discard(self)
+        supervisor.release()
+        if self._cgroups is not None:
+            self._cgroups.close()
+        self._release_claim()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _destroy(self, job: Job) -> None:
+        job.signal_group(signals.SIGKILL)
+        job.ended.wait(_REAP_WAIT)
+        self._supervisor.forget(job)
+        if job.cgroup is not None:
+            # Wait for every member, escaped or not: after delete, nothing runs.
+            CgroupTree.remove(job.cgroup)
+
+    def _remove(self, job_id: str, status: JobStatus) -> None:
+        """Remove a killed job's output, then its record."""
+        backend = self._backend_of(status.backend)
+        if isinstance(backend, DurableBackend):
+            backend.delete_output(job_id)
+        self._records.remove([job_id])
+        if not status.running:
+            with self._lock:
+                self._finished -= 1
+                self._kept -= _kept(status)
+
+    def _signal_leftovers(self, job_id: str, number: int) -> None:
+        """Signal what is left of a finished job's group (never a reused pid)."""
+        leftover = self._records.incarnation(job_id)
+        if (
+            leftover is not None
+            and leftover.pid
+            and leftover.pid_start is not None
+            and leftover.boot_id == self._boot
+        ):
+            signal_group_since(leftover.pid, leftover.pid_start, number)
+
+    def _prune(self, victims: Sequence[tuple[str, int]], reason: str) -> CleanResult:
+        jobs = freed = 0
+        for job_id, kept in victims:
+            try:
+                self.delete(job_id)
+            except (JobNotFound, PoolClosed):
+                continue
+            jobs += 1
+            freed += kept
+            if reason != "clean":
+                log.info("pruned job %s (%s)", job_id, reason)
+        return CleanResult(jobs=jobs, bytes=freed)
+
+    def _apply_retention(self) -> None:
+        """Delete the oldest finished jobs past the retention rules."""
+        rules = self._retention
+        if self._closed:
+            return
+        if rules.max_age is not None:
+            before = time.time() - rules.max_age
+            self._prune(list(self._records.finished_jobs(ended_before=before)),
+                        f"older than {rules.max_age:g} s")
+        with self._lock:
+            over_count = (rules.max_jobs is not None and self._finished > rules.max_jobs)
+            over_bytes = (rules.max_bytes is not None and self._kept > rules.max_bytes)
+        if not (over_count or over_bytes):
+            return
+        for job_id, kept in self._records.finished_jobs():
+            with self._lock:
+                over_count = rules.max_jobs is not None and self._finished > rules.max_jobs
+                over_bytes = rules.max_bytes is not None and self._kept > rules.max_bytes
+            if not (over_count or over_bytes):
+                break
+            self._prune([(job_id, kept)],
+                        "over the finished-job limit" if over_count else "over the disk limit")
+
+    def _recover(self) -> None:
+        """Kill and record as lost what a dead previous owner left running."""
+        for leftover in self._records.incarnations():
+            kill_leftover(leftover.pid, leftover.pid_start, leftover.boot_id, leftover.cgroup)
+            stdout, stderr = StreamInfo(closed=True), StreamInfo(closed=True)
+            output_error = None
+            try:
+                backend = self._backend_of(leftover.backend)
+            except (JobkitError, TypeError, ValueError):
+                backend = None
+            if isinstance(backend, DurableBackend):
+                stdout, stderr = (
+                    _info(backend.reopen_store(leftover.id, name)) for name in STREAMS
+                )
+            else:
+                output_error = _MEMORY_LOST
+            recorded = self._records.status(leftover.id)
+            assert recorded is not None
+            self._records.finished(attrs.evolve(
+                recorded, state=State.LOST, error=LOST_MESSAGE, ended_at=utcnow(),
+                output_error=output_error, stdout=stdout, stderr=stderr,
+            ))
+            log.warning("job %s was lost: its previous pool ended while it ran", leftover.id)
 
     def _done(self) -> None:
         """One `create` or `delete` less in flight (`close` waits for none)."""
@@ -334,55 +621,60 @@ class JobPool:
             if not self._busy:
                 self._idle.notify_all()
 
-    def close(self) -> None:
-        """Kill and reap every job, free all output; later calls raise `PoolClosed`."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            # A create or delete in flight still needs the supervisor.
-            while self._busy:
-                self._idle.wait()
-            jobs = [job for job in self._jobs.values() if job is not None]
-            self._jobs.clear()
-        for job in jobs:  # signal all first, so they die in parallel
-            job.signal_group(signals.SIGKILL)
-        for job in jobs:
-            self._destroy(job)
-        _open_pools.discard(self)
-        supervisor.release()
-        if self._cgroups is not None:
-            self._cgroups.close()
-
-    # -- helpers ------------------------------------------------------------
-
-    def _destroy(self, job: Job) -> None:
-        job.signal_group(signals.SIGKILL)  # safe: the leader, even dead, holds the pgid
-        job.ended.wait(_REAP_WAIT)
-        reaped = self._supervisor.forget(job)
-        if job.cgroup is not None:
-            # Wait for every member, escaped or not: after delete, nothing runs.
-            reaped = CgroupTree.remove(job.cgroup) and reaped
-        if self._ledger is not None and job.pid is not None and reaped:
-            self._ledger.remove(job.pid)
-
     def _check_open(self) -> None:
         if self._closed:
             raise PoolClosed
 
-    def _get(self, job_id: str) -> Job:
+    def _live(self, job_id: str) -> Job | None:
         check_str("job_id", job_id)
         job = self._jobs.get(job_id)  # a dict read is atomic; no lock needed
         if job is None:
             self._check_open()
-            raise JobNotFound(job_id)
         return job
 
+    def _recorded(self, job_id: str) -> JobStatus:
+        status = self._records.status(job_id)
+        if status is None:
+            self._check_open()
+            raise JobNotFound(job_id)
+        return status
+
     def _stream(self, job_id: str, stream: str) -> OutputStream:
-        job = self._get(job_id)
         if stream not in STREAMS:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-        return job.streams[stream]
+        job = self._live(job_id)
+        if job is not None:
+            return job.streams[stream]
+        status = self._recorded(job_id)
+        backend = self._backend_of(status.backend)
+        if isinstance(backend, DurableBackend):
+            store = backend.reopen_store(job_id, stream)
+        else:  # its bytes lived in a process that has ended
+            info = status.stdout if stream == "stdout" else status.stderr
+            store = _GoneStore(info.written)
+        out = OutputStream(stream, store)
+        out.closed = True
+        return out
+
+    def _backend_of(self, name: str) -> OutputBackend:
+        """The pool's backend of that name, with default options, for reading back."""
+        if name == self._backend_name:
+            return self._backend
+        backend = self._backends.get(name)
+        if backend is None:
+            backend = self._backends[name] = self._make_backend(name, None)
+        return backend
+
+    def _make_backend(self, name: str, options: Mapping[str, Any] | None) -> OutputBackend:
+        backend = _make_backend(name, options)
+        if isinstance(backend, DurableBackend):
+            backend.attach(self._state_dir)
+        return backend
+
+    def _release_claim(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def _job_env(self, env: Mapping[str, str] | None, replace: bool) -> dict[str, str] | None:
         """The job's whole environment; None means exactly this process's (no copy)."""
@@ -394,6 +686,50 @@ class JobPool:
         base = dict(os.environ) if self._env is None else dict(self._env)
         base.update(extra)
         return base
+
+
+class _GoneStore(OutputStore):
+    """The output of a non-durable job whose pool has ended: all of it dropped."""
+
+    def __init__(self, written: int) -> None:
+        self._written = written
+
+    def append(self, data: bytes) -> None:
+        raise AssertionError("a gone store takes no bytes")
+
+    def read(self, offset: int, size: int) -> bytes:
+        return b""
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        return self._written
+
+
+def _info(store: OutputStore) -> StreamInfo:
+    return StreamInfo(written=store.written, dropped=store.dropped, closed=True)
+
+
+def _kept(status: JobStatus) -> int:
+    return sum(info.written - info.dropped for info in (status.stdout, status.stderr))
+
+
+def _claim(directory: Path) -> int:
+    """Make the state folder (0700) and take its lock, or raise `StateDirInUse`."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        # flock, not fcntl locks: those are per process, so a second pool in
+        # this same process would not be kept out.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirInUse(directory) from None
+    return fd
 
 
 def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend:

@@ -7,10 +7,10 @@ of jobs (or of pools: the server keeps one pool per client).  It waits in
 
 * a readable pipe is drained into the job's output store, a chunk at a time;
 * a readable pidfd means the main process exited: whatever it wrote is
-  already in the pipes, so those are drained first, then its exit status is
-  read and the job's outcome set (a grandchild holding a pipe open keeps
-  that stream open, never the job running).  The process stays a zombie,
-  holding its pid and process group id, until the job is deleted;
+  already in the pipes, so those are drained first, then it is reaped and
+  the job's outcome set (a grandchild holding a pipe open keeps that stream
+  open, never the job running).  Its pidfd is closed at once: a finished
+  job holds no zombie and no descriptor once its pipes are drained;
 * timers send a job's timeout signals.
 
 Other threads never touch the selector: they queue a callable with `call`
@@ -204,6 +204,8 @@ class Supervisor:
         if count == 0:
             self._close_pipe(job, name)
             stream.mark_closed()
+            if job.outcome is not None and job.drained and job.on_drained is not None:
+                job.on_drained(job)
             return -1
         if count >= _DEFAULT_PIPE and name not in job.grown:
             # A busy writer: a larger pipe means fewer wake-ups per byte.
@@ -223,12 +225,10 @@ class Supervisor:
             os.close(fd)
 
     def _reap(self, job: Job) -> None:
-        """The main process exited: take its last output, then its exit status.
+        """The main process exited: take its last output, then reap it.
 
-        The status is read with ``WNOWAIT``: the process stays a zombie until
-        the job is deleted, so its pid (and the process group id) cannot be
-        given to another process while the job exists, and `stop` never hits
-        a stranger.  `_forget` reaps it for good.
+        The pidfd is closed at once and the leader reaped (under the job's
+        lock, so that `Job.signal_group` never hits a reused pid).
         """
         assert job.process is not None
         try:
@@ -246,28 +246,23 @@ class Supervisor:
                         break
                     budget -= count
         finally:
-            info = os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+            with job.lock:
+                info = os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOHANG)
+                if info is not None:
+                    job.leader_gone = True
+                    with self._mutate:
+                        self._selector.unregister(job.pidfd)
+                    os.close(job.pidfd)
+                    job.pidfd = -1
             if info is not None:
-                with self._mutate:
-                    self._selector.unregister(job.pidfd)
                 # CLD_EXITED: an exit status; CLD_KILLED, CLD_DUMPED: a signal.
                 exited = info.si_code == os.CLD_EXITED
                 returncode = info.si_status if exited else -info.si_status
-                # Popen must never reap it behind our back (nor add it to its
-                # list of processes to reap): it is ours until `_forget`.
+                # Popen must never wait for it again (nor list it to reap).
                 job.process.returncode = returncode
                 job.finish_with_returncode(returncode)
-                if job.forgotten:
-                    self._release_leader(job)
-
-    def _release_leader(self, job: Job) -> None:
-        """Reap the zombie main process and close its pidfd."""
-        try:
-            os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOHANG)
-        except ChildProcessError:
-            pass  # already reaped
-        os.close(job.pidfd)
-        job.pidfd = -1
+                if job.drained and not job.forgotten and job.on_drained is not None:
+                    job.on_drained(job)
 
     def _time_out(self, job: Job, kill_after: float) -> None:
         if not job.running:
@@ -290,14 +285,9 @@ class Supervisor:
         if job.timeout is not None:  # timers would keep the job alive until they fire
             self._timers = [timer for timer in self._timers if timer[3] is not job]
             heapq.heapify(self._timers)
-        if job.pidfd < 0:
-            return True  # it never started
-        if job.outcome is None:
-            # Still running (stuck in the kernel past our wait): the pidfd
-            # stays watched and `_reap` reaps it whenever it exits.
-            return False
-        self._release_leader(job)
-        return True
+        # Still running (stuck in the kernel past our wait): the pidfd stays
+        # watched and `_reap` reaps it whenever it exits.
+        return job.pidfd < 0
 
 
 _shared_lock = threading.Lock()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobkit import JobPool, State
-from tests.conftest import open_fds, wait_until
+from tests.conftest import open_fds, pool_for, wait_until
 
 
 @pytest.fixture
@@ -121,8 +121,8 @@ def test_output_of_a_finished_job_never_changes(pool: JobPool) -> None:
     assert pool.output(job) == first
 
 
-def test_delete_frees_descriptors(backend: str) -> None:
-    with JobPool(backend) as pool:
+def test_delete_frees_descriptors(backend: str, tmp_path: Path) -> None:
+    with pool_for(backend, tmp_path) as pool:
         warm = pool.create("true")
         pool.wait(warm, 10)
         pool.delete(warm)

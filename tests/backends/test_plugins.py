@@ -135,7 +135,7 @@ def test_an_installed_plugin_is_found_through_its_entry_point(installed_example,
 def test_autoloading_can_be_turned_off(installed_example, tmp_path) -> None:
     out = run_with(installed_example, str(tmp_path), JOBKIT_NO_PLUGINS="1")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == ["memory,ring,tempfile"]
+    assert out.stdout.splitlines() == ["file,memory,ring,tempfile"]
 
 
 def test_a_broken_plugin_warns_and_the_rest_works(tmp_path: Path) -> None:
@@ -147,4 +147,4 @@ def test_a_broken_plugin_warns_and_the_rest_works(tmp_path: Path) -> None:
     out = run_with(tmp_path, str(tmp_path))
     assert out.returncode == 0, out.stderr
     assert "could not load plugin 'broken'" in out.stderr and "boom at import" in out.stderr
-    assert out.stdout.splitlines() == ["memory,ring,tempfile"]
+    assert out.stdout.splitlines() == ["file,memory,ring,tempfile"]

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from jobkit import JobPool, State
-from tests.conftest import children, open_fds, thread_count, wait_until
+from tests.conftest import children, open_fds, pool_for, thread_count, wait_until
 
 
-def test_a_thousand_jobs_leave_nothing_behind(backend: str) -> None:
-    with JobPool(backend):  # keep the supervisor thread alive for the baseline
+def test_a_thousand_jobs_leave_nothing_behind(backend: str, tmp_path: Path) -> None:
+    with pool_for(backend, tmp_path):  # keep the supervisor thread alive for the baseline
         pass
     fds, threads, kids = open_fds(), thread_count(), children()
-    with JobPool(backend) as pool:
+    with pool_for(backend, tmp_path) as pool:
         for _ in range(10):
             jobs = [pool.create("echo", [str(i)]) for i in range(100)]
             for job in jobs[::2]:

@@ -1,0 +1,228 @@
+"""``file``: each stream in a named file under the pool's state folder, kept across restarts.
+
+Bytes go from the job's pipe to its file with ``os.splice``, so they never
+pass through Python: a job that writes gigabytes leaves the server's RSS
+flat.  A file's offsets are the stream's absolute offsets.
+
+With ``max_bytes``, the oldest bytes past the cap are dropped by punching a
+hole at the start of the file (``fallocate(PUNCH_HOLE)``): the disk space is
+freed, every kept byte stays at its absolute offset, and the first kept byte
+can be found again after a restart with ``lseek(SEEK_DATA)``.  So the file
+alone says what it holds, even after a crash: ``written`` is its size and
+``dropped`` where its data starts.  Holes are punched in whole 4 KiB blocks,
+so a stream keeps between ``max_bytes - 4 KiB`` and ``max_bytes`` bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from pathlib import Path
+
+import attrs
+
+from jobkit.core.backend import OutputStore
+from jobkit.core.hookspecs import RegisterBackend, hookimpl
+from jobkit.core.models import STREAMS
+from jobkit.core.sizes import parse_size
+
+__all__ = ["MIN_MAX_BYTES", "FileBackend", "FileStore"]
+
+#: The smallest cap: holes are punched in blocks, and a cap below a few
+#: blocks would keep almost nothing.
+MIN_MAX_BYTES = 64 << 10
+_BLOCK = 4096
+_SPLICE = getattr(os, "splice", None)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_PUNCH_HOLE, _KEEP_SIZE = 0x02, 0x01  # linux/falloc.h
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_fallocate = _libc.fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+_fallocate.restype = ctypes.c_int
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free ``length`` bytes from ``offset`` on; the file keeps its size."""
+    if _fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot drop old output: {os.strerror(code)}")
+
+
+def _data_start(fd: int, size: int) -> int:
+    """The offset of the first byte not in a hole (``size`` if all is hole)."""
+    try:
+        return min(os.lseek(fd, 0, os.SEEK_DATA), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but holes (or empty)
+            return size
+        raise
+
+
+class FileStore(OutputStore):
+    """One named file.  While it is open for writing, readers ``pread`` a
+    private duplicate of its descriptor (so `close` cannot pull it from
+    under them); once closed, each read opens the file by name, so a
+    finished job's store holds no descriptor at all.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None, *, fd: int = -1) -> None:
+        self.path = path
+        self._max = max_bytes
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._splice = _SPLICE is not None
+        self._written = 0
+        self._dropped = 0
+        if fd < 0:  # an existing file, read-only: it says what it holds
+            with contextlib.suppress(FileNotFoundError):
+                self._measure()
+
+    def _measure(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            self._written, self._dropped = size, _data_start(fd, size)
+        finally:
+            os.close(fd)
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def append(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            count = os.write(self._fd, view)
+            view = view[count:]
+            self._written += count
+        self._trim()
+
+    def fill_from(self, fd: int, limit: int) -> int:
+        if self._splice:
+            try:
+                assert _SPLICE is not None
+                count: int = _SPLICE(fd, self._fd, limit, flags=_SPLICE_FLAGS)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: this file system cannot splice
+                    raise
+                self._splice = False
+            else:
+                self._written += count
+                self._trim()
+                return count
+        return super().fill_from(fd, limit)
+
+    def _trim(self) -> None:
+        if self._max is None or self._written - self._dropped <= self._max:
+            return
+        cut = -(-(self._written - self._max) // _BLOCK) * _BLOCK  # round up to a block
+        start = self._dropped
+        # Published before the hole exists: a reader that read [start, ...)
+        # then sees ``dropped`` past it and retries, never returns zeros.
+        self._dropped = cut
+        _punch_hole(self._fd, start, cut - start)
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            fd = os.dup(self._fd) if self._fd >= 0 else -1
+        if fd < 0:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b""  # deleted
+        start = offset
+        try:
+            size = min(size, self._written - offset)
+            parts = []
+            while size > 0:
+                data = os.pread(fd, size, offset)
+                if not data:
+                    break
+                parts.append(data)
+                offset += len(data)
+                size -= len(data)
+        finally:
+            os.close(fd)
+        if self._dropped > start:
+            return b""  # punched while we read: the caller retries from `dropped`
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the file; its bytes stay, readable by name."""
+        with self._lock:
+            fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+@attrs.define
+class FileBackend:
+    """Keep each stream in ``DIRECTORY/ID.stdout`` and ``ID.stderr``.
+
+    Attributes:
+        directory: Where the files live.  Default: ``output/`` in the
+            pool's ``state_dir`` (the backend needs one or the other).
+        max_bytes: Keep at most this many of each stream's newest bytes
+            (an int or a size such as ``"1G"``; at least 64 KiB); None keeps all.
+    """
+
+    directory: str | None = None
+    max_bytes: int | str | None = None
+    _root: Path | None = attrs.field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_bytes is not None:
+            self.max_bytes = parse_size("max_bytes", self.max_bytes)
+            if self.max_bytes < MIN_MAX_BYTES:
+                raise ValueError(f"max_bytes must be at least 64K, not {self.max_bytes}")
+        if self.directory is not None:
+            self.directory = os.fspath(self.directory)
+            if not os.path.isdir(self.directory):
+                raise ValueError(f"file backend directory does not exist: {self.directory!r}")
+            self._root = Path(self.directory)
+
+    def attach(self, state_dir: Path | None) -> None:
+        """Called by the pool: put the files in its state folder unless told otherwise."""
+        if self._root is not None:
+            return
+        if state_dir is None:
+            raise ValueError("the file backend needs a pool with a state_dir, or a directory")
+        self._root = state_dir / "output"
+        self._root.mkdir(mode=0o700, exist_ok=True)
+
+    def _path(self, job_id: str, stream: str) -> Path:
+        # The pool hands us ids of its own making; check anyway, since they
+        # become file names.
+        if not job_id.isdigit() or stream not in STREAMS or self._root is None:
+            raise ValueError(f"no file for job {job_id!r} stream {stream!r}")
+        return self._root / f"{job_id}.{stream}"
+
+    def open_store(self, job_id: str, stream: str) -> FileStore:
+        path = self._path(job_id, stream)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        assert self.max_bytes is None or isinstance(self.max_bytes, int)
+        return FileStore(path, self.max_bytes, fd=fd)
+
+    def reopen_store(self, job_id: str, stream: str) -> FileStore:
+        """The store of a job whose output was written earlier (maybe by another process)."""
+        return FileStore(self._path(job_id, stream), None)
+
+    def delete_output(self, job_id: str) -> None:
+        """Remove a job's files."""
+        for stream in STREAMS:
+            with contextlib.suppress(FileNotFoundError):
+                self._path(job_id, stream).unlink()
+
+
+@hookimpl(tryfirst=True)  # built-ins claim their names before any plugin
+def jobkit_register_backends(register: RegisterBackend) -> None:
+    register("file", FileBackend)

@@ -1,0 +1,115 @@
+"""Finding and killing what a job left behind, without ever hitting a stranger.
+
+A pool's owner may die (SIGKILL, a crash) while jobs run.  Their records say
+who ran them: the leader's pid, its start time in clock ticks and the boot
+id.  The next owner kills what is left, checking each fact so that a
+recycled pid is never hit:
+
+* another boot: every process of that run is gone already;
+* the leader is alive with the recorded start time: kill its group;
+* the leader is alive with another start time: the pid was reused, leave it;
+* the leader is gone but processes remain in its group, all started after
+  the recorded leader: they are the job's (Linux does not reuse a pid while
+  a group of that id exists), kill them.
+
+The same checks make `stop` on a job whose leader was already reaped safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from jobkit.core.cgroups import CgroupTree
+
+__all__ = ["boot_id", "group_members", "kill_leftover", "process_start", "signal_group_since"]
+
+
+def boot_id() -> str:
+    """This boot's id (``/proc/sys/kernel/random/boot_id``)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _stat(pid: int, *, zombies: bool = False) -> tuple[int, int] | None:
+    """(process group, start time in clock ticks) of a live (or zombie) ``pid``."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = raw.rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z" and not zombies:
+        return None
+    return int(fields[2]), int(fields[19])
+
+
+def process_start(pid: int) -> int | None:
+    """The start time of our unreaped child ``pid`` in clock ticks since boot, or None."""
+    stat = _stat(pid, zombies=True)  # it may have exited already: it is still ours
+    return None if stat is None else stat[1]
+
+
+def group_members(pgid: int, born_since: int) -> list[int]:
+    """Live members of group ``pgid`` started no earlier than ``born_since`` (ticks).
+
+    A member of a job's group was forked by the job, so after it; one born
+    earlier belongs to a later group that reused the id.
+    """
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None and stat[0] == pgid and stat[1] >= born_since:
+                members.append(int(entry))
+    return members
+
+
+def signal_group_since(pgid: int, born_since: int, number: int) -> bool:
+    """Signal group ``pgid`` if members started since ``born_since`` are left in it."""
+    if not group_members(pgid, born_since):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, number)
+    return True
+
+
+def kill_leftover(
+    pid: int | None, start: int | None, boot: str | None, cgroup: str | None
+) -> bool:
+    """Kill what a job recorded as (pid, start, boot, cgroup) left; True if anything was."""
+    if pid is None or pid <= 1 or boot != boot_id():
+        return False  # never started, or another boot: every process of that run is gone
+    killed = _kill_cgroup(cgroup)
+    leader = _stat(pid)
+    if leader is not None and (start is None or leader != (pid, start)):
+        return killed  # the pid was reused, or the process left its group
+    if leader is not None or (start is not None and group_members(pid, start)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        killed = True
+    return killed
+
+
+def _kill_cgroup(text: str | None) -> bool:
+    """Kill a recorded job cgroup, unless the run that made it is still alive."""
+    if not text:
+        return False
+    cgroup = Path(text)
+    owner = cgroup.parent.name.removeprefix("jobkit-")
+    if not cgroup.name.startswith("job-") or not owner.isdigit() or not cgroup.is_dir():
+        return False
+    if _stat(int(owner)) is not None:
+        return False  # its owner (or a process that reused its pid) lives: not ours
+    try:
+        populated = "populated 1" in (cgroup / "cgroup.events").read_text()
+    except OSError:
+        return False
+    CgroupTree.signal(cgroup, signal.SIGKILL)
+    CgroupTree.remove(cgroup)
+    with contextlib.suppress(OSError):
+        cgroup.parent.rmdir()
+    return populated

@@ -1,0 +1,388 @@
+"""`JobRecords`: every job's record in one SQLite database.
+
+One store, two uses: the durable record of each job (what it ran, every
+state change with its time, how it ended, how much output it kept), and the
+crash-recovery ledger of jobs that may still have processes (leader pid,
+its start time, the boot id, its cgroup).  A pool without a ``state_dir``
+keeps the same tables in an in-memory database, so both kinds of pool run
+the same code.
+
+Durability: the database runs in WAL mode with ``synchronous=NORMAL``.  A
+transaction is durable once committed when *this process* dies (SIGKILL, a
+crash): the WAL is in the kernel's page cache.  After a power cut the last
+transactions before it may be lost, never half-written (SQLite's own
+guarantee); see docs/architecture.md.
+
+Threads: one connection, serialised by a lock.  The supervisor thread records
+ends; callers' threads record starts, deletes and reads.
+
+Environment values are never written here: they are secrets of many users
+(tokens in variables), and a record is read back by whoever holds the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import attrs
+
+from jobkit.core.errors import JobkitError
+from jobkit.core.models import JobStatus, State, StreamInfo
+
+__all__ = [
+    "DATABASE_NAME",
+    "SCHEMA_VERSION",
+    "Incarnation",
+    "JobRecords",
+    "StoreVersionError",
+]
+
+#: The database file inside a pool's ``state_dir``.
+DATABASE_NAME = "jobs.db"
+
+
+class StoreVersionError(JobkitError):
+    """The state folder was written by a newer jobkit than this one."""
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, and a migration must be one transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _schema_v1(db: sqlite3.Connection) -> None:
+    _run_script(
+        db,
+        """
+        CREATE TABLE jobs (
+            -- AUTOINCREMENT: an id is never handed out twice, even after a delete.
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            command TEXT NOT NULL,
+            args TEXT NOT NULL,
+            cwd TEXT,
+            timeout REAL,
+            backend TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            state TEXT NOT NULL,
+            ended_at REAL,
+            exit_code INTEGER,
+            signal INTEGER,
+            error TEXT,
+            timed_out INTEGER NOT NULL DEFAULT 0,
+            output_error TEXT,
+            stdout_written INTEGER NOT NULL DEFAULT 0,
+            stdout_dropped INTEGER NOT NULL DEFAULT 0,
+            stderr_written INTEGER NOT NULL DEFAULT 0,
+            stderr_dropped INTEGER NOT NULL DEFAULT 0,
+            -- The crash-recovery ledger: enough to kill what a dead owner left.
+            pid INTEGER,
+            pid_start INTEGER,
+            boot_id TEXT,
+            cgroup TEXT
+        );
+        CREATE INDEX jobs_by_end ON jobs(ended_at) WHERE ended_at IS NOT NULL;
+        CREATE TABLE events (
+            job_id INTEGER NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL
+        );
+        CREATE INDEX events_by_job ON events(job_id);
+        """
+    )
+
+
+#: Each step takes the database from version ``i`` to ``i + 1``, in one transaction.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = (
+    "id, command, args, cwd, timeout, backend, created_at, state, ended_at, exit_code,"
+    " signal, error, timed_out, output_error, stdout_written, stdout_dropped,"
+    " stderr_written, stderr_dropped, pid"
+)
+
+
+def _time(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def _stamp(value: datetime) -> float:
+    return value.timestamp()
+
+
+@attrs.frozen
+class Incarnation:
+    """What a job that may still run left behind: enough to find and kill it."""
+
+    id: str
+    pid: int | None
+    pid_start: int | None
+    boot_id: str | None
+    cgroup: str | None
+    backend: str
+
+
+class JobRecords:
+    """The jobs table of one pool.
+
+    Args:
+        path: The database file, or None for a private in-memory database.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        target = ":memory:" if path is None else str(path)
+        if path is not None and not path.exists():
+            # Made 0600 before SQLite opens it; its -wal and -shm files copy
+            # the database file's mode.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if isinstance(exc, StoreVersionError):
+                raise
+            raise JobkitError(f"cannot open the job database {target}: {exc}") from None
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"the job database {self.path} has schema version {version}, but this"
+                f" jobkit reads versions up to {SCHEMA_VERSION}: upgrade jobkit to open it"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                MIGRATIONS[step](self._db)
+                # PRAGMA takes no parameters; the value is our own integer.
+                self._db.execute(f"PRAGMA user_version = {step + 1}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writing ------------------------------------------------------------
+
+    class _Tx:
+        def __init__(self, records: JobRecords) -> None:
+            self.records = records
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.records._lock.acquire()
+            self.records._db.execute("BEGIN IMMEDIATE")
+            return self.records._db
+
+        def __exit__(self, exc_type: object, *rest: object) -> None:
+            try:
+                self.records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.records._lock.release()
+
+    def _transaction(self) -> JobRecords._Tx:
+        return JobRecords._Tx(self)
+
+    def add(
+        self,
+        command: str,
+        args: Sequence[str],
+        cwd: str | None,
+        timeout: float | None,
+        backend: str,
+        created_at: datetime,
+    ) -> str:
+        """Record a new running job; return its id, never used before in this store."""
+        at = _stamp(created_at)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO jobs (command, args, cwd, timeout, backend, created_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (command, json.dumps(list(args)), cwd, timeout, backend, at, State.RUNNING.value),
+            )
+            job_id = cursor.lastrowid
+            db.execute(
+                "INSERT INTO events (job_id, at, state) VALUES (?, ?, ?)",
+                (job_id, at, State.RUNNING.value),
+            )
+        return str(job_id)
+
+    def started(
+        self, job_id: str, pid: int, pid_start: int | None, boot_id: str, cgroup: str | None
+    ) -> None:
+        """Record the process that runs a job, for crash recovery."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET pid = ?, pid_start = ?, boot_id = ?, cgroup = ? WHERE id = ?",
+                (pid, pid_start, boot_id, cgroup, int(job_id)),
+            )
+
+    def finished(self, status: JobStatus) -> None:
+        """Record a job's final state, its end, and its output sizes, in one transaction."""
+        ended = None if status.ended_at is None else _stamp(status.ended_at)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, exit_code = ?, signal = ?, error = ?,"
+                " timed_out = ?, output_error = ?, stdout_written = ?, stdout_dropped = ?,"
+                " stderr_written = ?, stderr_dropped = ? WHERE id = ?",
+                (
+                    status.state.value,
+                    ended,
+                    status.exit_code,
+                    status.signal,
+                    status.error,
+                    int(status.timed_out),
+                    status.output_error,
+                    status.stdout.written,
+                    status.stdout.dropped,
+                    status.stderr.written,
+                    status.stderr.dropped,
+                    int(status.id),
+                ),
+            )
+            if ended is not None:
+                db.execute(
+                    "INSERT INTO events (job_id, at, state) VALUES (?, ?, ?)",
+                    (int(status.id), ended, status.state.value),
+                )
+
+    def output_settled(self, job_id: str, stdout: StreamInfo, stderr: StreamInfo,
+                       output_error: str | None) -> None:
+        """Record the final stream sizes once both streams are closed."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET stdout_written = ?, stdout_dropped = ?, stderr_written = ?,"
+                " stderr_dropped = ?, output_error = ? WHERE id = ?",
+                (stdout.written, stdout.dropped, stderr.written, stderr.dropped,
+                 output_error, int(job_id)),
+            )
+
+    def remove(self, job_ids: Sequence[str]) -> None:
+        """Forget jobs for good (their ids stay used)."""
+        ids = [(int(job_id),) for job_id in job_ids]
+        with self._transaction() as db:
+            db.executemany("DELETE FROM jobs WHERE id = ?", ids)
+            db.executemany("DELETE FROM events WHERE job_id = ?", ids)
+
+    # -- reading ------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The recorded status of a job, or None if there is no such job."""
+        key = _key(job_id)
+        if key is None:
+            return None
+        # The column list is our own constant; values go as parameters.
+        rows = self._query(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (key,))  # noqa: S608
+        return _to_status(rows[0]) if rows else None
+
+    def ids(self, *, after: str | None, limit: int | None, newest_first: bool) -> list[str]:
+        """Job ids in creation order (or the reverse), past the cursor ``after``."""
+        where, params = "", []
+        if after is not None:
+            key = _key(after)
+            if key is None:
+                return []  # no id of ours: nothing comes after it
+            where = "WHERE id < ?" if newest_first else "WHERE id > ?"
+            params.append(key)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT id FROM jobs {where} ORDER BY id {order}"  # noqa: S608 - our own words
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [str(row[0]) for row in self._query(sql, params)]
+
+    def finished_jobs(self, *, ended_before: float | None = None,
+                      states: Sequence[str] | None = None) -> Iterator[tuple[str, int]]:
+        """``(id, bytes kept)`` of finished jobs, oldest first."""
+        sql = (
+            "SELECT id, stdout_written - stdout_dropped + stderr_written - stderr_dropped"
+            " FROM jobs WHERE state != ?"
+        )
+        params: list[object] = [State.RUNNING.value]
+        if ended_before is not None:
+            sql += " AND ended_at < ?"
+            params.append(ended_before)
+        if states is not None:
+            sql += f" AND state IN ({', '.join('?' * len(states))})"  # placeholders only
+            params.extend(states)
+        sql += " ORDER BY id"
+        for job_id, kept in self._query(sql, params):
+            yield str(job_id), int(kept)  # type: ignore[call-overload]
+
+    def finished_totals(self) -> tuple[int, int]:
+        """(number of finished jobs, bytes of output they keep)."""
+        rows = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(stdout_written - stdout_dropped"
+            " + stderr_written - stderr_dropped), 0) FROM jobs WHERE state != ?",
+            (State.RUNNING.value,),
+        )
+        count, kept = rows[0]
+        return int(count), int(kept)  # type: ignore[call-overload]
+
+    def incarnation(self, job_id: str) -> Incarnation | None:
+        """What the job recorded of its processes, or None if there is no such job."""
+        key = _key(job_id)
+        rows = [] if key is None else self._query(
+            "SELECT id, pid, pid_start, boot_id, cgroup, backend FROM jobs WHERE id = ?", (key,)
+        )
+        return _to_incarnation(rows[0]) if rows else None
+
+    def incarnations(self) -> list[Incarnation]:
+        """Jobs recorded as running: a previous owner died while they ran."""
+        rows = self._query(
+            "SELECT id, pid, pid_start, boot_id, cgroup, backend FROM jobs WHERE state = ?",
+            (State.RUNNING.value,),
+        )
+        return [_to_incarnation(row) for row in rows]
+
+    def integrity(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when sound)."""
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+
+def _key(job_id: str) -> int | None:
+    """The row id of a job id, or None for text that is no id this store gives out."""
+    if not job_id.isdigit() or len(job_id) > 18 or job_id != str(int(job_id)):
+        return None
+    return int(job_id)
+
+
+def _to_incarnation(r: tuple[object, ...]) -> Incarnation:
+    return Incarnation(str(r[0]), r[1], r[2], r[3], r[4], str(r[5]))  # type: ignore[arg-type]
+
+
+def _to_status(row: tuple[object, ...]) -> JobStatus:
+    (job_id, command, args, _cwd, _timeout, backend, created_at, state, ended_at, exit_code,
+     signal, error, timed_out, output_error, out_w, out_d, err_w, err_d, pid) = row
+    closed = state != State.RUNNING.value
+    return JobStatus(
+        id=str(job_id),
+        state=State(state),
+        command=str(command),
+        args=tuple(json.loads(str(args))),
+        pid=pid,  # type: ignore[arg-type]
+        created_at=_time(created_at),  # type: ignore[arg-type]
+        backend=str(backend),
+        exit_code=exit_code,  # type: ignore[arg-type]
+        signal=signal,  # type: ignore[arg-type]
+        error=error,  # type: ignore[arg-type]
+        timed_out=bool(timed_out),
+        ended_at=_time(ended_at),  # type: ignore[arg-type]
+        output_error=output_error,  # type: ignore[arg-type]
+        stdout=StreamInfo(written=out_w, dropped=out_d, closed=closed),  # type: ignore[arg-type]
+        stderr=StreamInfo(written=err_w, dropped=err_d, closed=closed),  # type: ignore[arg-type]
+    )
