@@ -6,13 +6,20 @@ id.  The next owner kills what is left, checking each fact so that a
 recycled pid is never hit:
 
 * another boot: every process of that run is gone already;
-* the leader is alive with the recorded start time: kill its group;
+* the leader is alive with a start time inside the recorded window: kill its group;
 * the leader is alive with another start time: the pid was reused, leave it;
 * the leader is gone but processes remain in its group, all started after
   the recorded leader: they are the job's (Linux does not reuse a pid while
   a group of that id exists), kill them.
 
 The same checks make `stop` on a job whose leader was already reaped safe.
+
+The start time is not read from ``/proc`` at spawn (that read waits on the
+new process's exec and costs more than the rest of a job's bookkeeping):
+`spawn_window` brackets the spawn with ``CLOCK_BOOTTIME``, the clock the
+kernel stamps a process's start with, in the same clock ticks.  Our leader
+holds its pid throughout that window, so no other process with that pid can
+have started inside it.
 """
 
 from __future__ import annotations
@@ -20,11 +27,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from pathlib import Path
 
 from jobkit.core.cgroups import CgroupTree
 
-__all__ = ["boot_id", "group_members", "kill_leftover", "process_start", "signal_group_since"]
+__all__ = [
+    "boot_id",
+    "boot_ticks",
+    "group_members",
+    "kill_leftover",
+    "process_start",
+    "signal_group_since",
+]
+
+_HZ = os.sysconf("SC_CLK_TCK")
+
+
+def boot_ticks() -> float:
+    """Now, in clock ticks since boot: the unit of a process's start time."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) * _HZ
 
 
 def boot_id() -> str:
@@ -78,16 +100,23 @@ def signal_group_since(pgid: int, born_since: int, number: int) -> bool:
 
 
 def kill_leftover(
-    pid: int | None, start: int | None, boot: str | None, cgroup: str | None
+    pid: int | None,
+    start: tuple[int, int] | None,
+    boot: str | None,
+    cgroup: str | None,
 ) -> bool:
-    """Kill what a job recorded as (pid, start, boot, cgroup) left; True if anything was."""
-    if pid is None or pid <= 1 or boot != boot_id():
+    """Kill what a job left; True if anything was.
+
+    ``start`` is the window (first and last clock tick) in which its leader
+    ``pid`` started, ``boot`` the boot id then, ``cgroup`` its cgroup.
+    """
+    if pid is None or pid <= 1 or start is None or boot != boot_id():
         return False  # never started, or another boot: every process of that run is gone
     killed = _kill_cgroup(cgroup)
     leader = _stat(pid)
-    if leader is not None and (start is None or leader != (pid, start)):
+    if leader is not None and (leader[0] != pid or not start[0] <= leader[1] <= start[1]):
         return killed  # the pid was reused, or the process left its group
-    if leader is not None or (start is not None and group_members(pid, start)):
+    if leader is not None or group_members(pid, start[0]):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         killed = True

@@ -23,7 +23,7 @@ from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed
 from jobkit.core.job import Job, Outcome, utcnow
-from jobkit.core.leftovers import boot_id, kill_leftover, process_start, signal_group_since
+from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
 from jobkit.core.records import DATABASE_NAME, JobRecords
 from jobkit.core.retention import CleanResult, Retention
@@ -270,7 +270,9 @@ class JobPool:
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
+            started_after = boot_ticks()
             spawned = spawn(command, list(args), env, cwd)
+            start = (int(started_after), int(boot_ticks()) + 1)
         except (SpawnFailed, OSError) as exc:
             message = (
                 str(exc)
@@ -285,12 +287,12 @@ class JobPool:
         job.process = spawned.process
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
-        job.start_ticks = process_start(spawned.process.pid)
+        job.start_ticks = start[0]
         try:
             if self._cgroups is not None:
                 job.cgroup = self._cgroups.create(spawned.process.pid)
             self._records.started(
-                job_id, spawned.process.pid, job.start_ticks, self._boot,
+                job_id, spawned.process.pid, start, self._boot,
                 None if job.cgroup is None else str(job.cgroup),
             )
             self._supervisor.watch(job, self._kill_after)
@@ -549,10 +551,10 @@ class JobPool:
         if (
             leftover is not None
             and leftover.pid
-            and leftover.pid_start is not None
+            and leftover.start is not None
             and leftover.boot_id == self._boot
         ):
-            signal_group_since(leftover.pid, leftover.pid_start, number)
+            signal_group_since(leftover.pid, leftover.start[0], number)
 
     def _prune(self, victims: Sequence[tuple[str, int]], reason: str) -> CleanResult:
         jobs = freed = 0
@@ -593,7 +595,7 @@ class JobPool:
     def _recover(self) -> None:
         """Kill and record as lost what a dead previous owner left running."""
         for leftover in self._records.incarnations():
-            kill_leftover(leftover.pid, leftover.pid_start, leftover.boot_id, leftover.cgroup)
+            kill_leftover(leftover.pid, leftover.start, leftover.boot_id, leftover.cgroup)
             stdout, stderr = StreamInfo(closed=True), StreamInfo(closed=True)
             output_error = None
             try:

@@ -84,7 +84,9 @@ def _schema_v1(db: sqlite3.Connection) -> None:
             stderr_dropped INTEGER NOT NULL DEFAULT 0,
             -- The crash-recovery ledger: enough to kill what a dead owner left.
             pid INTEGER,
+            -- The window of clock ticks since boot in which the leader started.
             pid_start INTEGER,
+            pid_start_max INTEGER,
             boot_id TEXT,
             cgroup TEXT
         );
@@ -110,6 +112,9 @@ _COLUMNS = (
 )
 
 
+_LEDGER = "id, pid, pid_start, pid_start_max, boot_id, cgroup, backend"
+
+
 def _time(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, timezone.utc)
 
@@ -124,7 +129,8 @@ class Incarnation:
 
     id: str
     pid: int | None
-    pid_start: int | None
+    #: The first and last clock tick (since boot) in which the leader started.
+    start: tuple[int, int] | None
     boot_id: str | None
     cgroup: str | None
     backend: str
@@ -218,13 +224,14 @@ class JobRecords:
         return str(job_id)
 
     def started(
-        self, job_id: str, pid: int, pid_start: int | None, boot_id: str, cgroup: str | None
+        self, job_id: str, pid: int, start: tuple[int, int], boot_id: str, cgroup: str | None
     ) -> None:
         """Record the process that runs a job, for crash recovery."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE jobs SET pid = ?, pid_start = ?, boot_id = ?, cgroup = ? WHERE id = ?",
-                (pid, pid_start, boot_id, cgroup, int(job_id)),
+                "UPDATE jobs SET pid = ?, pid_start = ?, pid_start_max = ?, boot_id = ?,"
+                " cgroup = ? WHERE id = ?",
+                (pid, start[0], start[1], boot_id, cgroup, int(job_id)),
             )
 
     def finished(self, status: JobStatus) -> None:
@@ -337,14 +344,14 @@ class JobRecords:
         """What the job recorded of its processes, or None if there is no such job."""
         key = _key(job_id)
         rows = [] if key is None else self._query(
-            "SELECT id, pid, pid_start, boot_id, cgroup, backend FROM jobs WHERE id = ?", (key,)
+            f"SELECT {_LEDGER} FROM jobs WHERE id = ?", (key,)  # noqa: S608
         )
         return _to_incarnation(rows[0]) if rows else None
 
     def incarnations(self) -> list[Incarnation]:
         """Jobs recorded as running: a previous owner died while they ran."""
         rows = self._query(
-            "SELECT id, pid, pid_start, boot_id, cgroup, backend FROM jobs WHERE state = ?",
+            f"SELECT {_LEDGER} FROM jobs WHERE state = ?",  # noqa: S608 - our own words
             (State.RUNNING.value,),
         )
         return [_to_incarnation(row) for row in rows]
@@ -362,7 +369,9 @@ def _key(job_id: str) -> int | None:
 
 
 def _to_incarnation(r: tuple[object, ...]) -> Incarnation:
-    return Incarnation(str(r[0]), r[1], r[2], r[3], r[4], str(r[5]))  # type: ignore[arg-type]
+    job_id, pid, low, high, boot, cgroup, backend = r
+    start = None if low is None or high is None else (int(low), int(high))  # type: ignore[call-overload]
+    return Incarnation(str(job_id), pid, start, boot, cgroup, str(backend))  # type: ignore[arg-type]
 
 
 def _to_status(row: tuple[object, ...]) -> JobStatus:

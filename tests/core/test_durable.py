@@ -188,10 +188,11 @@ def test_stop_of_a_finished_job_never_hits_a_reused_pid(tmp_path: Path) -> None:
         start = process_start(bystander.pid)
         assert start is not None
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        assert not kill_leftover(bystander.pid, start - 1, boot, None)
-        assert not kill_leftover(bystander.pid, start, "another-boot", None)
+        assert not kill_leftover(bystander.pid, (start - 5, start - 1), boot, None)
+        assert not kill_leftover(bystander.pid, (start + 1, start + 5), boot, None)
+        assert not kill_leftover(bystander.pid, (start, start), "another-boot", None)
         assert process_alive(bystander.pid)
-        assert kill_leftover(bystander.pid, start, boot, None)  # the checks above matter
+        assert kill_leftover(bystander.pid, (start - 1, start + 1), boot, None)  # checks matter
         wait_until(lambda: not process_alive(bystander.pid), what="the recorded group to die")
     finally:
         bystander.kill()
@@ -210,9 +211,10 @@ def test_recovery_kills_members_whose_leader_is_gone(tmp_path: Path) -> None:
     leader.stdout.close()
     boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert group_members(leader.pid) == [child]
-    assert not kill_leftover(leader.pid, start + 10**6, boot, None)  # born before: not the job's
+    late = (start + 10**6, start + 10**6)
+    assert not kill_leftover(leader.pid, late, boot, None)  # born before it: not the job's
     assert process_alive(child)
-    assert kill_leftover(leader.pid, start, boot, None)
+    assert kill_leftover(leader.pid, (start, start), boot, None)
     wait_until(lambda: not process_alive(child), what="the orphaned member to die")
 
 

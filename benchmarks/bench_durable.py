@@ -1,0 +1,160 @@
+"""Durable pools: each figure next to a baseline measured in the same run.
+
+    .venv/bin/python benchmarks/bench_durable.py [--quick]
+
+1. create + wait of `true` on a durable pool (state_dir, `file` backend), against raw
+   `subprocess.Popen(["true"]).wait()` and against an in-memory pool.
+2. Capturing 1 GiB of stdout with the `file` backend (uncapped, and capped at 64 MiB by
+   punching holes), against `head -c 1G /dev/zero > file` in the same folder.
+3. 100,000 finished jobs on record: a page of 100 ids and statuses against the same with
+   10 jobs; the pool's RSS against an empty pool; the time to reopen the store.  The
+   records are written through the store's own API (`JobRecords.add` and `.finished`),
+   without spawning 100,000 processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from jobkit import JobPool
+from jobkit.core.job import utcnow
+from jobkit.core.models import State, StreamInfo
+from jobkit.core.records import JobRecords
+
+GIB = 1 << 30
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def bench_spawn(n: int, folder: Path) -> None:
+    raw = memory = durable = 0.0
+    with JobPool() as mem_pool, JobPool(state_dir=folder / "spawn") as disk_pool:
+        for pool in (mem_pool, disk_pool):
+            pool.wait(pool.create("true"))  # warm up
+        for _ in range(5):  # interleaved, so a busy moment hits every side alike
+            start = time.perf_counter()
+            for _ in range(n // 5):
+                subprocess.Popen(["true"]).wait()
+            raw += time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(n // 5):
+                mem_pool.wait(mem_pool.create("true"))
+            memory += time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(n // 5):
+                disk_pool.wait(disk_pool.create("true"))
+            durable += time.perf_counter() - start
+    print(
+        f"spawn: Popen+wait {n / raw:,.0f}/s | in-memory pool {n / memory:,.0f}/s"
+        f" ({raw / memory:.2f}x) | durable pool {n / durable:,.0f}/s"
+        f" ({raw / durable:.2f}x Popen, target >= 0.7x)"
+    )
+
+
+def bench_capture(size: int, folder: Path) -> None:
+    target = folder / "baseline.bin"
+    start = time.perf_counter()
+    with open(target, "wb") as out:
+        subprocess.run(["head", "-c", str(size), "/dev/zero"], stdout=out, check=True)
+    ceiling = size / (time.perf_counter() - start)
+    target.unlink()
+    print(f"capture of {size >> 20} MiB: `head > file` in {folder}: {ceiling / 1e9:.2f} GB/s")
+    for label, options in (("uncapped", {}), ("max_bytes=64M", {"max_bytes": "64M"})):
+        state = folder / f"capture-{len(options)}"
+        with JobPool("file", options, state_dir=state) as pool:
+            rss_before = rss_kib()
+            start = time.perf_counter()
+            status = pool.wait(pool.create("head", ["-c", str(size), "/dev/zero"]))
+            speed = size / (time.perf_counter() - start)
+            grown = (rss_kib() - rss_before) // 1024
+            assert status.stdout.written == size, status
+            disk = sum(p.stat().st_blocks * 512 for p in (state / "output").iterdir())
+        print(
+            f"  file backend, {label:14s} {speed / 1e9:5.2f} GB/s ({speed / ceiling:.2f}x"
+            f" `head > file`) | RSS +{grown} MiB | on disk {disk >> 20} MiB"
+        )
+
+
+def fill(folder: Path, count: int) -> None:
+    records = JobRecords(folder / "jobs.db")
+    done = StreamInfo(written=100, dropped=0, closed=True)
+    for _ in range(count):
+        now = utcnow()
+        job_id = records.add("echo", ["hello"], None, None, "file", now)
+        from jobkit.core.models import JobStatus
+
+        records.finished(JobStatus(
+            id=job_id, state=State.COMPLETED, command="echo", args=("hello",), pid=None,
+            created_at=now, backend="file", exit_code=0, ended_at=now, stdout=done, stderr=done,
+        ))
+    records.close()
+
+
+def page_cost(pool: JobPool, rounds: int) -> float:
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for job in pool.list(limit=100, newest_first=True):
+            pool.status(job)
+    return (time.perf_counter() - start) / rounds
+
+
+def bench_many_finished(count: int, folder: Path) -> None:
+    small, large = folder / "small", folder / "large"
+    fill(small, 10)
+    start = time.perf_counter()
+    fill(large, count)
+    print(f"{count:,} finished jobs: recorded at {count / (time.perf_counter() - start):,.0f}/s")
+    # RSS in fresh processes, so that neither figure carries the other's garbage.
+    for name in ("small", "large"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--measure", str(folder / name)],
+            capture_output=True, text=True, check=True,
+        )
+        print(f"  {name:5s}: {out.stdout.strip()}")
+
+
+def measure(folder: Path) -> None:
+    base = rss_kib()
+    start = time.perf_counter()
+    pool = JobPool(state_dir=folder)
+    opened = time.perf_counter() - start
+    cost = page_cost(pool, 20)
+    print(
+        f"{len(pool.list()):,} jobs | reopen {opened * 1000:.0f} ms (target < 1 s)"
+        f" | a page of 100 ids + statuses {cost * 1000:.2f} ms"
+        f" | RSS +{(rss_kib() - base) / 1024:.1f} MiB over the empty process"
+    )
+    pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    parser.add_argument("--dir", help="where the state folders go (default: a temporary one)")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        measure(Path(args.measure))
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="jobkit-bench-") as tmp:
+        folder = Path(tmp)
+        bench_spawn(200 if args.quick else 1000, folder)
+        bench_capture(GIB // 16 if args.quick else GIB, folder)
+        bench_many_finished(5_000 if args.quick else 100_000, folder)
+        os.sync()
+
+
+if __name__ == "__main__":
+    main()
