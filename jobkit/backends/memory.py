@@ -1,8 +1,9 @@
-"""``memory``: keep every byte a job writes in RAM."""
+"""``memory``: keep every byte a job writes in RAM (or the first ``max_bytes``)."""
 
 from __future__ import annotations
 
 import bisect
+import errno
 import mmap
 import os
 
@@ -10,6 +11,7 @@ import attrs
 
 from jobkit.core.backend import OutputStore
 from jobkit.core.hookspecs import RegisterBackend, hookimpl
+from jobkit.core.sizes import format_size, parse_size
 
 __all__ = ["MemoryBackend", "MemoryStore"]
 
@@ -30,7 +32,8 @@ class MemoryStore(OutputStore):
     looks at ``_written`` first needs no lock.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._max = max_bytes
         self._blocks: list[memoryview] = []
         self._starts: list[int] = []
         self._written = 0
@@ -53,7 +56,17 @@ class MemoryStore(OutputStore):
         used = len(block) - self._room
         return block[used:]
 
+    def _check_room(self, wanted: int) -> int:
+        """How much of ``wanted`` fits under the cap; raise once it is reached."""
+        if self._max is None:
+            return wanted
+        if self._written >= self._max:
+            # Recorded as the job's output_error; the rest of the stream is discarded.
+            raise OSError(errno.EFBIG, f"over the memory backend's cap of {format_size(self._max)}")
+        return min(wanted, self._max - self._written)
+
     def fill_from(self, fd: int, limit: int) -> int:
+        limit = self._check_room(limit)
         if not self._blocks:
             # Nothing stored yet: most streams end empty or with a line, so
             # map no memory until there is something to keep.
@@ -68,7 +81,7 @@ class MemoryStore(OutputStore):
         return count
 
     def append(self, data: bytes) -> None:
-        view = memoryview(data)
+        view = memoryview(data)[: self._check_room(len(data))]
         while view:
             tail = self._tail()
             count = min(len(tail), len(view))
@@ -100,12 +113,24 @@ class MemoryStore(OutputStore):
         self._blocks, self._starts, self._room = [], [], 0
 
 
+def _size(value: object) -> int | None:
+    return None if value is None else parse_size("max_bytes", value)
+
+
 @attrs.define
 class MemoryBackend:
-    """Keep the whole output in RAM. Takes no options."""
+    """Keep the output in RAM.
+
+    Attributes:
+        max_bytes: Keep only the first this many bytes of each stream (an int
+            or a size such as ``"64M"``); past it, the rest of the stream is
+            discarded and ``JobStatus.output_error`` says so.  None: no cap.
+    """
+
+    max_bytes: int | None = attrs.field(default=None, converter=_size)
 
     def open_store(self, job_id: str, stream: str) -> MemoryStore:
-        return MemoryStore()
+        return MemoryStore(self.max_bytes)
 
 
 @hookimpl(tryfirst=True)  # built-ins claim their names before any plugin

@@ -247,3 +247,63 @@ def test_tempfile_write_errors_are_recorded_not_raised(tmp_path: Path) -> None:
     assert (state, code) == ("completed", "0")  # the job ran to the end, unblocked
     assert int(written) <= 65536
     assert error.startswith("stdout: cannot store output:")
+
+
+def test_a_capped_memory_store_keeps_the_head_and_says_so() -> None:
+    with JobPool("memory", {"max_bytes": "64K"}) as pool:
+        job = pool.create("head", ["-c", "1000000", "/dev/zero"])
+        pool.wait(job, 10)
+        wait_until(lambda: pool.status(job).stdout.closed)
+        status = pool.status(job)
+        assert status.exit_code == 0  # the job was never blocked by the cap
+        assert pool.output(job).stdout == bytes(65536)
+        assert status.stdout.written == 65536
+        assert status.output_error == (
+            "stdout: cannot store output: over the memory backend's cap of 64 KiB"
+        )
+
+
+def test_a_capped_file_store_keeps_the_newest_bytes_at_their_offsets(tmp_path: Path) -> None:
+    script = "import sys\nfor i in range(400000): sys.stdout.write(f'{i:07d}\\n')\n"
+    with JobPool("file", {"max_bytes": "256K"}, state_dir=tmp_path) as pool:
+        job = pool.create(sys.executable, ["-c", script])
+        pool.wait(job, 30)
+        wait_until(lambda: pool.status(job).stdout.closed)
+        info = pool.status(job).stdout
+        assert info.written == 3_200_000
+        assert info.dropped % 4096 == 0
+        assert 256 * 1024 - 4096 < info.written - info.dropped <= 256 * 1024
+        kept = pool.read(job, "stdout")
+        assert len(kept) == info.written - info.dropped
+        # Every kept byte sits at its absolute offset: line n starts at 8 * n.
+        first = -(-info.dropped // 8)
+        lines = kept[first * 8 - info.dropped :].splitlines()
+        assert lines[0] == f"{first:07d}".encode() and lines[-1] == b"0399999"
+        on_disk = (tmp_path / "output" / f"{job}.stdout").stat().st_blocks * 512
+        assert on_disk <= 256 * 1024 + 4096  # the dropped bytes' space was freed
+        # A follower behind the kept window resumes at the first kept byte.
+        follower = pool.follow(job, "stdout", 0)
+        assert b"".join(follower) == kept and follower.offset == info.written
+    with JobPool(state_dir=tmp_path) as pool:  # the file alone says what it holds
+        again = pool.status(job).stdout
+        assert (again.written, again.dropped) == (info.written, info.dropped)
+        assert b"".join(pool.follow(job, "stdout")) == kept
+
+
+def test_a_live_follower_of_a_capped_file_never_sees_a_punched_byte(tmp_path: Path) -> None:
+    # The writer outruns the follower, so holes are punched under its feet:
+    # every chunk it gets must still be the bytes written at those offsets.
+    script = "import sys\nfor i in range(1500000): sys.stdout.write(f'{i:07d}\\n')\n"
+    with JobPool("file", {"max_bytes": "64K"}, state_dir=tmp_path) as pool:
+        job = pool.create(sys.executable, ["-c", script])
+        follower = pool.follow(job, "stdout")
+        got = 0
+        for chunk in follower:
+            start = follower.offset - len(chunk)
+            first = -(-start // 8)  # the first whole line in the chunk
+            body = chunk[first * 8 - start :]
+            for n, line in enumerate(body[: len(body) - len(body) % 8].split(b"\n")[:-1]):
+                assert line == f"{first + n:07d}".encode(), (start, n)
+            got += len(chunk)
+        assert follower.offset == 12_000_000
+        assert 0 < got <= 12_000_000, got
