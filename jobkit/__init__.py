@@ -23,15 +23,19 @@ if TYPE_CHECKING:
         JobNotFound,
         PoolClosed,
         ServerError,
+        StateDirInUse,
+        StoreVersionError,
     )
     from jobkit.core.hookspecs import hookimpl
     from jobkit.core.models import JobOutput, JobStatus, State, StreamInfo
     from jobkit.core.pool import JobPool
+    from jobkit.core.retention import CleanResult, Retention
     from jobkit.core.stream import Follower
 
 __all__ = [
     "AuthenticationFailed",
     "BackendNotFound",
+    "CleanResult",
     "ClientError",
     "ConnectionFailed",
     "Follower",
@@ -43,8 +47,11 @@ __all__ = [
     "OutputBackend",
     "OutputStore",
     "PoolClosed",
+    "Retention",
     "ServerError",
     "State",
+    "StateDirInUse",
+    "StoreVersionError",
     "StreamInfo",
     "__version__",
     "hookimpl",
@@ -54,6 +61,7 @@ __all__ = [
 _EXPORTS = {
     "AuthenticationFailed": "jobkit.core.errors",
     "BackendNotFound": "jobkit.core.errors",
+    "CleanResult": "jobkit.core.retention",
     "ClientError": "jobkit.core.errors",
     "ConnectionFailed": "jobkit.core.errors",
     "Follower": "jobkit.core.stream",
@@ -65,7 +73,10 @@ _EXPORTS = {
     "OutputBackend": "jobkit.core.backend",
     "OutputStore": "jobkit.core.backend",
     "PoolClosed": "jobkit.core.errors",
+    "Retention": "jobkit.core.retention",
     "ServerError": "jobkit.core.errors",
+    "StateDirInUse": "jobkit.core.errors",
+    "StoreVersionError": "jobkit.core.errors",
     "State": "jobkit.core.models",
     "StreamInfo": "jobkit.core.models",
     "hookimpl": "jobkit.core.hookspecs",

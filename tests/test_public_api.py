@@ -3,6 +3,7 @@ import jobkit
 EXPECTED = [
     "AuthenticationFailed",
     "BackendNotFound",
+    "CleanResult",
     "ClientError",
     "ConnectionFailed",
     "Follower",
@@ -14,8 +15,11 @@ EXPECTED = [
     "OutputBackend",
     "OutputStore",
     "PoolClosed",
+    "Retention",
     "ServerError",
     "State",
+    "StateDirInUse",
+    "StoreVersionError",
     "StreamInfo",
     "__version__",
     "hookimpl",
@@ -42,7 +46,7 @@ def test_error_tree() -> None:
 
 
 def test_state_values() -> None:
-    assert [s.value for s in jobkit.State] == ["running", "error", "completed", "killed"]
+    assert [s.value for s in jobkit.State] == ["running", "error", "completed", "killed", "lost"]
     assert jobkit.State("completed") is jobkit.State.COMPLETED
 
 

@@ -6,6 +6,8 @@ The tree::
     ├── JobNotFound        (also LookupError)  unknown or deleted job id
     ├── BackendNotFound    (also LookupError)  no output backend of that name
     ├── PoolClosed         (also RuntimeError) the pool was closed
+    ├── StateDirInUse                          another pool owns this state_dir
+    ├── StoreVersionError                      the state_dir is from a newer jobkit
     └── ClientError                            raised by jobkit.client only
         ├── ConnectionFailed                   the server could not be reached
         ├── AuthenticationFailed               TLS handshake or certificate refused
@@ -26,6 +28,8 @@ __all__ = [
     "JobkitError",
     "PoolClosed",
     "ServerError",
+    "StateDirInUse",
+    "StoreVersionError",
 ]
 
 
@@ -58,6 +62,18 @@ class PoolClosed(JobkitError, RuntimeError):
         super().__init__("the job pool is closed")
 
 
+class StateDirInUse(JobkitError):
+    """Another pool (in this process or another) owns this state folder."""
+
+    def __init__(self, directory: object) -> None:
+        super().__init__(f"the state folder {directory} is in use by another jobkit pool")
+        self.directory = directory
+
+
+class StoreVersionError(JobkitError):
+    """The state folder's database was written by a newer jobkit than this one."""
+
+
 class ClientError(JobkitError):
     """Base class of the errors the remote client raises."""
 
@@ -71,8 +87,16 @@ class AuthenticationFailed(ClientError):
 
 
 class ServerError(ClientError):
-    """The server answered with an error status; ``status`` is the HTTP status."""
+    """The server answered with an error status.
 
-    def __init__(self, message: str, status: int) -> None:
+    Attributes:
+        status: The HTTP status.
+        kind: What kind of error the server said it was (its problem type,
+            e.g. ``"quota-exceeded"``; see docs/server.md), or None when it
+            said nothing the client understood.
+    """
+
+    def __init__(self, message: str, status: int, kind: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.kind = kind

@@ -21,7 +21,7 @@ from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore
 from jobkit.core.cgroups import CgroupTree
 from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
-from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed
+from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed, StateDirInUse
 from jobkit.core.job import Job, Outcome, utcnow
 from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
@@ -31,7 +31,7 @@ from jobkit.core.signals import parse_signal
 from jobkit.core.spawn import SpawnFailed, raise_fd_limit, spawn
 from jobkit.core.stream import Follower, OutputStream
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "DURABLE_BACKEND", "JobPool", "StateDirInUse"]
+__all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "DURABLE_BACKEND", "JobPool"]
 
 log = logging.getLogger("jobkit.pool")
 
@@ -53,14 +53,6 @@ _MEMORY_LOST = "the output was held in memory by a pool that has ended"
 #: Every pool not closed yet, held strongly: a pool with running jobs must not
 #: vanish with its last reference and leave them running after the exit.
 _open_pools: set[JobPool] = set()
-
-
-class StateDirInUse(JobkitError):
-    """Another pool (in this process or another) owns this state folder."""
-
-    def __init__(self, directory: Path) -> None:
-        super().__init__(f"the state folder {directory} is in use by another jobkit pool")
-        self.directory = directory
 
 
 def _disown_after_fork() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import attrs
 
-from jobkit.core.errors import JobkitError
+from jobkit.core.errors import JobkitError, StoreVersionError
 from jobkit.core.models import JobStatus, State, StreamInfo
 
 __all__ = [
@@ -40,15 +40,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "Incarnation",
     "JobRecords",
-    "StoreVersionError",
 ]
 
 #: The database file inside a pool's ``state_dir``.
 DATABASE_NAME = "jobs.db"
-
-
-class StoreVersionError(JobkitError):
-    """The state folder was written by a newer jobkit than this one."""
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -156,10 +151,11 @@ class JobRecords:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+        except StoreVersionError:
+            self._db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            if isinstance(exc, StoreVersionError):
-                raise
             raise JobkitError(f"cannot open the job database {target}: {exc}") from None
 
     def _migrate(self) -> None:

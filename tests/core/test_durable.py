@@ -13,11 +13,10 @@ import pytest
 
 from jobkit import JobPool, State
 from jobkit.core import cgroups, records
-from jobkit.core.errors import JobNotFound
+from jobkit.core.errors import JobNotFound, StateDirInUse, StoreVersionError
 from jobkit.core.job import CLOSED_BY_POOL
 from jobkit.core.leftovers import kill_leftover, process_start
-from jobkit.core.pool import LOST_MESSAGE, StateDirInUse
-from jobkit.core.records import StoreVersionError
+from jobkit.core.pool import LOST_MESSAGE
 from tests.conftest import children, group_members, open_fds, process_alive, wait_until
 
 # The owner writes a known pattern, shows the job runs, then dies without closing.
