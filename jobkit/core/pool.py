@@ -562,27 +562,36 @@ class JobPool:
         return CleanResult(jobs=jobs, bytes=freed)
 
     def _apply_retention(self) -> None:
-        """Delete the oldest finished jobs past the retention rules."""
+        """Delete the oldest finished jobs past the retention rules.
+
+        Each query is bounded (an index range, or a batch of the oldest), so
+        a pool at its limits pays for what it deletes, not for what it keeps.
+        """
         rules = self._retention
         if self._closed:
             return
         if rules.max_age is not None:
             before = time.time() - rules.max_age
-            self._prune(list(self._records.finished_jobs(ended_before=before)),
+            self._prune(list(self._records.finished_jobs(ended_before=before, limit=1000)),
                         f"older than {rules.max_age:g} s")
-        with self._lock:
-            over_count = (rules.max_jobs is not None and self._finished > rules.max_jobs)
-            over_bytes = (rules.max_bytes is not None and self._kept > rules.max_bytes)
-        if not (over_count or over_bytes):
-            return
-        for job_id, kept in self._records.finished_jobs():
+        while True:
             with self._lock:
-                over_count = rules.max_jobs is not None and self._finished > rules.max_jobs
+                excess = 0 if rules.max_jobs is None else self._finished - rules.max_jobs
                 over_bytes = rules.max_bytes is not None and self._kept > rules.max_bytes
-            if not (over_count or over_bytes):
-                break
-            self._prune([(job_id, kept)],
-                        "over the finished-job limit" if over_count else "over the disk limit")
+            if excess <= 0 and not over_bytes:
+                return
+            batch = list(self._records.finished_jobs(limit=max(excess, 16)))
+            if not batch:
+                return
+            for job_id, kept in batch:
+                with self._lock:
+                    over_count = rules.max_jobs is not None and self._finished > rules.max_jobs
+                    over_bytes = rules.max_bytes is not None and self._kept > rules.max_bytes
+                if not (over_count or over_bytes):
+                    return
+                reason = "over the finished-job limit" if over_count else "over the disk limit"
+                if not self._prune([(job_id, kept)], reason).jobs:
+                    return  # closed meanwhile, or deleted by someone else: look again later
 
     def _recover(self) -> None:
         """Kill and record as lost what a dead previous owner left running."""

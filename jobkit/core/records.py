@@ -309,8 +309,9 @@ class JobRecords:
         return [str(row[0]) for row in self._query(sql, params)]
 
     def finished_jobs(self, *, ended_before: float | None = None,
-                      states: Sequence[str] | None = None) -> Iterator[tuple[str, int]]:
-        """``(id, bytes kept)`` of finished jobs, oldest first."""
+                      states: Sequence[str] | None = None,
+                      limit: int | None = None) -> Iterator[tuple[str, int]]:
+        """``(id, bytes kept)`` of finished jobs, oldest first (at most ``limit``)."""
         sql = (
             "SELECT id, stdout_written - stdout_dropped + stderr_written - stderr_dropped"
             " FROM jobs WHERE state != ?"
@@ -323,6 +324,9 @@ class JobRecords:
             sql += f" AND state IN ({', '.join('?' * len(states))})"  # placeholders only
             params.extend(states)
         sql += " ORDER BY id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
         for job_id, kept in self._query(sql, params):
             yield str(job_id), int(kept)  # type: ignore[call-overload]
 

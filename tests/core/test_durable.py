@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from jobkit import JobPool, State
+from jobkit import CleanResult, JobPool, Retention, State
 from jobkit.core import cgroups, records
 from jobkit.core.errors import JobNotFound, StateDirInUse, StoreVersionError
 from jobkit.core.job import CLOSED_BY_POOL
@@ -164,6 +164,7 @@ def test_the_state_dir_is_private_and_keeps_no_environment_values(tmp_path: Path
 def test_a_finished_job_holds_no_process_descriptor_or_store(tmp_path: Path) -> None:
     with JobPool(state_dir=tmp_path) as pool:
         pool.wait(pool.create("true"), 10)  # warm up: database, WAL, supervisor
+        wait_until(lambda: not pool._jobs, what="the first job to become a record")
         fds, kids = open_fds(), children()
         jobs = [pool.create("sh", ["-c", "echo $$"]) for _ in range(300)]
         for job in jobs:
@@ -267,3 +268,47 @@ def test_recovery_kills_even_escaped_processes_through_the_cgroup(tmp_path: Path
     assert process_alive(int(escaped))
     JobPool(state_dir=tmp_path).close()
     wait_until(lambda: not process_alive(int(escaped)), what="the escaped process to die")
+
+
+def test_retention_prunes_the_oldest_finished_jobs_never_a_running_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="jobkit.pool")
+    rules = Retention(max_jobs=3)
+    with JobPool(state_dir=tmp_path, retention=rules) as pool:
+        runner = pool.create("sleep", ["1000"])
+        done = [pool.create("echo", [str(i)]) for i in range(6)]
+        wait_until(lambda: pool.list() == [runner, *done[-3:]], what="the oldest to be pruned")
+        assert not (tmp_path / "output" / f"{done[0]}.stdout").exists()
+        assert "pruned job 2 (over the finished-job limit)" in caplog.text
+    # by bytes: each job keeps 100001 bytes; a cap of 250 000 keeps two
+    with JobPool(state_dir=tmp_path / "b", retention=Retention(max_bytes=250_000)) as pool:
+        jobs = [pool.create("head", ["-c", "100001", "/dev/zero"]) for _ in range(4)]
+        wait_until(lambda: pool.list() == jobs[-2:], what="pruning by bytes")
+    # by age, checked when the pool opens
+    with JobPool(state_dir=tmp_path / "c") as pool:
+        old = pool.create("true")
+        pool.wait(old, 10)
+    with JobPool(state_dir=tmp_path / "c", retention=Retention(max_age=0.0001)) as pool:
+        assert pool.list() == []
+
+
+def test_clean_deletes_finished_jobs_and_reports_what_it_freed(tmp_path: Path) -> None:
+    with JobPool(state_dir=tmp_path) as pool:
+        runner = pool.create("sleep", ["1000"])
+        ok = pool.create("head", ["-c", "1000", "/dev/zero"])
+        bad = pool.create("sh", ["-c", "echo oops >&2; kill -9 $$"])
+        failed = pool.create("/no/such/program")
+        for job in (ok, bad):
+            pool.wait(job, 10)
+        result = pool.clean(states=["killed", "error"])
+        assert (result.jobs, result.bytes) == (2, 5)
+        assert pool.list() == [runner, ok]
+        assert pool.clean(older_than=3600) == CleanResult(jobs=0, bytes=0)
+        assert pool.clean() == CleanResult(jobs=1, bytes=1000)
+        assert pool.list() == [runner] and pool.status(runner).running
+        with pytest.raises(ValueError):
+            pool.clean(states=["running"])
+        with pytest.raises(ValueError):
+            pool.clean(states=["nonsense"])
+        assert failed not in pool.list()
