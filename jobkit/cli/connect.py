@@ -41,12 +41,12 @@ def client_from(server: str | None, certs: str | None, timeout: float | None = N
     `CertificatesUnusable` when the certificate folder cannot be used.
     """
     from jobkit.client import Client
-    from jobkit.client.paths import DEFAULT_SERVER, parse_server
     from jobkit.pki.layout import PkiError, client_folder
+    from jobkit.wire import DEFAULT_SERVER, parse_address
 
     address = server or DEFAULT_SERVER
     try:
-        parse_server(address)
+        parse_address(address)
     except ValueError as error:
         raise CliError(f"--server: {error}", EXIT_USAGE) from None
     try:
@@ -86,11 +86,11 @@ def complete_job_ids(ctx: click.Context, param: click.Parameter,
     params = ctx.find_root().params
     try:
         with client_from(params.get("server"), params.get("certs"), timeout=2.0) as client:
-            jobs = client.list_json().get("jobs") or ()
+            jobs = [client.status_record(job) for job in client.list_json().get("jobs") or ()]
     except Exception:  # completion must never print a traceback into the prompt
         return []
     return [
-        CompletionItem(str(job.get("id")), help=f"{job.get('status')}: {job.get('cmd')}")
+        CompletionItem(job.id, help=f"{job.state}: {job.command}")
         for job in jobs
-        if str(job.get("id")).startswith(incomplete)
+        if job.id.startswith(incomplete)
     ]

@@ -46,6 +46,7 @@ from jobkit.core.errors import (
 __all__ = [
     "EXIT_AUTH",
     "EXIT_CERTS",
+    "EXIT_CODES",
     "EXIT_CONNECTION",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -61,6 +62,7 @@ __all__ = [
     "OneLineGroup",
     "handle_errors",
     "one_line_usage",
+    "translate",
 ]
 
 EXIT_FAILURE = 1
@@ -145,27 +147,32 @@ class OneLineGroup(click.Group):
             raise one_line_usage(error) from error
 
 
+#: The exit code of each expected failure, the first match winning (the table
+#: of the module docstring).  Server errors arrive as these exceptions, mapped
+#: from their problem kind by `jobkit.client.problems`.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (JobNotFound, EXIT_NOT_FOUND),
+    (BackendNotFound, EXIT_USAGE),
+    (ConnectionFailed, EXIT_CONNECTION),
+    (AuthenticationFailed, EXIT_AUTH),
+    (ServerError, EXIT_FAILURE),
+    (CertificatesUnusable, EXIT_CERTS),
+    # Our own checks, or a value the server refused (HTTP 400).
+    (ValueError, EXIT_USAGE),
+    (TypeError, EXIT_USAGE),
+    (JobkitError, EXIT_FAILURE),
+)
+
+
 def translate(error: BaseException) -> CliError | None:
     """The `CliError` for an expected failure, or None for a bug (let it show)."""
     if isinstance(error, CliError):
         return error
-    if isinstance(error, JobNotFound):
-        return CliError(str(error), EXIT_NOT_FOUND)
-    if isinstance(error, BackendNotFound):
-        return CliError(str(error), EXIT_USAGE)
-    if isinstance(error, ConnectionFailed):
-        return CliError(str(error), EXIT_CONNECTION)
-    if isinstance(error, AuthenticationFailed):
-        return CliError(str(error), EXIT_AUTH)
-    if isinstance(error, ServerError):
-        return CliError(f"the server answered {error.status}: {error}", EXIT_FAILURE)
-    if isinstance(error, CertificatesUnusable):
-        return CliError(str(error), EXIT_CERTS)
-    if isinstance(error, (ValueError, TypeError)):
-        # Our own checks, or a value the server refused (HTTP 400).
-        return CliError(str(error), EXIT_USAGE)
-    if isinstance(error, JobkitError):
-        return CliError(str(error), EXIT_FAILURE)
+    for kind, code in EXIT_CODES:
+        if isinstance(error, kind):
+            if isinstance(error, ServerError):
+                return CliError(f"the server answered {error.status}: {error}", code)
+            return CliError(str(error), code)
     return None
 
 

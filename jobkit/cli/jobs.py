@@ -5,20 +5,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from jobkit.cli.connect import complete_job_ids, connect
 from jobkit.cli.errors import EXIT_USAGE, EXIT_WAIT_TIMEOUT, CliError, OneLineCommand, handle_errors
 from jobkit.cli.render import (
-    Document,
     plain_table,
     rich_table,
     styled_status_line,
     wants_colour,
     wants_table,
 )
+
+if TYPE_CHECKING:
+    from jobkit.wire import StatusRecord
 
 __all__ = ["delete", "list_jobs", "output", "status", "stop", "wait"]
 
@@ -49,11 +51,12 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     killed, signal: SIGKILL      magenta
     error: <why it could not start>   red
     """
-    document = connect(ctx).status_json(job_id)
+    client = connect(ctx)
+    document = client.status_json(job_id)
     if as_json:
         _print_json(document)
         return
-    click.echo(styled_status_line(document, wants_colour()))
+    click.echo(styled_status_line(client.status_record(document), wants_colour()))
 
 
 @click.command(cls=OneLineCommand, context_settings=_CONTEXT)
@@ -103,11 +106,13 @@ def list_jobs(ctx: click.Context, as_json: bool) -> None:
     A table in a terminal; aligned plain text (one line per job, after a
     header line) when stdout is not a terminal or NO_COLOR is set.
     """
-    document = connect(ctx).list_json()
+    client = connect(ctx)
+    document = client.list_json()
     if as_json:
         _print_json(document)
         return
-    jobs = document.get("jobs") or []  # the server lists them oldest first
+    # The server lists them oldest first.
+    jobs = [client.status_record(job) for job in document.get("jobs") or ()]
     if wants_table():
         from rich.console import Console
 
@@ -162,7 +167,7 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
 
     client = connect(ctx)
     try:
-        final = client.wait_json(job_id, timeout)
+        final = client.status_record(client.wait_json(job_id, timeout))
     except TimeoutError:
         click.echo(f"jobkit: job {job_id} is still running after {timeout:g} s", err=True)
         raise click.exceptions.Exit(EXIT_WAIT_TIMEOUT) from None
@@ -170,8 +175,7 @@ def wait(ctx: click.Context, job_id: str, timeout: float | None) -> None:
     ctx.exit(exit_code(final))
 
 
-def report_unstarted(final: Document) -> None:
+def report_unstarted(final: StatusRecord) -> None:
     """Say why a job in error state never ran (its exit code alone says little)."""
-    if final.get("status") == "error":
-        click.echo(f"jobkit: job {final.get('id')} could not start: {final.get('error_msg')}",
-                   err=True)
+    if final.state == "error":
+        click.echo(f"jobkit: job {final.id} could not start: {final.error}", err=True)

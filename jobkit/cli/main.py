@@ -17,12 +17,14 @@ import click
 from jobkit._version import __version__
 from jobkit.cli.connect import ClientOptions
 from jobkit.cli.errors import OneLineGroup
+from jobkit.wire import DEFAULT_SERVER
 
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
 #: Sub-command name -> "module:attribute" of its click command.
 COMMANDS = {
+    "audit": "jobkit.cli.audit:audit",
     "certs": "jobkit.cli.certs:certs",
     "delete": "jobkit.cli.jobs:delete",
     "exec": "jobkit.cli.exec:exec_command",
@@ -36,6 +38,7 @@ COMMANDS = {
 
 #: One line per sub-command for ``jobkit --help`` and completion (no import needed).
 SHORT_HELP = {
+    "audit": "Check and read the server's audit log.",
     "certs": "Make the CA, server and client certificates for mutual TLS.",
     "delete": "Kill a job (SIGKILL) and forget it.",
     "exec": "Run a command as a job and print its id (-f: stream it).",
@@ -83,7 +86,7 @@ class LazyGroup(OneLineGroup):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--server", envvar="JOBKIT_SERVER", metavar="HOST:PORT",
-    help="The jobkit server to talk to [env JOBKIT_SERVER; default 127.0.0.1:8443].",
+    help=f"The jobkit server to talk to [env JOBKIT_SERVER; default {DEFAULT_SERVER}].",
 )
 @click.option(
     "--certs", envvar="JOBKIT_CERTS", metavar="DIR",

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from jobkit.cli.errors import EXIT_JOB_ERROR
-from jobkit.cli.render import Document
 
 if TYPE_CHECKING:  # `jobkit exec --help` needs neither ssl nor http.client
     from jobkit.client import Client, RemoteFollower
+    from jobkit.wire import StatusRecord
 
 __all__ = ["Copier", "copy_to_end", "exit_code", "follow_to_end"]
 
@@ -20,13 +20,16 @@ _POLL_FIRST = 0.1
 _POLL_MAX = 1.0
 
 
-def exit_code(job: Document) -> int:
-    """The code a shell would report: the exit status, 128 + the signal, 127 for error."""
-    code, signal = job.get("exit_code"), job.get("signal")
-    if job.get("status") == "completed" and isinstance(code, int):
-        return code
-    if job.get("status") == "killed" and isinstance(signal, int):
-        return 128 + signal
+def exit_code(job: StatusRecord) -> int:
+    """The code a shell would report: the exit status, 128 + the signal, else 127.
+
+    127 is for a job that could not start (``error``), and for any state
+    without an exit status or a signal.
+    """
+    if job.state == "completed" and job.exit_code is not None:
+        return job.exit_code
+    if job.state == "killed" and job.signal is not None:
+        return 128 + job.signal
     return EXIT_JOB_ERROR
 
 
@@ -107,7 +110,7 @@ class Copier:
 
 
 def follow_to_end(client: Client, job_id: str, stdout: BinaryIO,
-                  stderr: BinaryIO) -> dict[str, Any]:
+                  stderr: BinaryIO) -> StatusRecord:
     """Copy the job's stdout and stderr live until it ended; return its final status.
 
     The streams usually end when the job does.  A background process the job
@@ -126,23 +129,17 @@ def follow_to_end(client: Client, job_id: str, stdout: BinaryIO,
     copier.start()
     try:
         delay = _POLL_FIRST
-        final: dict[str, Any] | None = None
+        final: StatusRecord | None = None
         while not copier.wait(delay):
-            status = client.status_json(job_id)
-            if status.get("status") != "running":
+            status = client.status_record(client.status_json(job_id))
+            if not status.running:
                 final = status
-                copier.wait_for_offsets([_written(status, "stdout"), _written(status, "stderr")])
+                copier.wait_for_offsets([status.stdout.written, status.stderr.written])
                 break
             delay = min(delay * 2, _POLL_MAX)
     finally:
         copier.stop()
-    return final if final is not None else client.wait_json(job_id)
-
-
-def _written(job: Document, stream: str) -> int:
-    info = job.get(stream)
-    written = info.get("written") if isinstance(info, dict) else None
-    return written if isinstance(written, int) else 0
+    return final if final is not None else client.status_record(client.wait_json(job_id))
 
 
 def copy_to_end(followers: Sequence[tuple[RemoteFollower, BinaryIO]]) -> None:

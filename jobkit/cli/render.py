@@ -1,9 +1,11 @@
 """What people read: status lines, colours and the job table.
 
-Everything here renders the server's own JSON documents (``GET
-/jobs/<id>/status`` and the summaries of ``GET /jobs``): the CLI never needs
-the library's attrs classes, and ``--json`` and the human output come from
-one source.  That keeps ``jobkit status`` quick to start (see docs/cli.md).
+Everything here renders statuses as the wire module decodes the server's
+documents (`jobkit.wire.StatusRecord`, from ``GET /jobs/<id>/status`` and the
+summaries of ``GET /jobs``): ``--json`` and the human output come from one
+source, and the CLI never needs the library's attrs classes, which keeps
+``jobkit status`` quick to start (see docs/cli.md).  A state this version
+does not know is shown by its name.
 
 Colour and the rich table are only for a terminal: when stdout is not a
 terminal, or ``NO_COLOR`` is set (https://no-color.org), output is plain text
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TextIO
 
 import click
+
+from jobkit.wire import StatusRecord
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -28,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
-    "Document",
     "exit_cell",
     "format_duration",
     "plain_table",
@@ -39,9 +42,6 @@ __all__ = [
     "wants_colour",
     "wants_table",
 ]
-
-#: A job's status as the server sends it (``status_json`` in jobkit.server.app).
-Document = Mapping[str, Any]
 
 #: The job table's columns.
 COLUMNS = ("ID", "COMMAND", "STATE", "EXIT", "STARTED", "DURATION")
@@ -62,55 +62,57 @@ def wants_colour(stream: TextIO | None = None) -> bool:
     return wants_table(stream) and os.environ.get("TERM", "") not in ("dumb", "unknown")
 
 
-def _signal(job: Document) -> str:
-    name = job.get("signal_name")
-    return str(name) if name else str(job.get("signal", "?"))
+def _signal(job: StatusRecord) -> str:
+    return job.signal_name or str(job.signal if job.signal is not None else "?")
 
 
-def status_line(job: Document) -> str:
-    """``completed, exit status: 0``, ``killed, signal: SIGKILL``, ``error: <why>``..."""
-    state = job.get("status")
+def status_line(job: StatusRecord) -> str:
+    """``completed, exit status: 0``, ``killed, signal: SIGKILL``, ``error: <why>``...
+
+    Any other state (``running``, or one this version does not know) is its name.
+    """
+    state = job.state
     if state == "completed":
-        return f"completed, exit status: {job.get('exit_code')}"
+        return f"completed, exit status: {job.exit_code}"
     if state == "killed":
         line = "killed"
-        if job.get("signal") is not None:
+        if job.signal is not None:
             line += f", signal: {_signal(job)}"
-        if job.get("timed_out"):
+        if job.timed_out:
             line += " (timed out)"
         return line
     if state == "error":
-        return f"error: {job.get('error_msg') or 'the job could not start'}"
-    return str(state)
+        return f"error: {job.error or 'the job could not start'}"
+    return state
 
 
-def status_colour(job: Document) -> str:
-    """Running yellow; completed with 0 green; other exits and errors red; killed magenta."""
-    state = job.get("status")
+def status_colour(job: StatusRecord) -> str:
+    """Running yellow; completed with 0 green; killed magenta; anything else red."""
+    state = job.state
     if state == "running":
         return "yellow"
     if state == "killed":
         return "magenta"
-    if state == "completed" and job.get("exit_code") == 0:
+    if state == "completed" and job.exit_code == 0:
         return "green"
     return "red"
 
 
-def styled_status_line(job: Document, colour: bool) -> str:
+def styled_status_line(job: StatusRecord, colour: bool) -> str:
     line = status_line(job)
     return click.style(line, fg=status_colour(job)) if colour else line
 
 
-def exit_cell(job: Document) -> str:
+def exit_cell(job: StatusRecord) -> str:
     """The table's EXIT column: the exit status, the signal's name, or ``-``."""
-    if job.get("exit_code") is not None:
-        return str(job["exit_code"])
-    if job.get("signal") is not None:
+    if job.exit_code is not None:
+        return str(job.exit_code)
+    if job.signal is not None:
         return _signal(job)
     return "-"
 
 
-def command_cell(job: Document) -> str:
+def command_cell(job: StatusRecord) -> str:
     """The command line, quoted as a shell would need, on one safe line.
 
     Control characters (a newline, ESC starting a terminal escape sequence)
@@ -119,7 +121,7 @@ def command_cell(job: Document) -> str:
     """
     import shlex
 
-    line = shlex.join([str(job.get("cmd", "")), *map(str, job.get("args") or ())])
+    line = shlex.join([job.command, *job.args])
     if line.isprintable():
         return line
     return "".join(c if c.isprintable() else _escape(c) for c in line)
@@ -135,35 +137,19 @@ def _escape(char: str) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def _time(text: Any) -> datetime | None:
-    from datetime import datetime
-
-    if not isinstance(text, str):
-        return None
-    # datetime.fromisoformat reads a "Z" suffix only from Python 3.11 on.
-    try:
-        return datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        return None
-
-
-def started_cell(job: Document, now: datetime) -> str:
+def started_cell(job: StatusRecord, now: datetime) -> str:
     """Local time; the date too unless it was today."""
-    created = _time(job.get("created_at"))
-    if created is None:
-        return "-"
-    local = created.astimezone()
+    local = job.created_at.astimezone()
     if local.date() == now.astimezone().date():
         return local.strftime("%H:%M:%S")
     return local.strftime("%Y-%m-%d %H:%M")
 
 
-def duration_cell(job: Document, now: datetime) -> str:
-    created = _time(job.get("created_at"))
-    end = _time(job.get("ended_at")) or (now if job.get("status") == "running" else None)
-    if created is None or end is None:
+def duration_cell(job: StatusRecord, now: datetime) -> str:
+    end = job.ended_at or (now if job.running else None)
+    if end is None:
         return "-"
-    return format_duration((end - created).total_seconds())
+    return format_duration((end - job.created_at).total_seconds())
 
 
 def format_duration(seconds: float) -> str:
@@ -180,19 +166,19 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def rows(jobs: Sequence[Document], now: datetime | None = None) -> list[tuple[str, ...]]:
+def rows(jobs: Sequence[StatusRecord], now: datetime | None = None) -> list[tuple[str, ...]]:
     """One tuple of cells per job, in `COLUMNS` order."""
     from datetime import datetime, timezone
 
     now = datetime.now(timezone.utc) if now is None else now
     return [
-        (str(job.get("id")), command_cell(job), str(job.get("status")), exit_cell(job),
+        (job.id, command_cell(job), job.state, exit_cell(job),
          started_cell(job, now), duration_cell(job, now))
         for job in jobs
     ]
 
 
-def plain_table(jobs: Sequence[Document], now: datetime | None = None) -> str:
+def plain_table(jobs: Sequence[StatusRecord], now: datetime | None = None) -> str:
     """The table as aligned plain text, for pipes and ``NO_COLOR``: one line per job.
 
     Commands are never cut short; the column is as wide as the longest.
@@ -206,7 +192,7 @@ def plain_table(jobs: Sequence[Document], now: datetime | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rich_table(jobs: Sequence[Document], now: datetime | None = None) -> Table:
+def rich_table(jobs: Sequence[StatusRecord], now: datetime | None = None) -> Table:
     """The table for a terminal: states in their colours, long commands folded."""
     from rich.table import Table
     from rich.text import Text

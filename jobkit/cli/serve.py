@@ -9,15 +9,17 @@ from pathlib import Path
 import click
 
 from jobkit.cli.errors import EXIT_USAGE, CliError, OneLineCommand
+from jobkit.core.pool import DEFAULT_BACKEND
+from jobkit.server.serve import DEFAULT_THREADS
+from jobkit.server.tenants import DEFAULT_MAX_JOBS
+from jobkit.wire import DEFAULT_SERVER, parse_address
 
 __all__ = ["serve"]
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
-    from jobkit.server.serve import parse_listen
-
     try:
-        return parse_listen(value)
+        return parse_address(value, listen=True)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
@@ -29,16 +31,18 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
          "Default: a PKI under your data folder, created on first use.",
 )
 @click.option(
-    "--listen", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT",
+    "--listen", default=DEFAULT_SERVER, show_default=True, metavar="HOST:PORT",
     callback=_listen, help="Address to listen on ([::1]:PORT for IPv6; port 0 picks one).",
 )
-@click.option("--backend", default="memory", show_default=True,
+@click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
               help="Output backend for jobs: memory, tempfile, ring, or a plugin's.")
-@click.option("--threads", type=click.IntRange(min=2), default=64, show_default=True,
+@click.option("--threads", type=click.IntRange(min=2), default=DEFAULT_THREADS,
+              show_default=True,
               help="Worker threads; half of them may serve follow streams.")
 @click.option("--admin", "admins", multiple=True, metavar="CN",
               help="A client CN that may list and act on every client's jobs (repeatable).")
-@click.option("--max-jobs", type=click.IntRange(min=0), default=256, show_default=True,
+@click.option("--max-jobs", type=click.IntRange(min=0), default=DEFAULT_MAX_JOBS,
+              show_default=True,
               help="Live jobs one client may have at once (0: no limit).")
 @click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,

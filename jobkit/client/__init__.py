@@ -13,9 +13,9 @@ Built on the standard library's ``http.client`` and ``ssl`` (see
 """
 
 from jobkit.client.follower import RemoteFollower
-from jobkit.client.paths import DEFAULT_SERVER, parse_server
 from jobkit.client.remote import DEFAULT_TIMEOUT, Client
 from jobkit.pki.layout import default_client_dir
+from jobkit.wire import DEFAULT_SERVER
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -23,5 +23,4 @@ __all__ = [
     "Client",
     "RemoteFollower",
     "default_client_dir",
-    "parse_server",
 ]

@@ -11,6 +11,7 @@ from typing import Literal
 
 from jobkit.client.transport import Reply, Transport, translate_error
 from jobkit.core.errors import ClientError, JobNotFound
+from jobkit.wire import OFFSET_HEADER
 
 __all__ = ["RemoteFollower"]
 
@@ -233,5 +234,5 @@ class RemoteFollower(Iterator[bytes]):
 
 def _start(reply: Reply, offset: int) -> int:
     """Where the reply's bytes start: ``offset``, or later if the server dropped some."""
-    start = reply.headers.get("X-Jobkit-Offset")
+    start = reply.headers.get(OFFSET_HEADER)
     return max(offset, int(start)) if start and start.isdigit() else offset

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
 from jobkit.client.follower import RemoteFollower
-from jobkit.client.paths import DEFAULT_SERVER, parse_server
+from jobkit.client.problems import error_for
 from jobkit.client.transport import Reply, Transport, load_tls_context
 from jobkit.core.checks import (
     check_args,
@@ -21,22 +21,23 @@ from jobkit.core.checks import (
     check_str,
     is_text,
 )
-from jobkit.core.errors import (
-    AuthenticationFailed,
-    BackendNotFound,
-    JobNotFound,
-    ServerError,
-)
+from jobkit.core.errors import JobNotFound, ServerError
 from jobkit.pki.layout import client_folder
+from jobkit.wire import (
+    DEFAULT_SERVER,
+    STREAMS,
+    StatusRecord,
+    parse_address,
+    problem_from_json,
+    status_from_json,
+)
 
 if TYPE_CHECKING:
-    # Imported when first needed: the CLI works on the server's JSON and
-    # starts faster without attrs (see docs/cli.md, "Start-up").
+    # Imported when first needed: the CLI reads statuses as the wire's
+    # records and starts faster without attrs (see docs/cli.md, "Start-up").
     from jobkit.core.models import JobOutput, JobStatus
 
 __all__ = ["DEFAULT_TIMEOUT", "Client"]
-
-_STREAMS = ("stdout", "stderr")
 
 #: Seconds to wait for the server to connect or to answer, by default.
 DEFAULT_TIMEOUT = 30.0
@@ -82,7 +83,7 @@ class Client:
     def __init__(self, server: str = DEFAULT_SERVER,
                  certs: str | os.PathLike[str] | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT) -> None:
-        host, port = parse_server(server)
+        host, port = parse_address(server)
         timeout = check_seconds("timeout", timeout)
         folder = client_folder(certs)
         #: The client certificate folder in use.
@@ -201,7 +202,7 @@ class Client:
         delay = _POLL_FIRST
         while True:
             data = self.status_json(job_id)
-            if data.get("status") != "running":
+            if not self.status_record(data).running:
                 return data
             pause = delay
             if deadline is not None:
@@ -220,7 +221,7 @@ class Client:
         """
         from jobkit.core.models import JobOutput
 
-        stdout, stderr = (self.read(job_id, stream) for stream in _STREAMS)
+        stdout, stderr = (self.read(job_id, stream) for stream in STREAMS)
         return JobOutput(stdout=stdout, stderr=stderr)
 
     def read(self, job_id: str, stream: str, offset: int = 0, size: int | None = None) -> bytes:
@@ -280,7 +281,7 @@ class Client:
 
     def _stream(self, job_id: str, stream: str, offset: int, *, follow: bool) -> RemoteFollower:
         path = _job_path(job_id)
-        if stream not in _STREAMS:
+        if stream not in STREAMS:
             raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
         check_count("offset", offset)
 
@@ -300,23 +301,43 @@ class Client:
             """Is the stream really over at ``position``?  (A server stopping also
             ends follow responses cleanly; then the job lives on elsewhere or not.)"""
             try:
-                info = self.status_json(job_id).get(stream) or {}
+                info = self.status_record(self.status_json(job_id)).stream(stream)
             except JobNotFound:
                 return True  # deleted: its followers end
-            return bool(info.get("closed")) and position >= int(info.get("written") or 0)
+            return info.closed and position >= info.written
 
         return RemoteFollower(self._transport, open_at(offset), offset,
                               reopen=open_at if follow else None,
                               ended_at=ended_at if follow else None)
 
-    def _decode(self, data: Any) -> JobStatus:
-        from jobkit.client.decode import status_from_json
+    def status_record(self, document: Any) -> StatusRecord:
+        """A status document (from `status_json`, `wait_json` or `list_json`) as a record.
 
+        Raises `ServerError` when it is not a job status.
+        """
         try:
-            return status_from_json(data)
+            return status_from_json(document)
         except ValueError as error:
             raise ServerError(f"the server at {self.server} sent a malformed job status: "
                               f"{error}", 200) from None
+
+    def _decode(self, data: Any) -> JobStatus:
+        from jobkit.core.models import JobStatus, State, StreamInfo
+
+        record = self.status_record(data)
+        try:
+            state = State(record.state)
+        except ValueError:
+            raise ServerError(f"the server at {self.server} sent a job state this client "
+                              f"does not know: {record.state!r}", 200) from None
+        return JobStatus(
+            id=record.id, state=state, command=record.command, args=record.args,
+            pid=record.pid, created_at=record.created_at, backend=record.backend,
+            exit_code=record.exit_code, signal=record.signal, error=record.error,
+            timed_out=record.timed_out, ended_at=record.ended_at,
+            output_error=record.output_error,
+            stdout=StreamInfo(*record.stdout), stderr=StreamInfo(*record.stderr),
+        )
 
     def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
               job_id: str | None = None, backend: str | None = None) -> Any:
@@ -332,22 +353,9 @@ class Client:
 
     def _raise(self, reply: Reply, *, job_id: str | None = None,
                backend: str | None = None) -> NoReturn:
-        """Raise the library's error for an error reply (the one place that maps them)."""
-        status = reply.status
-        message = _error_message(reply)
-        if status == 404 and job_id is not None and not message.startswith("no such endpoint"):
-            raise JobNotFound(job_id)
-        if status == 400 and backend is not None and "'backend'" in message:
-            error = BackendNotFound.__new__(BackendNotFound)
-            Exception.__init__(error, message.partition(": ")[2] or message)
-            error.name = backend
-            raise error
-        if status in (400, 413):
-            raise ValueError(message)
-        if status == 403 and "certificate" in message:
-            raise AuthenticationFailed(f"the server at {self.server} refused our client "
-                                       f"certificate: {message}")
-        raise ServerError(message, status)
+        """Raise the library's error for an error reply (mapped by `error_for`)."""
+        problem = problem_from_json(reply.status, reply.body)
+        raise error_for(problem, self.server, job_id=job_id, backend=backend)
 
 
 def _job_path(job_id: str) -> str:
@@ -363,12 +371,3 @@ def _check_text(what: str, value: str) -> str:
                          f"({value!r})")
     return value
 
-
-def _error_message(reply: Reply) -> str:
-    try:
-        data = json.loads(reply.body)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return str(data["error"])
-    return f"HTTP {reply.status} from the server"

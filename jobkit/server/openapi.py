@@ -9,10 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from jobkit._version import __version__
+from jobkit.core.models import State
+from jobkit.wire import (
+    DEFAULT_SERVER,
+    JSON_MEDIA_TYPE,
+    OFFSET_HEADER,
+    PROBLEM_MEDIA_TYPE,
+    STREAMS,
+    ProblemKind,
+)
 
 __all__ = ["openapi_document"]
 
-_JSON = "application/json"
+_JSON = JSON_MEDIA_TYPE
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -24,7 +33,30 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
+    return {"description": description,
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": _ref("Problem")}}}
+
+
+def _problem_schema() -> dict[str, Any]:
+    kinds = "; ".join(f"{kind.type_uri} ({kind.status or 'any status'})"
+                      for kind in ProblemKind)
+    return {
+        "type": "object", "required": ["type", "title", "status", "detail"],
+        "description": "RFC 9457 problem details. Tell errors apart by type, never by "
+                       "the wording of detail.",
+        "properties": {
+            "type": {"enum": [kind.type_uri for kind in ProblemKind],
+                     "description": f"The kind of error: {kinds}."},
+            "title": {"type": "string", "description": "The kind, for people."},
+            "status": {"type": "integer", "description": "The HTTP status."},
+            "detail": {"type": "string", "description": "What went wrong, for people."},
+            "job_id": {"type": "string", "description": "no-such-job: the id asked for."},
+            "backend": {"type": "string",
+                        "description": "unknown-backend: the name asked for."},
+            "known_backends": {"type": "array", "items": {"type": "string"},
+                               "description": "unknown-backend: the server's backends."},
+        },
+    }
 
 
 _JOB_ID = {
@@ -108,7 +140,7 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
-    for stream in ("stdout", "stderr"):
+    for stream in STREAMS:
         job_paths[f"/jobs/{{id}}/{stream}"] = {
             "parameters": [_JOB_ID, _CLIENT],
             "get": {
@@ -130,7 +162,7 @@ def openapi_document() -> dict[str, Any]:
                         "description": "The bytes. X-Jobkit-Offset is the offset of the "
                                        "first one (later than offset if the ring backend "
                                        "dropped those bytes).",
-                        "headers": {"X-Jobkit-Offset": {"schema": {"type": "integer"}}},
+                        "headers": {OFFSET_HEADER: {"schema": {"type": "integer"}}},
                         "content": {"application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"}}},
                     },
@@ -149,10 +181,10 @@ def openapi_document() -> dict[str, Any]:
             "version": __version__,
             "description": "Run commands as jobs on this machine. Every client is "
                            "identified by the CN of its TLS client certificate and sees "
-                           "only its own jobs. Every error is a JSON object "
-                           "{\"error\": message}.",
+                           "only its own jobs. Every error is an RFC 9457 problem "
+                           "(application/problem+json): see the Problem schema.",
         },
-        "servers": [{"url": "https://127.0.0.1:8443"}],
+        "servers": [{"url": f"https://{DEFAULT_SERVER}"}],
         "security": [{"mutualTLS": []}],
         "paths": {
             "/jobs": {
@@ -218,8 +250,7 @@ def openapi_document() -> dict[str, Any]:
                                              "client's identity."},
             },
             "schemas": {
-                "Error": {"type": "object", "required": ["error"],
-                          "properties": {"error": {"type": "string"}}},
+                "Problem": _problem_schema(),
                 "JobRequest": {
                     "type": "object", "required": ["cmd"], "additionalProperties": False,
                     "properties": {
@@ -251,7 +282,7 @@ def openapi_document() -> dict[str, Any]:
                                  "stdout", "stderr"],
                     "properties": {
                         "id": {"type": "string"},
-                        "status": {"enum": ["running", "error", "completed", "killed"]},
+                        "status": {"enum": [state.value for state in State]},
                         "error_msg": {"type": "string", "description": "Only in state error."},
                         "exit_code": {"type": "integer", "description": "Only when completed."},
                         "signal": {"type": "integer", "description": "Only when killed."},

@@ -14,48 +14,33 @@ Shutdown order matters, and `JobServer.stop` owns it:
 
 from __future__ import annotations
 
-import email.utils
-import json
 import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cheroot import errors as cheroot_errors
-from cheroot import server as cheroot_server
-from cheroot import wsgi
-
 from jobkit.core.ledger import Ledger
-from jobkit.core.pool import JobPool
+from jobkit.core.pool import DEFAULT_BACKEND, JobPool
 from jobkit.pki.layout import CA_FILE, CERT_FILE, KEY_FILE, server_dir
-from jobkit.server.app import DEFAULT_MAX_JOBS, JobApi, Limits
-from jobkit.server.tls import (
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    SocketReader,
-    SocketWriter,
-    TLS13Adapter,
-    TLSSocket,
-)
+from jobkit.server.app import JobApi
+from jobkit.server.connection import CherootServer, TLS13Adapter
+from jobkit.server.tenants import DEFAULT_MAX_JOBS, TenantLimits
+from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = [
-    "DEFAULT_HOST",
-    "DEFAULT_PORT",
     "DEFAULT_THREADS",
     "JobServer",
     "default_state_dir",
-    "parse_listen",
 ]
 
 log = logging.getLogger("jobkit.server")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8443
-#: Worker threads; half of them may serve follow streams (see `Limits.for_threads`).
+#: Worker threads; half of them may serve follow streams (see `TenantLimits.for_threads`).
 DEFAULT_THREADS = 64
 #: Seconds a connection may sit idle (keep-alive), or stall a read or a write; also
 #: what a request (its TLS handshake included) has from its first byte to its last.
@@ -77,200 +62,6 @@ def default_state_dir(host: str, port: int) -> Path | None:
     root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
     safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
     return root / "jobkit" / f"serve-{safe_host}-{port}"
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT``, ``:PORT`` or ``PORT`` -> ``(host, port)``.
-
-    A missing host means `DEFAULT_HOST`.  Raises ``ValueError`` with a
-    message for people.
-    """
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host, port_text = "", text
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{text!r}: write an IPv6 address in brackets, like [::1]:8443")
-    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
-        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
-    return host or DEFAULT_HOST, int(port_text)
-
-
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _http_date() -> str:
-    global _date_cache
-    now = int(time.time())
-    second, text = _date_cache
-    if second != now:
-        text = email.utils.formatdate(now, usegmt=True)
-        _date_cache = (now, text)
-    return text
-
-
-class _Gateway(wsgi.Gateway_10):
-    """cheroot's WSGI gateway, sending the headers with the first body chunk.
-
-    cheroot writes the status line and headers, then each body chunk, as
-    separate writes; corking the connection's `SocketWriter` around the
-    first chunk makes a small response one TLS record and one system call.
-    It also closes the connection when the app's response says so.
-    """
-
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Any:
-        # The app says "Connection: close" when the rest of the request cannot
-        # be found in the stream (a malformed or unfinished body); cheroot
-        # would otherwise read on, taking leftovers for the next request.
-        if any(name.lower() == "connection" and value.lower() == "close"
-               for name, value in headers):
-            self.req.close_connection = True
-        # cheroot formats the Date header anew for every response; one
-        # formatting per second is enough.
-        headers = [*headers, ("Date", _http_date())]
-        return super().start_response(status, headers, exc_info)
-
-    def write(self, chunk: bytes) -> None:
-        wfile = self.req.conn.wfile
-        if self.req.sent_headers or not isinstance(wfile, SocketWriter):
-            super().write(chunk)
-            return
-        wfile.cork()
-        try:
-            super().write(chunk)
-        finally:
-            wfile.uncork()
-
-
-#: Messages for the errors cheroot answers without one.
-_PLAIN_MESSAGES = {
-    "408": "timed out waiting for the request",
-    "501": "unsupported Transfer-Encoding: only chunked is accepted",
-    "503": "the server is too busy; try again later",
-}
-
-
-class _Request(cheroot_server.HTTPRequest):
-    """cheroot's request, answering the errors cheroot handles itself in JSON.
-
-    cheroot refuses some requests before the app sees them (a malformed
-    request line or header, an unsupported transfer coding, a request that
-    times out, ...) with a ``text/plain`` body; every jobkit error is
-    ``{"error": ...}`` instead.
-    """
-
-    def simple_response(self, status: Any, msg: Any = "") -> None:
-        status = str(status)
-        if isinstance(msg, bytes):
-            msg = msg.decode("latin-1")
-        message = str(msg or _PLAIN_MESSAGES.get(status[:3], status[4:])).rstrip(".") or status
-        body = json.dumps({"error": message}).encode()
-        lines = [
-            f"{self.server.protocol} {status}\r\n",
-            f"Content-Length: {len(body)}\r\n",
-            "Content-Type: application/json\r\n",
-        ]
-        # cheroot closes the connection after each of these answers (the rest
-        # of the request cannot be trusted); say so, or a keep-alive client
-        # sends its next request into a closed connection.
-        self.close_connection = True
-        lines.append("Connection: close\r\n\r\n")
-        try:
-            self.conn.wfile.write("".join(lines).encode("latin-1") + body)
-        except OSError as error:
-            if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
-                raise
-
-
-class _Connection(cheroot_server.HTTPConnection):
-    """A connection that takes a worker thread only when a request is ready.
-
-    cheroot hands a connection to a worker as soon as a byte arrives, and
-    the worker then blocks until the request is complete: as many clients
-    as threads, each trickling a handshake or a header a byte a second,
-    would stall everyone (a slowloris).  Here each turn of a worker only
-    takes what the socket has: until the TLS handshake is done and a whole
-    request is buffered, the connection goes back to cheroot's selector,
-    holding no thread.  Each request (the handshake included) must be
-    complete within the connection timeout of its first byte, however it trickles:
-    a request head never holds a thread while it arrives, a body holds one
-    for at most that long.
-    """
-
-    RequestHandlerClass = _Request
-    jobkit_deadline: float | None = None
-    _handshake_expires: float | None = None  # time.time(), as cheroot's last_used
-    _handshake_deadline: float = 0.0  # the same, in time.monotonic()
-    _last_used: float = 0.0
-
-    @property
-    def last_used(self) -> float:
-        """When cheroot last parked it; cheroot closes it ``server.timeout`` after.
-
-        While the TLS handshake is unfinished, this says "long ago" enough
-        for cheroot to close the connection when the handshake timeout ends
-        (a client that connects and never speaks holds only a descriptor, and
-        not for long).
-        """
-        if self._handshake_expires is None:
-            return self._last_used
-        idle_timeout = float(self.server.timeout)
-        return min(self._last_used, self._handshake_expires - idle_timeout)
-
-    @last_used.setter
-    def last_used(self, value: float) -> None:
-        self._last_used = value
-
-    def communicate(self) -> bool:
-        sock, reader = self.socket, self.rfile
-        if isinstance(sock, TLSSocket) and isinstance(reader, SocketReader):
-            now = time.monotonic()
-            if self.jobkit_deadline is None:
-                self.jobkit_deadline = now + float(self.server.timeout)
-            try:
-                if not sock.jobkit_handshake_done:
-                    timeout = sock.jobkit_handshake_timeout
-                    if self._handshake_expires is None:  # from its first turn on
-                        self._handshake_expires = time.time() + timeout
-                        self._handshake_deadline = now + timeout
-                    if not sock.try_handshake(self._handshake_deadline):
-                        return True  # back to the selector until more bytes come
-                    self._handshake_expires = None
-                if not reader.request_ready():
-                    return now <= self.jobkit_deadline  # too slow: closed
-            except cheroot_errors.FatalSSLAlert:
-                return False
-            except OSError:
-                return False  # reset by the peer while we looked
-            reader.deadline = self.jobkit_deadline
-            try:
-                return self._communicate()
-            finally:
-                # The next request gets its own deadline; reads between
-                # requests use cheroot's idle timeout.
-                reader.deadline = self.jobkit_deadline = None
-                if sock.fileno() >= 0:
-                    sock.settimeout(self.server.timeout)
-        return self._communicate()
-
-    def _communicate(self) -> bool:
-        keep: bool = super().communicate()  # type: ignore[no-untyped-call]
-        return keep
-
-
-class _CherootServer(wsgi.Server):
-    """cheroot's WSGI server, logging through `logging` instead of raw stderr."""
-
-    ConnectionClass = _Connection
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.gateway = _Gateway
-
-    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
-        log.log(level, "cheroot: %s", msg, exc_info=traceback)
 
 
 class JobServer:
@@ -303,7 +94,7 @@ class JobServer:
         *,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
-        backend: str = "memory",
+        backend: str = DEFAULT_BACKEND,
         threads: int = DEFAULT_THREADS,
         admins: Iterable[str] = (),
         max_jobs: int = DEFAULT_MAX_JOBS,
@@ -332,11 +123,10 @@ class JobServer:
                     "killed %d job(s) left running by a previous server: process groups %s",
                     len(self.recovered), ", ".join(map(str, self.recovered)),
                 )
-        ledger = self.ledger
         self.api = JobApi(backend, admins=admins,
-                          limits=Limits.for_threads(threads, max_jobs=max_jobs),
-                          pool_factory=lambda: JobPool(backend, cgroups=cgroups, ledger=ledger))
-        server = _CherootServer(
+                          limits=TenantLimits.for_threads(threads, max_jobs=max_jobs),
+                          pool_factory=lambda: JobPool(backend, cgroups=cgroups))
+        server = CherootServer(
             (host, port), self.api, numthreads=threads, max=threads,
             timeout=connection_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT,
             request_queue_size=128,

@@ -13,20 +13,21 @@ from rich.console import Console
 
 from jobkit import JobStatus, State
 from jobkit.cli import render
-from jobkit.server.app import status_json
+from jobkit.core.signals import signal_name
+from jobkit.wire import StatusRecord, status_from_json, status_to_json
 
 NOW = datetime(2026, 5, 4, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def job(job_id: str, state: State, *, command: str = "sh", args: tuple[str, ...] = (),
-        age: float = 5.0, ran: float | None = 1.5, **fields: object) -> dict[str, object]:
-    """The server's JSON for a job (made by the server's own code)."""
+        age: float = 5.0, ran: float | None = 1.5, **fields: object) -> StatusRecord:
+    """A job as the CLI reads it: the server's JSON, made and decoded by the wire's code."""
     created = NOW - timedelta(seconds=age)
     ended = None if ran is None else created + timedelta(seconds=ran)
     status = JobStatus(id=job_id, state=state, command=command, args=args, pid=100,
                        created_at=created, ended_at=ended, backend="memory",
                        **fields)  # type: ignore[arg-type]
-    return status_json(status)
+    return status_from_json(status_to_json(status, signal_name=signal_name))
 
 
 JOBS = [
@@ -119,3 +120,10 @@ def test_rich_table_colours_states() -> None:
     assert "\x1b[35mkilled" in text
     assert "\x1b[31merror" in text
     assert "\x1b[33mrunning" in text
+
+
+def test_a_state_this_version_does_not_know_is_shown_by_its_name() -> None:
+    later = JOBS[0]._replace(state="hibernating", exit_code=None)
+    assert render.status_line(later) == "hibernating"
+    assert render.status_colour(later) == "red"
+    assert render.rows([later], NOW)[0][2] == "hibernating"

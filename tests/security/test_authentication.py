@@ -24,8 +24,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from jobkit.pki import issue_certificate, load_ca, make_ca
 from jobkit.server.serve import JobServer
+from jobkit.wire import ProblemKind
 from tests.security.conftest import all_jobs, forge
-from tests.server.conftest import ApiClient, client_context
+from tests.server.conftest import ApiClient, client_context, problem_document
 
 NOW = dt.datetime.now(dt.timezone.utc)
 
@@ -163,9 +164,10 @@ def test_the_servers_own_certificate_is_not_a_client(server: JobServer, pki: Pat
 
 def _json_403(outcome: Outcome, fragment: str) -> None:
     assert outcome.alert is None, outcome
-    assert (outcome.status, outcome.content_type) == (403, "application/json"), outcome
-    error = json.loads(outcome.body)
-    assert set(error) == {"error"} and fragment in error["error"], error
+    assert outcome.status == 403, outcome
+    error = problem_document(outcome.status, outcome.content_type, outcome.body)
+    assert error["type"] == ProblemKind.BAD_CERTIFICATE_IDENTITY.type_uri, error
+    assert fragment in error["detail"], error
 
 
 def test_a_certificate_without_a_cn(server: JobServer, pki: Path, tmp_path: Path,

@@ -35,9 +35,14 @@ class Response:
         self.body = body
 
     def json(self) -> Any:
-        assert self.headers.get("Content-Type", "").startswith("application/json"), (
-            self.status, self.headers.get("Content-Type"), self.body[:200])
+        content_type = self.headers.get("Content-Type", "")
+        assert content_type.startswith(("application/json", "application/problem+json")), (
+            self.status, content_type, self.body[:200])
         return json.loads(self.body)
+
+    def problem(self) -> dict[str, Any]:
+        """The error answer's problem document, checked for its RFC 9457 shape."""
+        return problem_document(self.status, self.headers.get("Content-Type"), self.body)
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.body[:200]!r}>"
@@ -113,6 +118,20 @@ class ApiClient:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def problem_document(status: int, content_type: str | None, body: bytes) -> dict[str, Any]:
+    """An error answer's body, checked: RFC 9457 problem details of a documented kind."""
+    from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind
+
+    assert content_type == PROBLEM_MEDIA_TYPE, (status, content_type, body[:200])
+    problem: dict[str, Any] = json.loads(body)
+    assert {"type", "title", "status", "detail"} <= set(problem), problem
+    assert problem["status"] == status, problem
+    kind = ProblemKind.from_type(problem["type"])
+    assert kind is ProblemKind.GENERIC or kind.status == status, problem
+    assert isinstance(problem["detail"], str) and problem["detail"], problem
+    return problem
 
 
 def client_context(folder: Path) -> ssl.SSLContext:

@@ -15,6 +15,7 @@ import pytest
 from jobkit.server.app import JobApi
 from jobkit.server.openapi import openapi_document
 from jobkit.server.serve import JobServer
+from jobkit.wire import ProblemKind
 from tests.conftest import process_alive, wait_until
 from tests.server.conftest import ApiClient
 
@@ -85,7 +86,7 @@ def test_env_cwd_timeout_and_backend(client: ApiClient, tmp_path: Path) -> None:
     assert client.get(f"/jobs/{job_id}/output").json()["stdout"] == "ONLY=1\n"
     response = client.request("PUT", "/jobs", {"cmd": "true", "replace_env": "yes"})
     assert response.status == 400
-    assert response.json()["error"] == "field 'replace_env' must be a boolean, not a string"
+    assert response.problem()["detail"] == "field 'replace_env' must be a boolean, not a string"
 
     job_id = client.create("sleep", "30", timeout=0.2)
     status = client.wait(job_id)
@@ -251,7 +252,9 @@ def test_the_app_without_tls_refuses_everyone() -> None:
     body = api({"REQUEST_METHOD": "GET", "PATH_INFO": "/jobs", "QUERY_STRING": ""},
                lambda status, headers, exc_info=None: seen.append(status))
     assert seen == ["403 Forbidden"]
-    assert json.loads(b"".join(body)) == {"error": "no verified client certificate"}
+    problem = json.loads(b"".join(body))
+    assert problem["type"] == ProblemKind.BAD_CERTIFICATE_IDENTITY.type_uri
+    assert problem["detail"] == "no verified client certificate"
     api.close()
 
 

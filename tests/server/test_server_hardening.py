@@ -30,7 +30,7 @@ def test_lone_surrogates_are_refused_naming_the_field(
     # json.dumps writes them as \\udc80 escapes, which JSON allows and UTF-8 cannot carry.
     response = client.request("PUT", "/jobs", fields)
     assert response.status == 400
-    assert response.json()["error"] == (
+    assert response.problem()["detail"] == (
         f"field {field!r} must be valid Unicode (it has a lone surrogate)"
     )
     listing = client.get("/jobs")  # nothing half-created that would break the listing
@@ -41,7 +41,7 @@ def test_a_huge_integer_timeout_is_a_400(client: ApiClient) -> None:
     body = b'{"cmd": "true", "timeout": 1' + b"0" * 400 + b"}"
     response = client.request("PUT", "/jobs", body=body,
                               headers={"Content-Type": "application/json"})
-    assert (response.status, response.json()) == (400, {"error": "field 'timeout' is too large"})
+    assert (response.status, response.problem()["detail"]) == (400, "field 'timeout' is too large")
 
 
 def test_control_characters_in_the_method_cannot_forge_log_lines(
@@ -81,7 +81,7 @@ def test_an_admins_follows_count_against_the_admin(
     conn = admin.connect()
     conn.request("GET", f"/jobs/{job}/stdout?follow=true&client={bob.name}")
     third = conn.getresponse()
-    assert third.status == 429 and ADMIN in json.loads(third.read())["error"]
+    assert third.status == 429 and ADMIN in json.loads(third.read())["detail"]
     conn.close()
     own = bob.connect()
     own.request("GET", f"/jobs/{job}/stdout?follow=true")

@@ -16,6 +16,7 @@ import pytest
 
 from jobkit.pki import issue_client
 from jobkit.server.serve import JobServer
+from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind, problem_json
 from tests.conftest import process_alive, wait_until
 from tests.server.conftest import ADMIN, ApiClient
 
@@ -78,6 +79,11 @@ def tenants(server: JobServer, pki: Path) -> Iterator[Tenants]:
     tenants.close()
 
 
+def no_such_job(job_id: str) -> dict[str, Any]:
+    """The answer for a job this client does not have, whether it exists or not."""
+    return problem_json(ProblemKind.NO_SUCH_JOB, f"no such job: {job_id!r}", job_id=job_id)
+
+
 def _ask(client: ApiClient, method: str, path: str, body: object) -> tuple[int, str, Any]:
     response = client.request(method, path, body)
     return response.status, response.headers["Content-Type"], response.json()
@@ -91,10 +97,10 @@ def test_another_clients_job_is_a_job_that_never_existed(
     target = path.format(id=tenants.target)
     from_b = _ask(tenants.b, method, target, body)
     from_c = _ask(tenants.c, method, target, body)  # C has no pool at all
-    assert from_b == from_c == (404, "application/json", {"error": "no such job: '3'"})
+    assert from_b == from_c == (404, PROBLEM_MEDIA_TYPE, no_such_job("3"))
     # ... and an id that exists nowhere looks the same to B.
     assert _ask(tenants.b, method, path.format(id="3000"), body) == (
-        404, "application/json", {"error": "no such job: '3000'"})
+        404, PROBLEM_MEDIA_TYPE, no_such_job("3000"))
     tenants.assert_target_untouched()
 
 
@@ -177,10 +183,10 @@ def test_an_admin_follows_another_clients_job(admin: ApiClient, fresh: Tenants) 
 def test_an_unknown_client_is_an_empty_pool_to_an_admin(admin: ApiClient) -> None:
     assert admin.get("/jobs?client=nobody-at-all").json() == {"ids": [], "jobs": []}
     response = admin.get("/jobs/1/status?client=nobody-at-all")
-    assert (response.status, response.json()) == (404, {"error": "no such job: '1'"})
+    assert (response.status, response.json()) == (404, no_such_job("1"))
 
 
 def test_an_admin_creates_jobs_only_in_its_own_pool(admin: ApiClient, fresh: Tenants) -> None:
     response = admin.request("PUT", f"/jobs?client={fresh.a.name}", {"cmd": "true"})
-    assert response.status == 400 and "client" in response.json()["error"]
+    assert response.status == 400 and "client" in response.problem()["detail"]
     assert fresh.a.get("/jobs").json()["ids"] == fresh.a_listing["ids"]

@@ -162,7 +162,7 @@ def test_stop_from_another_thread_while_requests_run(
     threads = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: len(server.api._clients.all()) >= 3 and len(_sleeping_children()) >= 3,
+    wait_until(lambda: len(server.api._tenants.all()) >= 3 and len(_sleeping_children()) >= 3,
                what="jobs being created by every thread")
     _stop_in_time(server)
     done.set()

@@ -146,11 +146,11 @@ def test_follow_limits_keep_threads_for_other_requests(
     first = Follow(x, f"/jobs/{jobs[x.name]}/stdout?follow=true")
     assert first.response.status == 200
     again = x.get(f"/jobs/{jobs[x.name]}/stderr?follow=true")
-    assert again.status == 429 and "follow streams" in again.json()["error"]
+    assert again.status == 429 and "follow streams" in again.problem()["detail"]
     second = Follow(y, f"/jobs/{jobs[y.name]}/stdout?follow=true")
     assert second.response.status == 200
     full = z.get(f"/jobs/{jobs[z.name]}/stdout?follow=true")
-    assert full.status == 503 and "follow streams" in full.json()["error"]
+    assert full.status == 503 and "follow streams" in full.problem()["detail"]
     assert full.headers["Retry-After"] == "1"
 
     # With every follow slot taken, ordinary requests still get threads.

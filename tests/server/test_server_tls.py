@@ -159,7 +159,7 @@ def test_a_certificate_without_exactly_one_cn_gets_403(
                          ("GET", "/openapi.json"), ("GET", "/nowhere")]:
         response = client.request(method, path, {"cmd": "true"} if method == "PUT" else None)
         assert response.status == 403, (method, path, response)
-        assert why in response.json()["error"]
+        assert why in response.problem()["detail"]
     client.close()
 
 

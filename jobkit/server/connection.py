@@ -1,0 +1,573 @@
+"""Everything jobkit changes inside cheroot, in one place.
+
+cheroot serves the API; these overrides fix what it does not do the way
+jobkit needs:
+
+* `TLS13Adapter` sets TLS up without handshaking in cheroot's accept loop
+  (where one silent client would stall every other: cheroot issue 748),
+  and hands each request the connection's `Peer`;
+* `Connection` takes a worker thread only once the TLS handshake is done
+  and a whole request head is buffered (no slowloris can hold threads),
+  and gives each request a deadline from its first byte;
+* `SocketReader` and `SocketWriter` replace cheroot's ``_pyio``-based
+  buffered files, which cost most of a small request's time;
+* `Gateway` sends a small response's headers and body in one TLS record,
+  and closes the connection when the app says ``Connection: close``;
+* `Request` answers what cheroot refuses by itself as a problem document,
+  like every other jobkit error (`jobkit.server.errors.problem_body`);
+* `CherootServer` logs through `logging` and uses the classes above.
+
+These lean on cheroot's internals, so ``pyproject.toml`` pins cheroot's major
+version, and ``tests/server/test_connection.py`` resolves every name below and
+fails loudly when one disappears.  The cheroot names jobkit touches:
+
+* ``cheroot.wsgi.Server``: subclassed; its ``ConnectionClass``, ``gateway``,
+  ``error_log``, ``ssl_adapter``, ``keep_alive_conn_limit``, ``timeout``,
+  ``protocol``, ``bind_addr``, ``prepare``, ``serve`` and ``stop``;
+* ``cheroot.server.HTTPConnection``: subclassed; its ``RequestHandlerClass``,
+  ``communicate``, ``last_used`` (cheroot's connection manager reads it to
+  close idle connections, and sets it), ``socket``, ``rfile``, ``wfile`` and
+  ``server``;
+* ``cheroot.server.HTTPRequest``: subclassed; its ``simple_response``,
+  ``close_connection``, ``sent_headers``, ``conn`` and ``server``;
+* ``cheroot.wsgi.Gateway_10``: subclassed; its ``start_response``, ``write``
+  and ``req``;
+* ``cheroot.ssl.Adapter``: subclassed; its ``bind``, ``wrap``,
+  ``get_environ`` and ``makefile``;
+* ``cheroot.server.ChunkedRFile``: its ``closed`` and ``read_trailer_lines``
+  (`finish_chunked_body`);
+* ``cheroot.connections.ConnectionManager``: calls ``has_data`` on our
+  `SocketReader` before it parks a connection in its selector;
+* ``cheroot.errors.FatalSSLAlert`` (raised by `jobkit.server.tls.TLSSocket`
+  for a failed handshake, which cheroot closes quietly) and
+  ``cheroot.errors.socket_errors_to_ignore``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from cheroot import errors as cheroot_errors
+from cheroot import server as cheroot_server
+from cheroot import wsgi
+from cheroot.ssl import Adapter
+
+from jobkit.server.errors import problem_body
+from jobkit.server.tls import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    PEER_ENVIRON_KEY,
+    Peer,
+    TLSSocket,
+    make_server_context,
+)
+from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind
+
+__all__ = [
+    "MAX_HEAD",
+    "CherootServer",
+    "Connection",
+    "Gateway",
+    "Request",
+    "SocketReader",
+    "SocketWriter",
+    "TLS13Adapter",
+    "finish_chunked_body",
+]
+
+log = logging.getLogger("jobkit.server")
+
+#: The longest request head waited for whole before a worker takes it.
+MAX_HEAD = 64 * 1024
+
+
+# -- the TLS adapter ----------------------------------------------------------------------
+
+
+class TLS13Adapter(Adapter):
+    """cheroot SSL adapter for mutual TLS 1.3 with identity by certificate CN.
+
+    Why not cheroot's ``BuiltinSSLAdapter``: it performs the TLS handshake
+    inside cheroot's single accept loop, so one client that connects and
+    sends nothing stalls every other client until the socket times out
+    (cheroot issue 748); and it reports the client's CN as
+    ``SSL_CLIENT_S_DN_CN``, joining several CNs with commas, so a
+    certificate with the CNs ``a`` and ``b`` and one with the single CN
+    ``a,b`` look alike.  Our `wrap` only sets the TLS state up; `Connection`
+    completes the handshake, and `jobkit.server.tls` reads the identity.
+
+    Args:
+        certificate: The server's certificate (PEM file).
+        private_key: Its private key (PEM file).
+        certificate_chain: The CA certificate that client certificates must
+            chain to (our ``ca.pem``).  Required: there is no default trust.
+        handshake_timeout: Seconds a new connection has to finish the handshake.
+
+    Each request's environ gets ``wsgi.url_scheme``, ``HTTPS`` and the
+    connection's `Peer` under `PEER_ENVIRON_KEY`.
+    """
+
+    def __init__(
+        self,
+        certificate: str | os.PathLike[str],
+        private_key: str | os.PathLike[str],
+        certificate_chain: str | os.PathLike[str] | None = None,
+        ciphers: str | None = None,
+        *,
+        private_key_password: str | bytes | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    ) -> None:
+        if certificate_chain is None:
+            raise ValueError("TLS13Adapter needs the CA certificate that signs client certificates")
+        if private_key_password is not None:
+            raise ValueError("TLS13Adapter does not support encrypted private keys")
+        if ciphers is not None:  # set_ciphers does not apply to TLS 1.3 suites
+            raise ValueError("TLS 1.3 cipher suites are OpenSSL's defaults; ciphers is unsupported")
+        super().__init__(certificate, private_key, certificate_chain, ciphers)
+        self.context = make_server_context(certificate, private_key, certificate_chain)
+        self.handshake_timeout = handshake_timeout
+        self._sockets: weakref.WeakSet[TLSSocket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def bind(self, sock: socket.socket) -> socket.socket:
+        return sock
+
+    def wrap(self, sock: socket.socket) -> tuple[TLSSocket, dict[str, Any]]:
+        """Set TLS up on an accepted socket, without handshaking (see `TLSSocket`)."""
+        try:
+            host, port = sock.getpeername()[:2]
+            address = f"{host}:{port}"
+        except (OSError, TypeError):
+            address = "?"
+        try:
+            tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError as error:
+            raise cheroot_errors.FatalSSLAlert(str(error)) from None
+        assert isinstance(tls, TLSSocket)
+        peer = Peer(address, socket=weakref.ref(tls))
+        tls.jobkit_peer = peer
+        tls.jobkit_handshake_timeout = self.handshake_timeout
+        with self._lock:
+            self._sockets.add(tls)
+        environ = self.get_environ()
+        environ[PEER_ENVIRON_KEY] = peer
+        return tls, environ
+
+    def get_environ(self) -> dict[str, Any]:
+        return {"wsgi.url_scheme": "https", "HTTPS": "on"}
+
+    def makefile(self, sock: socket.socket, mode: str = "r", bufsize: int = -1) -> Any:
+        if "r" in mode:
+            return SocketReader(sock)
+        return SocketWriter(sock)
+
+    def abort_connections(self) -> int:
+        """Shut down every connection still open; return how many.
+
+        The last step of a shutdown: it wakes worker threads blocked sending
+        to a client that stopped reading, which nothing else would.
+        """
+        with self._lock:
+            open_sockets = [s for s in self._sockets if s.fileno() >= 0]
+        for sock in open_sockets:
+            sock.abort()
+        return len(open_sockets)
+
+    def abort_handshakes(self) -> int:
+        """Shut down every connection still in its handshake; return how many.
+
+        Called at shutdown so that silent clients do not hold worker threads
+        for the whole handshake timeout.
+        """
+        with self._lock:
+            pending = [s for s in self._sockets if not s.jobkit_handshake_done]
+        for sock in pending:
+            sock.abort()
+        return len(pending)
+
+
+# -- reading and writing a connection -----------------------------------------------------
+
+
+class SocketReader:
+    """The buffered reader cheroot reads requests with, for one connection.
+
+    cheroot's own ``StreamReader`` is built on ``_pyio`` (the pure-Python io
+    module) and reads a request line by line through several layers; this
+    one keeps a single buffer and finds lines with ``bytearray.find``, which
+    is most of what makes small requests cheap.  It implements what cheroot
+    uses: ``read``, ``readline``, iteration, ``has_data``, ``close``,
+    ``closed`` and ``bytes_read``.
+    """
+
+    #: Bytes asked of the socket per receive (one TLS record is at most 16 KiB).
+    RECEIVE_SIZE = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._eof = False
+        self.bytes_read = 0
+        self.closed = False
+        #: While a request is read: when (``time.monotonic()``) it must be in.
+        self.deadline: float | None = None
+
+    def has_data(self) -> bool:
+        """True if a request head can be read without waiting for the network.
+
+        cheroot asks this before it parks a connection in its selector: a
+        request only partly received must be parked, not handed to a worker
+        that would then wait for the rest (a slowloris).
+        """
+        if self._eof or self._request_complete():
+            return True
+        pending = getattr(self._sock, "pending", None)  # bytes OpenSSL decrypted already
+        return bool(pending is not None and pending())
+
+    def request_ready(self) -> bool:
+        """Take what the socket has now, without waiting; True once a request head is here.
+
+        The head is the request line and headers, up to the blank line.  The
+        end of the connection, or a head longer than `MAX_HEAD`, also count
+        as ready: cheroot then closes or answers as it should.  The body is
+        read as it comes, within the request's `deadline`.
+        """
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(0.0)
+        try:
+            while len(self._buffer) <= MAX_HEAD:
+                data = self._sock.recv(self.RECEIVE_SIZE)
+                if not data:
+                    self._eof = True
+                    break
+                self._buffer += data
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            pass
+        finally:
+            if self._sock.fileno() >= 0:
+                self._sock.settimeout(previous)
+        return self._eof or self._request_complete()
+
+    def _request_complete(self) -> bool:
+        return b"\r\n\r\n" in self._buffer or len(self._buffer) > MAX_HEAD
+
+    def _fill(self) -> bool:
+        if self.deadline is not None:
+            # A body trickled a byte at a time must not hold the worker for
+            # ever: the request as a whole has a deadline, not just each read.
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")  # cheroot answers 408
+            timeout = self._sock.gettimeout()
+            if timeout is None or timeout > remaining:
+                self._sock.settimeout(remaining)
+        data = self._sock.recv(self.RECEIVE_SIZE)
+        if not data:
+            return False
+        self._buffer += data
+        return True
+
+    def _take(self, count: int) -> bytes:
+        data = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        self.bytes_read += len(data)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all until EOF if negative or None); fewer only at EOF."""
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return self._take(len(self._buffer))
+        while len(self._buffer) < size and self._fill():
+            pass
+        return self._take(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """One line, newline included, or at most ``size`` bytes of it."""
+        limit = None if size is None or size < 0 else size
+        searched = 0
+        while True:
+            newline = self._buffer.find(b"\n", searched)
+            if newline >= 0:
+                end = newline + 1
+                break
+            searched = len(self._buffer)
+            if limit is not None and searched >= limit:
+                end = limit
+                break
+            if not self._fill():
+                end = searched
+                break
+        return self._take(end if limit is None else min(end, limit))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+    def close(self) -> None:
+        # The socket belongs to cheroot's connection, which closes it.
+        self.closed = True
+        self._buffer.clear()
+
+
+class SocketWriter:
+    """The writer cheroot writes responses with: straight to ``sendall``.
+
+    cheroot's ``StreamWriter`` copies every chunk twice (into a buffer, then
+    out of it) under a lock; a follow stream sends megabytes a second
+    through here, so this one hands the caller's bytes to the socket as
+    they are.
+
+    Between `cork` and `uncork` writes are held and then sent as one: the
+    server corks around a response's first body chunk so that the headers
+    and a small body leave in one TLS record and one system call, instead
+    of two (each wakes the client).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._held: list[bytes] | None = None
+        self.bytes_written = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        if self._held is not None:
+            self._held.append(bytes(data))
+        else:
+            self._send(data)
+        self.bytes_written += len(data)
+        return len(data)
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as error:
+            # The client went away mid-response (`curl | head`, Ctrl-C).
+            # cheroot knows EPIPE as a quiet disconnect; an SSL error it
+            # would log as a warning with a traceback, for every client.
+            raise BrokenPipeError(errno.EPIPE, f"the client went away: {error}") from None
+
+    def cork(self) -> None:
+        """Hold writes until `uncork`."""
+        if self._held is None:
+            self._held = []
+
+    def uncork(self) -> None:
+        """Send what was held, as one write."""
+        held, self._held = self._held, None
+        if held:
+            self._send(held[0] if len(held) == 1 else b"".join(held))
+
+    def flush(self) -> None:
+        self.uncork()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def finish_chunked_body(rfile: Any) -> None:
+    """Read the trailer section of a chunked body cheroot decoded to its last chunk.
+
+    cheroot's ``ChunkedRFile`` stops after the last chunk and leaves the
+    trailer section (at least its final CRLF) unread; the connection would
+    then look busy and hold a worker thread, idle, until it times out.
+    Anything else is left alone.
+    """
+    if getattr(rfile, "closed", False) and hasattr(rfile, "read_trailer_lines"):
+        for _line in rfile.read_trailer_lines():
+            pass
+
+
+# -- requests, responses, connections -----------------------------------------------------
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    global _date_cache
+    now = int(time.time())
+    second, text = _date_cache
+    if second != now:
+        text = email.utils.formatdate(now, usegmt=True)
+        _date_cache = (now, text)
+    return text
+
+
+class Gateway(wsgi.Gateway_10):
+    """cheroot's WSGI gateway, sending the headers with the first body chunk.
+
+    cheroot writes the status line and headers, then each body chunk, as
+    separate writes; corking the connection's `SocketWriter` around the
+    first chunk makes a small response one TLS record and one system call.
+    It also closes the connection when the app's response says so.
+    """
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Any:
+        # The app says "Connection: close" when the rest of the request cannot
+        # be found in the stream (a malformed or unfinished body); cheroot
+        # would otherwise read on, taking leftovers for the next request.
+        if any(name.lower() == "connection" and value.lower() == "close"
+               for name, value in headers):
+            self.req.close_connection = True
+        # cheroot formats the Date header anew for every response; one
+        # formatting per second is enough.
+        headers = [*headers, ("Date", _http_date())]
+        return super().start_response(status, headers, exc_info)
+
+    def write(self, chunk: bytes) -> None:
+        wfile = self.req.conn.wfile
+        if self.req.sent_headers or not isinstance(wfile, SocketWriter):
+            super().write(chunk)
+            return
+        wfile.cork()
+        try:
+            super().write(chunk)
+        finally:
+            wfile.uncork()
+
+
+#: Messages for the errors cheroot answers without one.
+_PLAIN_MESSAGES = {
+    "408": "timed out waiting for the request",
+    "501": "unsupported Transfer-Encoding: only chunked is accepted",
+    "503": "the server is too busy; try again later",
+}
+
+
+class Request(cheroot_server.HTTPRequest):
+    """cheroot's request, answering the errors cheroot handles itself as problems.
+
+    cheroot refuses some requests before the app sees them (a malformed
+    request line or header, an unsupported transfer coding, a request that
+    times out, ...) with a ``text/plain`` body; every jobkit error is a
+    problem document instead, its kind known by the status alone.
+    """
+
+    def simple_response(self, status: Any, msg: Any = "") -> None:
+        status = str(status)
+        if isinstance(msg, bytes):
+            msg = msg.decode("latin-1")
+        detail = str(msg or _PLAIN_MESSAGES.get(status[:3], status[4:])).rstrip(".") or status
+        code = int(status[:3])
+        body = problem_body(ProblemKind.for_status(code), detail, status=code)
+        lines = [
+            f"{self.server.protocol} {status}\r\n",
+            f"Content-Length: {len(body)}\r\n",
+            f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\n",
+        ]
+        # cheroot closes the connection after each of these answers (the rest
+        # of the request cannot be trusted); say so, or a keep-alive client
+        # sends its next request into a closed connection.
+        self.close_connection = True
+        lines.append("Connection: close\r\n\r\n")
+        try:
+            self.conn.wfile.write("".join(lines).encode("latin-1") + body)
+        except OSError as error:
+            if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
+                raise
+
+
+class Connection(cheroot_server.HTTPConnection):
+    """A connection that takes a worker thread only when a request is ready.
+
+    cheroot hands a connection to a worker as soon as a byte arrives, and
+    the worker then blocks until the request is complete: as many clients
+    as threads, each trickling a handshake or a header a byte a second,
+    would stall everyone (a slowloris).  Here each turn of a worker only
+    takes what the socket has: until the TLS handshake is done and a whole
+    request is buffered, the connection goes back to cheroot's selector,
+    holding no thread.  Each request (the handshake included) must be
+    complete within the connection timeout of its first byte, however it trickles:
+    a request head never holds a thread while it arrives, a body holds one
+    for at most that long.
+    """
+
+    RequestHandlerClass = Request
+    jobkit_deadline: float | None = None
+    _handshake_expires: float | None = None  # time.time(), as cheroot's last_used
+    _handshake_deadline: float = 0.0  # the same, in time.monotonic()
+    _last_used: float = 0.0
+
+    @property
+    def last_used(self) -> float:
+        """When cheroot last parked it; cheroot closes it ``server.timeout`` after.
+
+        While the TLS handshake is unfinished, this says "long ago" enough
+        for cheroot to close the connection when the handshake timeout ends
+        (a client that connects and never speaks holds only a descriptor, and
+        not for long).
+        """
+        if self._handshake_expires is None:
+            return self._last_used
+        idle_timeout = float(self.server.timeout)
+        return min(self._last_used, self._handshake_expires - idle_timeout)
+
+    @last_used.setter
+    def last_used(self, value: float) -> None:
+        self._last_used = value
+
+    def communicate(self) -> bool:
+        sock, reader = self.socket, self.rfile
+        if isinstance(sock, TLSSocket) and isinstance(reader, SocketReader):
+            now = time.monotonic()
+            if self.jobkit_deadline is None:
+                self.jobkit_deadline = now + float(self.server.timeout)
+            try:
+                if not sock.jobkit_handshake_done:
+                    timeout = sock.jobkit_handshake_timeout
+                    if self._handshake_expires is None:  # from its first turn on
+                        self._handshake_expires = time.time() + timeout
+                        self._handshake_deadline = now + timeout
+                    if not sock.try_handshake(self._handshake_deadline):
+                        return True  # back to the selector until more bytes come
+                    self._handshake_expires = None
+                if not reader.request_ready():
+                    return now <= self.jobkit_deadline  # too slow: closed
+            except cheroot_errors.FatalSSLAlert:
+                return False
+            except OSError:
+                return False  # reset by the peer while we looked
+            reader.deadline = self.jobkit_deadline
+            try:
+                return self._communicate()
+            finally:
+                # The next request gets its own deadline; reads between
+                # requests use cheroot's idle timeout.
+                reader.deadline = self.jobkit_deadline = None
+                if sock.fileno() >= 0:
+                    sock.settimeout(self.server.timeout)
+        return self._communicate()
+
+    def _communicate(self) -> bool:
+        keep: bool = super().communicate()  # type: ignore[no-untyped-call]
+        return keep
+
+
+class CherootServer(wsgi.Server):
+    """cheroot's WSGI server with the classes above, logging through `logging`."""
+
+    ConnectionClass = Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = Gateway
+
+    def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
+        log.log(level, "cheroot: %s", msg, exc_info=traceback)

@@ -1,0 +1,196 @@
+"""Tenants: each client certificate's CN gets its own `JobPool`, within limits.
+
+A *tenant* is the server's side of one client identity (not to be confused
+with `jobkit.client.Client`, the Python client).  Who may act on whose jobs
+is decided here too: a caller acts on its own pool, an admin (``--admin``)
+may name another with ``?client=CN`` and list every pool with ``?all=true``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+
+import attrs
+
+from jobkit.core.errors import JobNotFound, PoolClosed
+from jobkit.core.pool import JobPool
+from jobkit.server.errors import ApiError
+from jobkit.server.requests import MAX_BODY
+from jobkit.wire import ProblemKind
+
+__all__ = [
+    "CLIENT_ENVIRON_KEY",
+    "DEFAULT_MAX_JOBS",
+    "AccessRules",
+    "Tenant",
+    "TenantLimits",
+    "Tenants",
+]
+
+#: Live (running) jobs one client may have at once by default; more get 429.
+DEFAULT_MAX_JOBS = 256
+#: The environ key under which the app finds the caller's CN.
+CLIENT_ENVIRON_KEY = "jobkit.client"
+
+
+@attrs.frozen
+class TenantLimits:
+    """What one server lets its tenants do.
+
+    Attributes:
+        max_jobs: Live (running) jobs one tenant may have; 0 means no limit.
+            Another ``PUT /jobs`` over it gets 429.
+        max_follows: Follow streams open at once, all tenants together.  Each
+            holds a worker thread, so this must stay below the thread count to
+            leave threads for other requests; more get 503.
+        max_client_follows: Follow streams one tenant may hold; more get 429.
+        max_body: The largest request body, in bytes; larger ones get 413.
+    """
+
+    max_jobs: int = DEFAULT_MAX_JOBS
+    max_follows: int = 32
+    max_client_follows: int = 16
+    max_body: int = MAX_BODY
+
+    @classmethod
+    def for_threads(cls, threads: int, *, max_jobs: int = DEFAULT_MAX_JOBS) -> TenantLimits:
+        """Limits for a server with ``threads`` worker threads.
+
+        Half the threads may follow streams (a quarter for one tenant), so the
+        other half always serves ordinary requests.
+        """
+        follows = max(1, threads // 2)
+        return cls(max_jobs=max_jobs, max_follows=follows,
+                   max_client_follows=max(1, follows // 2))
+
+
+@attrs.define(eq=False)
+class Tenant:
+    """One client identity's pool and the counters its live-job limit needs.
+
+    Attributes:
+        name: The CN.
+        pool: Its jobs.
+    """
+
+    name: str
+    pool: JobPool
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    #: Ids of jobs that were running when last seen.
+    _live: set[str] = attrs.field(factory=set, init=False)
+    #: Creations in progress.
+    _reserved: int = attrs.field(default=0, init=False)
+
+    def reserve(self, limit: int) -> None:
+        """Take a place for a job about to be created; `ApiError` (429) over ``limit``.
+
+        0 means no limit.  Call `created` once the creation is over, whatever happened.
+        """
+        with self._lock:
+            if limit and len(self._live) + self._reserved >= limit:
+                self._live = {job_id for job_id in self._live if self._running(job_id)}
+                if len(self._live) + self._reserved >= limit:
+                    raise ApiError(
+                        ProblemKind.QUOTA_EXCEEDED,
+                        f"too many live jobs: client {self.name!r} has "
+                        f"{len(self._live) + self._reserved} running (limit {limit}); "
+                        f"wait for some to finish, or stop or delete them")
+            self._reserved += 1
+
+    def created(self, job_id: str | None, *, counted: bool) -> None:
+        """The creation `reserve` made room for is over; ``job_id`` None if it failed."""
+        with self._lock:
+            self._reserved -= 1
+            if job_id is not None and counted:
+                self._live.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        """``job_id`` was deleted: it no longer counts."""
+        with self._lock:
+            self._live.discard(job_id)
+
+    def _running(self, job_id: str) -> bool:
+        try:
+            return self.pool.status(job_id).running
+        except (JobNotFound, PoolClosed):
+            return False
+
+
+class Tenants:
+    """The map CN -> `Tenant`, created on first use.
+
+    Reads take no lock (a dict lookup is atomic); only creating a tenant's
+    pool does, and it checks again under the lock so two first requests from
+    one client make one pool.
+    """
+
+    def __init__(self, factory: Callable[[], JobPool]) -> None:
+        self._factory = factory
+        self._tenants: dict[str, Tenant] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, name: str) -> Tenant | None:
+        """The tenant ``name``, or None if it never created a job."""
+        return self._tenants.get(name)
+
+    def get_or_create(self, name: str) -> Tenant:
+        """The tenant ``name``, made with a new pool if needed; `PoolClosed` once closed."""
+        tenant = self._tenants.get(name)
+        if tenant is not None:
+            return tenant
+        with self._lock:
+            if self._closed:
+                raise PoolClosed
+            tenant = self._tenants.get(name)
+            if tenant is None:
+                tenant = self._tenants[name] = Tenant(name, self._factory())
+            return tenant
+
+    def all(self) -> list[Tenant]:
+        """Every tenant, by name."""
+        with self._lock:
+            return sorted(self._tenants.values(), key=lambda tenant: tenant.name)
+
+    def close(self) -> None:
+        """Close every pool: every job is killed and reaped."""
+        with self._lock:
+            self._closed = True
+            tenants = list(self._tenants.values())
+        for tenant in tenants:
+            tenant.pool.close()
+
+
+@attrs.frozen
+class AccessRules:
+    """Who may act on whose jobs.
+
+    Attributes:
+        admins: CNs allowed to list and act on every tenant's jobs.
+    """
+
+    admins: frozenset[str] = frozenset()
+
+    def owner(self, caller: str, parameters: Mapping[str, str]) -> str:
+        """The CN whose pool a request addresses: the caller's, or ``?client=`` for admins."""
+        other = parameters.get("client")
+        if other is None or other == caller:
+            return caller
+        if caller not in self.admins:
+            raise ApiError(ProblemKind.NOT_ALLOWED,
+                           "only an admin may act on another client's jobs (client=...)")
+        return other
+
+    def check_list_all(self, caller: str) -> None:
+        """Refuse ``?all=true`` to anyone but an admin."""
+        if caller not in self.admins:
+            raise ApiError(ProblemKind.NOT_ALLOWED,
+                           "only an admin may list every client's jobs (all=true)")
+
+    def check_create(self, caller: str, parameters: Mapping[str, str]) -> None:
+        """A job is always created in the caller's own pool: refuse ``?client=`` another."""
+        if "client" in parameters and parameters["client"] != caller:
+            raise ApiError(ProblemKind.BAD_FIELD,
+                           "a job is always created in the caller's own pool; "
+                           "'client' is not accepted on PUT /jobs")
