@@ -42,7 +42,7 @@ from __future__ import annotations
 import abc
 import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 __all__ = ["DurableBackend", "OutputBackend", "OutputStore"]
 
@@ -106,7 +106,6 @@ class OutputBackend(Protocol):
         ...
 
 
-BackendFactory = Any  # Callable[..., OutputBackend]; kept loose for plugin authors
 
 
 @runtime_checkable
