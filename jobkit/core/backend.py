@@ -106,8 +106,6 @@ class OutputBackend(Protocol):
         ...
 
 
-
-
 @runtime_checkable
 class DurableBackend(OutputBackend, Protocol):
     """A backend whose output outlives its stores and the process that wrote it."""
