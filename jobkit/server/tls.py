@@ -21,7 +21,6 @@ import socket
 import ssl
 import time
 import weakref
-from typing import Any
 
 import attrs
 from cheroot import errors as cheroot_errors
@@ -148,14 +147,17 @@ def _peer_closed(fd: int) -> bool:
 
 
 class TLSSocket(ssl.SSLSocket):
-    """An ``SSLSocket`` that completes its server-side handshake on first use.
+    """An ``SSLSocket`` whose server-side handshake is done in non-blocking steps.
 
-    cheroot calls `TLS13Adapter.wrap` in its accept loop; doing the handshake
-    there would let one silent client block everyone.  Instead the first
-    ``recv_into`` or ``send`` (made by the worker thread serving the
-    connection) performs it, bounded by ``handshake_timeout``.  A failed
-    handshake raises cheroot's ``FatalSSLAlert``, which cheroot handles by
-    closing the connection quietly.
+    cheroot accepts connections in one loop; a handshake there would let one
+    silent client block everyone.  So the socket is made without a
+    handshake, and the worker serving the connection calls `try_handshake`
+    each time bytes arrive (`jobkit.server.connection.Connection`), until it
+    is done and the peer identified; in between, the connection holds no
+    thread.  Nothing reads or writes the socket before that: every request
+    is read, and every answer written, only once ``jobkit_handshake_done``
+    (were it otherwise, OpenSSL would handshake implicitly, the `Peer` would
+    stay unidentified, and every request would be refused with 403).
     """
 
     # Set by TLS13Adapter.wrap right after the socket is made (SSLSocket has
@@ -163,21 +165,6 @@ class TLSSocket(ssl.SSLSocket):
     jobkit_peer: Peer
     jobkit_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     jobkit_handshake_done: bool = False
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        if not self.jobkit_handshake_done:
-            self._finish_handshake()
-        return super().recv(buflen, flags)
-
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        if not self.jobkit_handshake_done:
-            self._finish_handshake()
-        return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        if not self.jobkit_handshake_done:
-            self._finish_handshake()
-        return super().send(data, flags)
 
     def abort(self) -> None:
         """``shutdown(SHUT_RDWR)`` on the TCP socket, safe from any thread.
@@ -190,31 +177,22 @@ class TLSSocket(ssl.SSLSocket):
         except OSError:
             pass
 
-    def _finish_handshake(self) -> None:
-        """The whole handshake, blocking (for callers that skipped `try_handshake`)."""
-        timeout = self.jobkit_handshake_timeout
-        previous = self.gettimeout()
-        self._handshake(timeout if previous is None else min(previous, timeout), None)
-
     def try_handshake(self, deadline: float) -> bool:
         """One non-blocking step of the handshake: True once it is complete.
 
-        Called by the worker serving the connection whenever bytes arrived
-        (see ``_Connection.communicate``), so that a client that stops half
-        way through holds a selector slot, never a worker thread.  Raises
-        cheroot's ``FatalSSLAlert`` when it fails or ``deadline``
-        (``time.monotonic()``) passes.
+        Called by the worker serving the connection whenever bytes arrived,
+        so that a client that stops half way through holds a selector slot,
+        never a worker thread.  Raises cheroot's ``FatalSSLAlert`` (which
+        cheroot answers by closing the connection quietly) when it fails or
+        ``deadline`` (``time.monotonic()``) passes.
         """
-        return self._handshake(0.0, deadline)
-
-    def _handshake(self, timeout: float, deadline: float | None) -> bool:
         previous = self.gettimeout()
-        self.settimeout(timeout)
+        self.settimeout(0.0)
         failure: BaseException | None = None
         try:
             self.do_handshake()
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            if deadline is not None and time.monotonic() <= deadline:
+            if time.monotonic() <= deadline:
                 return False
             failure = TimeoutError("timed out")
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
