@@ -430,3 +430,12 @@ def test_the_default_file_is_in_the_servers_default_state_folder(
 
 def test_no_default_file_for_port_zero() -> None:
     assert audit.default_audit_file("127.0.0.1", 0) is None
+
+
+def test_the_audit_module_imports_only_the_standard_library_and_the_wire() -> None:
+    # The CLI reads the log on the server's machine without loading the server.
+    from tests.test_import_rules import ALL, imports, stdlib
+
+    found = imports("jobkit.audit", ALL["jobkit.audit"])
+    assert {m for m in found if not stdlib(m)} == {"jobkit.wire", *(
+        f"jobkit.wire.{name}" for name in ("DEFAULT_HOST", "DEFAULT_PORT", "format_time"))}

@@ -92,17 +92,21 @@ def test_the_wire_imports_only_the_standard_library() -> None:
     assert found and all(stdlib(m) for m in found), sorted(m for m in found if not stdlib(m))
 
 
+#: The PKI's modules that make and sign certificates and CRLs: only they use cryptography.
+PKI_ISSUING = ("jobkit.pki.issue", "jobkit.pki.signing", "jobkit.pki.crl", "jobkit.pki.lifecycle")
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if within(n, "jobkit.pki")])
 def test_the_pki_uses_cryptography_only_to_issue(name: str) -> None:
     found = imports(name, ALL[name])
     assert not {m for m in found if within(m, "jobkit.server", "jobkit.client", "jobkit.cli")}
     # The layout (names, folders, errors) is what the client needs: no cryptography.
-    allowed = {"cryptography"} if name == "jobkit.pki.issue" else set()
+    allowed = {"cryptography"} if name in PKI_ISSUING else set()
     assert third_party(found) <= allowed
     jobkit_imports = {m for m in found if within(m, "jobkit")}
     assert all(within(m, "jobkit.pki", "jobkit.core.errors") for m in jobkit_imports), (
         sorted(jobkit_imports))
-    if name != "jobkit.pki.issue":
+    if name not in PKI_ISSUING:
         # The package itself may name the issuing part, but only import it lazily.
         tree = ast.parse(ALL[name].read_text())
         top = {alias.name if isinstance(node, ast.Import) else node.module

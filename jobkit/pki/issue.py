@@ -22,12 +22,13 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from jobkit.pki.crl import crl_files, publish_crl
+from jobkit.pki.files import locked, make_dir, refuse_existing, write_file
 from jobkit.pki.layout import (
     BUNDLE_FILES,
     CA_FILE,
@@ -37,11 +38,9 @@ from jobkit.pki.layout import (
     CERT_MODE,
     CLIENTS_FOLDER,
     CN_MAX_LENGTH,
-    DIR_MODE,
     KEY_FILE,
     KEY_MODE,
     SERVER_FOLDER,
-    AlreadyExists,
     InvalidName,
     PkiError,
     ca_dir,
@@ -50,6 +49,16 @@ from jobkit.pki.layout import (
     default_pki_dir,
     validate_client_name,
 )
+from jobkit.pki.record import (
+    CLIENT_KIND,
+    SERVER_KIND,
+    IssuedCertificate,
+    Record,
+    load_record,
+    record_file,
+    save_record,
+)
+from jobkit.pki.signing import CLOCK_SKEW, SigningHash, authority_key_id, new_key, now
 
 __all__ = [
     "CA_VALIDITY",
@@ -73,12 +82,6 @@ CA_VALIDITY = _dt.timedelta(days=3650)
 #: How long server and client certificates are valid (well under the 825 days
 #: Apple platforms accept for TLS server certificates).
 LEAF_VALIDITY = _dt.timedelta(days=730)
-#: Certificates start this far in the past, so a peer whose clock is a little
-#: behind ours does not see a certificate that is "not yet valid".
-CLOCK_SKEW = _dt.timedelta(minutes=5)
-
-#: The hashes a certificate may be signed with (all but SHA-256 only for forging).
-SigningHash = hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512
 
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 
@@ -127,26 +130,8 @@ def validate_host(host: str) -> str | ipaddress.IPv4Address | ipaddress.IPv6Addr
 # -- certificates -----------------------------------------------------------------------
 
 
-def _new_key() -> EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _now() -> _dt.datetime:
-    return _dt.datetime.now(_dt.timezone.utc)
-
-
 def _name(common_names: Iterable[str]) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn) for cn in common_names])
-
-
-def _key_id(cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            cert.public_key()  # type: ignore[arg-type]
-        )
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 def make_ca(
@@ -163,8 +148,8 @@ def make_ca(
     (10 years), ``basicConstraints`` CA:true (critical) with ``path_length`` 0 (it
     signs leaf certificates only), ``keyUsage`` keyCertSign and cRLSign (critical).
     """
-    key = _new_key() if key is None else key
-    start = _now() - CLOCK_SKEW if not_before is None else not_before
+    key = new_key() if key is None else key
+    start = now() - CLOCK_SKEW if not_before is None else not_before
     end = start + CA_VALIDITY if not_after is None else not_after
     name = _name([common_name])
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -232,8 +217,8 @@ def issue_certificate(
         key: the subject key; default a new P-256 key.
         hash_algorithm: signature hash; default SHA-256.
     """
-    key = _new_key() if key is None else key
-    start = _now() - CLOCK_SKEW if not_before is None else not_before
+    key = new_key() if key is None else key
+    start = now() - CLOCK_SKEW if not_before is None else not_before
     if not_after is None:
         end = min(start + LEAF_VALIDITY, ca_cert.not_valid_after_utc)
     else:
@@ -264,7 +249,7 @@ def issue_certificate(
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(_key_id(ca_cert), critical=False)
+        .add_extension(authority_key_id(ca_cert), critical=False)
     )
     if extended_usages:
         builder = builder.add_extension(
@@ -328,64 +313,6 @@ def _key_pem(key: EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _make_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) 0700; leave an existing folder as it is."""
-    if path.is_dir():
-        return
-    if not path.parent.is_dir():
-        _make_dir(path.parent)
-    try:
-        # The mode is given at creation, so the folder is never more open than
-        # 0700; the chmod only restores owner bits a strict umask removed.
-        path.mkdir(DIR_MODE)
-    except FileExistsError:
-        if not path.is_dir():
-            raise
-        return
-    path.chmod(DIR_MODE)
-
-
-def _write_file(path: Path, data: bytes, mode: int, *, force: bool) -> None:
-    """Write ``data`` to a new file ``path`` created with ``mode``.
-
-    Without ``force`` the file is created with O_EXCL (which also refuses a
-    symlink at ``path``). With ``force`` it is written to a fresh temporary name
-    in the same folder, then renamed over ``path``: readers see the old file or
-    the new one, and a symlink at ``path`` is replaced rather than followed.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    if force:
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    else:
-        temporary = None
-        try:
-            fd = os.open(path, flags, mode)
-        except FileExistsError:
-            raise AlreadyExists(path) from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            # mkstemp makes 0600 files; os.open may have lost owner bits to the
-            # umask. fchmod on our own fd cannot widen anything to other users
-            # before the data is written, so there is no window.
-            os.fchmod(file.fileno(), mode)
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if temporary is not None:
-            Path(temporary).replace(path)
-            temporary = None
-    except BaseException:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _refuse_existing(paths: Iterable[Path]) -> None:
-    for path in paths:
-        if os.path.lexists(path):
-            raise AlreadyExists(path)
-
-
 def write_bundle(
     folder: str | os.PathLike[str],
     cert: x509.Certificate,
@@ -401,20 +328,20 @@ def write_bundle(
     """
     path = Path(folder)
     if not force:
-        _refuse_existing(path / name for name in BUNDLE_FILES)
-    _make_dir(path)
-    _write_file(path / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
-    _write_file(path / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
-    _write_file(path / CA_FILE, _cert_pem(ca_cert), CERT_MODE, force=force)
+        refuse_existing(path / name for name in BUNDLE_FILES)
+    make_dir(path)
+    write_file(path / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
+    write_file(path / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
+    write_file(path / CA_FILE, _cert_pem(ca_cert), CERT_MODE, force=force)
     return path
 
 
 def _write_ca(
     folder: Path, cert: x509.Certificate, key: EllipticCurvePrivateKey, *, force: bool
 ) -> None:
-    _make_dir(folder)
-    _write_file(folder / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
-    _write_file(folder / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
+    make_dir(folder)
+    write_file(folder / KEY_FILE, _key_pem(key), KEY_MODE, force=force)
+    write_file(folder / CERT_FILE, _cert_pem(cert), CERT_MODE, force=force)
 
 
 def _read(path: Path, what: str) -> bytes:
@@ -495,21 +422,28 @@ def init_pki(
         raise InvalidName("a server certificate needs at least one host")
     client_names = list(dict.fromkeys(validate_client_name(name) for name in clients))
     targets = [root / CA_FOLDER / name for name in CA_FILES]
+    targets += [record_file(root), *crl_files(root)]
     targets += [root / SERVER_FOLDER / name for name in BUNDLE_FILES]
     for name in client_names:
         targets += [client_dir(root, name) / file for file in BUNDLE_FILES]
     if not force:
-        _refuse_existing(targets)
+        refuse_existing(targets)
 
     ca_cert, ca_key = make_ca()
-    _make_dir(root)
+    make_dir(root)
     _write_ca(root / CA_FOLDER, ca_cert, ca_key, force=force)
     server_cert, server_key = _server_certificate(ca_cert, ca_key, hosts)
     write_bundle(root / SERVER_FOLDER, server_cert, server_key, ca_cert, force=force)
-    _make_dir(root / CLIENTS_FOLDER)
+    issued = [
+        record_entry(server_cert, SERVER_KIND, certificate_cn(server_cert), SERVER_FOLDER)
+    ]
+    make_dir(root / CLIENTS_FOLDER)
     for name in client_names:
         cert, key = _client_certificate(ca_cert, ca_key, name)
         write_bundle(client_dir(root, name), cert, key, ca_cert, force=force)
+        issued.append(record_entry(cert, CLIENT_KIND, name, client_record_folder(name)))
+    # A new CA starts a new record, and an empty CRL, so the server always has one to load.
+    publish_crl(root, ca_cert, ca_key, Record(tuple(issued)))
     return root
 
 
@@ -523,11 +457,51 @@ def issue_client(directory: str | os.PathLike[str], name: str, *, force: bool = 
     root = Path(directory)
     folder = client_dir(root, name)
     if not force:
-        _refuse_existing(folder / file for file in BUNDLE_FILES)
+        refuse_existing(folder / file for file in BUNDLE_FILES)
     ca_cert, ca_key = load_ca(root)
-    cert, key = _client_certificate(ca_cert, ca_key, name)
-    _make_dir(root / CLIENTS_FOLDER)
-    return write_bundle(folder, cert, key, ca_cert, force=force)
+    make_dir(root / CLIENTS_FOLDER)
+    relative = client_record_folder(name)
+    with locked(ca_dir(root)):
+        record = load_record(root)
+        if force:
+            # The certificate replaced stays valid: keep it in the record, to revoke it.
+            old = folder_certificate(folder, ca_cert)
+            if old is not None:
+                record = record.add(record_entry(old, CLIENT_KIND, name, relative))
+        cert, key = _client_certificate(ca_cert, ca_key, name)
+        write_bundle(folder, cert, key, ca_cert, force=force)
+        save_record(root, record.add(record_entry(cert, CLIENT_KIND, name, relative)))
+    return folder
+
+
+# -- the record -------------------------------------------------------------------------
+
+
+def certificate_cn(cert: x509.Certificate) -> str:
+    """The first subject CN of ``cert``, or ``""``."""
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def client_record_folder(name: str) -> str:
+    """Client ``name``'s folder as the record names it, relative to the PKI folder."""
+    return f"{CLIENTS_FOLDER}/{name}"
+
+
+def record_entry(cert: x509.Certificate, kind: str, name: str, folder: str) -> IssuedCertificate:
+    """The record's entry for ``cert``, issued as ``kind`` to ``name`` into ``folder``."""
+    return IssuedCertificate(cert.serial_number, name, kind, folder,
+                             cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def folder_certificate(folder: Path, ca_cert: x509.Certificate) -> x509.Certificate | None:
+    """The certificate in ``folder/cert.pem`` if it is there and ``ca_cert`` signed it."""
+    try:
+        cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+        cert.verify_directly_issued_by(ca_cert)
+    except (OSError, ValueError, TypeError, InvalidSignature):
+        return None
+    return cert
 
 
 # -- the default PKI --------------------------------------------------------------------
@@ -545,7 +519,7 @@ def ensure_default_pki() -> tuple[Path, bool]:
     if target.exists():
         return target, False
     user = default_client_name()
-    _make_dir(target.parent)
+    make_dir(target.parent)
     staging = Path(tempfile.mkdtemp(prefix=".pki-", dir=target.parent))
     try:
         init_pki(staging, DEFAULT_HOSTS, [user])

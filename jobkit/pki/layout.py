@@ -10,10 +10,14 @@ The layout follows Docker's convention of ``ca.pem``, ``cert.pem`` and
 
     DIR/
     ├── ca/{cert.pem,key.pem}               the root CA (keep key.pem offline if you can)
+    ├── ca/crl.pem                          the CA's revocation list
+    ├── ca/issued.json                      the record of every certificate issued
     ├── server/{ca.pem,cert.pem,key.pem}    serverAuth, SANs for the hosts
+    ├── server/crl.pem                      a copy of ca/crl.pem, for the server
     └── clients/NAME/{ca.pem,cert.pem,key.pem}  clientAuth, CN = NAME
 
-Private keys are 0600, certificates 0644 and the folders jobkit creates 0700.
+Private keys and the record are 0600, certificates and CRLs 0644 and the
+folders jobkit creates 0700.
 The default PKI (the one ``jobkit serve`` makes on first start) is
 ``$XDG_DATA_HOME/jobkit/pki``, else ``~/.local/share/jobkit/pki``, and the
 default client folder is its ``clients/USER``.
@@ -47,7 +51,11 @@ __all__ = [
     "CERT_MODE",
     "CLIENTS_FOLDER",
     "CN_MAX_LENGTH",
+    "CRL_FILE",
+    "CRL_MODE",
     "DIR_MODE",
+    "ISSUED_FILE",
+    "ISSUED_MODE",
     "KEY_FILE",
     "KEY_MODE",
     "SERVER_FOLDER",
@@ -75,6 +83,10 @@ KEY_FILE = "key.pem"
 BUNDLE_FILES = (CA_FILE, CERT_FILE, KEY_FILE)
 #: What the CA folder holds: the CA's certificate and its key.
 CA_FILES = (CERT_FILE, KEY_FILE)
+#: The certificate revocation list, in the CA folder and (a copy) in the server's.
+CRL_FILE = "crl.pem"
+#: The record of issued certificates, in the CA folder.
+ISSUED_FILE = "issued.json"
 
 #: The subfolders of a PKI folder.
 CA_FOLDER = "ca"
@@ -85,6 +97,10 @@ CLIENTS_FOLDER = "clients"
 KEY_MODE = 0o600
 #: Certificates are public; the 0700 folder keeps others out anyway.
 CERT_MODE = 0o644
+#: A CRL is public by design (it is made to be published).
+CRL_MODE = 0o644
+#: The record of issued certificates: the CA's own bookkeeping.
+ISSUED_MODE = 0o600
 #: Every folder the PKI creates.
 DIR_MODE = 0o700
 

@@ -102,7 +102,9 @@ def server_verifier(
 
 
 def expected_tree() -> dict[str, int]:
-    files = {"ca": 0o700, "ca/cert.pem": 0o644, "ca/key.pem": 0o600, "clients": 0o700}
+    files = {"ca": 0o700, "ca/cert.pem": 0o644, "ca/key.pem": 0o600, "clients": 0o700,
+             # The CA's record of what it issued is its own business; CRLs are public.
+             "ca/issued.json": 0o600, "ca/crl.pem": 0o644, "server/crl.pem": 0o644}
     for folder in ("server", *(f"clients/{name}" for name in CLIENTS)):
         files[folder] = 0o700
         files.update({f"{folder}/ca.pem": 0o644, f"{folder}/cert.pem": 0o644})
