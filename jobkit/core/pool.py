@@ -153,7 +153,8 @@ class JobPool:
             raise JobkitError("cgroups=True, but this process cannot create cgroup v2 groups")
         self._boot = boot_id()
         raise_fd_limit()
-        self._recover()
+        #: Ids of the jobs this pool found running from a dead previous owner (now lost).
+        self.recovered: tuple[str, ...] = self._recover()
         self._finished, self._kept = self._records.finished_totals()
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
@@ -593,9 +594,11 @@ class JobPool:
                 if not self._prune([(job_id, kept)], reason).jobs:
                     return  # closed meanwhile, or deleted by someone else: look again later
 
-    def _recover(self) -> None:
+    def _recover(self) -> tuple[str, ...]:
         """Kill and record as lost what a dead previous owner left running."""
+        lost = []
         for leftover in self._records.incarnations():
+            lost.append(leftover.id)
             kill_leftover(leftover.pid, leftover.start, leftover.boot_id, leftover.cgroup)
             stdout, stderr = StreamInfo(closed=True), StreamInfo(closed=True)
             output_error = None
@@ -616,6 +619,7 @@ class JobPool:
                 output_error=output_error, stdout=stdout, stderr=stderr,
             ))
             log.warning("job %s was lost: its previous pool ended while it ran", leftover.id)
+        return tuple(lost)
 
     def _done(self) -> None:
         """One `create` or `delete` less in flight (`close` waits for none)."""
