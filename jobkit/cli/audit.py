@@ -186,6 +186,8 @@ def details(record: dict[str, Any]) -> str:
         return f"{job}: {record.get('state')} " + _pairs(record, ("exit_code", "signal", "reason"))
     if event == "admin.acted":
         return f"{record.get('action')} {job} of {record.get('owner')}"
+    if event == "auth.refused":
+        return _text(record.get("reason", ""))
     if event == "authz.refused":
         return " ".join(filter(None, (f"{record.get('method')} {record.get('route')}", job,
                                       _text(record.get("reason", "")))))

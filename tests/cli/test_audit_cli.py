@@ -180,6 +180,7 @@ def test_show_prints_a_table(log_file: Path) -> None:
     # The command line, quoted for a shell, with its escape character shown, not sent.
     assert "job 1: echo hi '\\x1b[31mred'" in created
     assert "\x1b" not in run.stdout
+    assert rows[5].endswith("10.0.0.66:5000   certificate revoked")
     assert "stop job 2 of bob" in rows[7]
     assert "SIGHUP: failed: bad crl.pem" in rows[10]
     assert "listen=127.0.0.1:8443" in rows[1] and "pid=4242" in rows[1]
