@@ -64,10 +64,13 @@ from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT, format_time
 __all__ = [
     "AUDIT_FILE",
     "DEFAULT_MAX_BYTES",
+    "DIR_MODE",
     "EVENTS",
+    "FIELDS",
     "FILE_MODE",
     "FORBIDDEN_KEYS",
     "GENESIS",
+    "LINE_FIELDS",
     "ROTATED",
     "AuditEntry",
     "AuditLog",
@@ -428,7 +431,9 @@ class AuditLog:
         self._seq = 0
         self._prev = GENESIS
         folder = os.path.dirname(self.path) or "."
-        os.makedirs(folder, mode=DIR_MODE, exist_ok=True)
+        if not os.path.isdir(folder):
+            os.makedirs(folder, mode=DIR_MODE, exist_ok=True)
+            os.chmod(folder, DIR_MODE)  # whatever the umask took away
         self._open()
 
     # The descriptor: O_NOFOLLOW so a planted symlink is refused, not written through.

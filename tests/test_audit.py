@@ -88,8 +88,9 @@ def test_lines_are_ascii_whatever_the_fields_hold(log: AuditLog, path: Path) -> 
     assert records(path)[0]["args"] == ["\x1b[31m\n", "日本"]
 
 
-def test_the_file_is_private_and_its_folder_too(tmp_path: Path) -> None:
-    old = os.umask(0)
+@pytest.mark.parametrize("umask", [0, 0o077, 0o777])
+def test_the_file_is_private_and_its_folder_too(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
     try:
         with AuditLog(tmp_path / "new" / "audit.log") as log:
             created(log)
