@@ -357,7 +357,7 @@ class ProblemKind(enum.Enum):
     UNKNOWN_BACKEND = ("unknown-backend", 400, "No such output backend")
     BAD_CERTIFICATE_IDENTITY = ("bad-certificate-identity", 403,
                                 "The client certificate names no single client")
-    NOT_ALLOWED = ("not-allowed", 403, "Only an admin may do this")
+    NOT_ALLOWED = ("not-allowed", 403, "Not allowed to this client")
     NO_SUCH_JOB = ("no-such-job", 404, "No such job")
     NO_SUCH_ENDPOINT = ("no-such-endpoint", 404, "No such endpoint")
     METHOD_NOT_ALLOWED = ("method-not-allowed", 405, "Method not allowed")

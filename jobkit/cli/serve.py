@@ -9,9 +9,16 @@ from pathlib import Path
 import click
 
 from jobkit.cli.errors import EXIT_USAGE, CliError, OneLineCommand
-from jobkit.core.pool import DEFAULT_BACKEND
+from jobkit.core.durations import parse_duration
+from jobkit.core.sizes import format_size, parse_size
 from jobkit.server.serve import DEFAULT_THREADS
-from jobkit.server.tenants import DEFAULT_MAX_JOBS
+from jobkit.server.tenants import (
+    DEFAULT_KEEP_BYTES,
+    DEFAULT_KEEP_JOBS,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_SERVER_BACKEND,
+)
 from jobkit.wire import DEFAULT_SERVER, parse_address
 
 __all__ = ["serve"]
@@ -20,6 +27,20 @@ __all__ = ["serve"]
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
     try:
         return parse_address(value, listen=True)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    try:
+        return None if value is None else parse_size(f"--{param.name}".replace("_", "-"), value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    try:
+        return None if value is None else parse_duration("--keep-for", value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
@@ -34,8 +55,26 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
     "--listen", default=DEFAULT_SERVER, show_default=True, metavar="HOST:PORT",
     callback=_listen, help="Address to listen on ([::1]:PORT for IPv6; port 0 picks one).",
 )
-@click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
-              help="Output backend for jobs: memory, tempfile, ring, or a plugin's.")
+@click.option("--backend", default=DEFAULT_SERVER_BACKEND, show_default=True,
+              help="Output backend for jobs: file (on disk, kept across restarts), memory, "
+                   "tempfile, ring, or a plugin's.")
+@click.option("--allow-backend", "allowed", multiple=True, metavar="NAME",
+              help="Another backend clients may ask for in PUT /jobs (repeatable). "
+                   "Default: only --backend.")
+@click.option("--max-output", default=format_size(DEFAULT_MAX_OUTPUT).replace(" ", ""),
+              show_default=True, callback=_size, metavar="SIZE",
+              help="Bytes kept of each stream of each job (file keeps the newest, "
+                   "memory the first).")
+@click.option("--keep-jobs", type=click.IntRange(min=0), default=DEFAULT_KEEP_JOBS,
+              show_default=True,
+              help="Finished jobs each client keeps; the oldest beyond are deleted.")
+@click.option("--keep-bytes", default=format_size(DEFAULT_KEEP_BYTES).replace(" ", ""),
+              show_default=True, callback=_size, metavar="SIZE",
+              help="Output of finished jobs each client keeps on disk; its oldest "
+                   "finished jobs beyond are deleted.")
+@click.option("--keep-for", default=None, callback=_duration, metavar="DURATION",
+              help="Delete finished jobs this long after they ended (90m, 12h, 7d). "
+                   "Default: keep them.")
 @click.option("--threads", type=click.IntRange(min=2), default=DEFAULT_THREADS,
               show_default=True,
               help="Worker threads; half of them may serve follow streams.")
@@ -46,8 +85,8 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
               help="Live jobs one client may have at once (0: no limit).")
 @click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-    help="Where running jobs are recorded, so that the next start kills what a crashed "
-         "server left. Default: $XDG_STATE_HOME/jobkit/serve-HOST-PORT (none for port 0).",
+    help="Where every client's jobs and output are kept across restarts. Default: "
+         "$XDG_STATE_HOME/jobkit/serve-HOST-PORT (a temporary folder for port 0).",
 )
 @click.option(
     "--cgroups/--no-cgroups", default=None,
@@ -55,19 +94,23 @@ def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str
          "Default: where this process may create cgroups.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No access log; warnings and errors only.")
-def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: int,
-          admins: tuple[str, ...], max_jobs: int, state_dir: Path | None,
-          cgroups: bool | None, quiet: bool) -> None:
+def serve(certs: Path | None, listen: tuple[str, int], backend: str,
+          allowed: tuple[str, ...], max_output: int, keep_jobs: int, keep_bytes: int,
+          keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
+          state_dir: Path | None, cgroups: bool | None, quiet: bool) -> None:
     """Serve the jobkit HTTPS API with mutual TLS 1.3 until Ctrl-C or SIGTERM.
 
     Every client authenticates with a certificate from the server's CA; the
-    certificate's CN is its identity, and it sees only its own jobs. On exit,
-    every job is killed.
+    certificate's CN is its identity, and it sees only its own jobs. Jobs and
+    their output are kept in the state folder across restarts; on exit, every
+    running job is killed.
     """
     from jobkit.core.errors import JobkitError
     from jobkit.core.plugins import backend_names
+    from jobkit.core.retention import Retention
     from jobkit.pki import PkiError, ensure_default_pki
     from jobkit.server.serve import JobServer, default_state_dir
+    from jobkit.server.tenants import StoragePolicy
 
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
@@ -79,10 +122,16 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
     logging.logProcesses = False
     logging.logMultiprocessing = False
     known = backend_names()
-    if backend not in known:
-        raise CliError(
-            f"unknown backend {backend!r} (known: {', '.join(sorted(known))})", EXIT_USAGE
-        )
+    for name in (backend, *allowed):
+        if name not in known:
+            raise CliError(
+                f"unknown backend {name!r} (known: {', '.join(sorted(known))})", EXIT_USAGE
+            )
+    assert max_output is not None and keep_bytes is not None  # they have defaults
+    storage = StoragePolicy(
+        backend, frozenset(allowed), max_output,
+        Retention(max_age=keep_for, max_jobs=keep_jobs, max_bytes=keep_bytes),
+    )
     try:
         if certs is None:
             folder, created = ensure_default_pki()
@@ -97,12 +146,13 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
         host, port = listen
         if state_dir is None:
             state_dir = default_state_dir(host, port)
-        server = JobServer(certs, host=host, port=port, backend=backend, threads=threads,
+        server = JobServer(certs, host=host, port=port, storage=storage, threads=threads,
                            admins=admins, max_jobs=max_jobs, cgroups=cgroups,
                            state_dir=state_dir)
+        click.echo(f"Keeping jobs in {server.state.root}: {storage.describe()}")
         if server.recovered:
             click.echo(f"Killed {len(server.recovered)} job(s) left running by a previous "
-                       f"server (state: {state_dir})")
+                       f"server (state: {server.state.root})")
     except (PkiError, JobkitError, ValueError) as error:
         raise CliError(str(error)) from None
     except OSError as error:
@@ -117,4 +167,5 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str, threads: in
     sys.stdout.flush()
     signum = server.run_until_signalled()
     if signum:
-        click.echo("Stopped: every job was killed", err=True)
+        kept = "" if server.state.temporary else f"; every job is kept in {server.state.root}"
+        click.echo(f"Stopped: every running job was killed{kept}", err=True)

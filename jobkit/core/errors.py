@@ -66,7 +66,7 @@ class StateDirInUse(JobkitError):
     """Another pool (in this process or another) owns this state folder."""
 
     def __init__(self, directory: object) -> None:
-        super().__init__(f"the state folder {directory} is in use by another jobkit pool")
+        super().__init__(f"the state folder {directory} is in use by another jobkit server or pool")
         self.directory = directory
 
 

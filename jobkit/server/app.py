@@ -13,15 +13,17 @@ caller is an admin.
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import bottle  # type: ignore[import-untyped]
 
 from jobkit.core.errors import JobNotFound, PoolClosed
-from jobkit.core.models import StreamInfo
+from jobkit.core.models import State, StreamInfo
 from jobkit.core.pool import DEFAULT_BACKEND, JobPool
 from jobkit.core.signals import signal_name
 from jobkit.server.access_log import LoggedBody, RequestRecord, printable
@@ -48,8 +50,16 @@ from jobkit.server.requests import (
     query,
     read_json,
 )
+from jobkit.server.state import encode_name
 from jobkit.server.streams import ByteStream, FollowRegistry, passthrough_file_wrapper
-from jobkit.server.tenants import CLIENT_ENVIRON_KEY, AccessRules, Tenant, TenantLimits, Tenants
+from jobkit.server.tenants import (
+    CLIENT_ENVIRON_KEY,
+    AccessRules,
+    StoragePolicy,
+    Tenant,
+    TenantLimits,
+    Tenants,
+)
 from jobkit.server.tls import PEER_ENVIRON_KEY, Peer
 from jobkit.wire import JSON_MEDIA_TYPE, OFFSET_HEADER, STREAMS, ProblemKind, status_to_json
 
@@ -59,6 +69,11 @@ log = logging.getLogger("jobkit.server")
 
 _CREATE_FIELDS = frozenset({"cmd", "args", "env", "replace_env", "cwd", "timeout", "backend"})
 _STOP_FIELDS = frozenset({"signal"})
+_CLEAN_FIELDS = frozenset({"older_than", "states"})
+#: The most jobs one ``GET /jobs`` answers with (and the default page size).
+MAX_PAGE = 1000
+#: Bytes of output read at once while streaming ``GET /jobs/<id>/output``.
+_OUTPUT_CHUNK = 1 << 18
 
 
 def status_json(status: Any) -> dict[str, Any]:
@@ -70,10 +85,12 @@ class JobApi:
     """jobkit's WSGI application: the API of `docs/server.md` over per-tenant pools.
 
     Args:
-        backend: The output backend every tenant's pool uses by default.
+        storage: Which backends tenants' jobs use, and their caps (see
+            `StoragePolicy`); default: ``memory`` with the default cap.
         admins: CNs allowed to list and act on every tenant's jobs.
         limits: See `TenantLimits`.
-        pool_factory: Makes a tenant's pool (default ``JobPool(backend)``).
+        pool_factory: Makes the pool of the tenant of that name (default:
+            an in-memory pool with ``storage``'s backend).
 
     Call `begin_shutdown` when the server stops accepting requests (follow
     streams end) and `close` after it stopped (every job is killed and reaped).
@@ -81,16 +98,19 @@ class JobApi:
 
     def __init__(
         self,
-        backend: str = DEFAULT_BACKEND,
+        storage: StoragePolicy | None = None,
         *,
         admins: Iterable[str] = (),
         limits: TenantLimits | None = None,
-        pool_factory: Callable[[], JobPool] | None = None,
+        pool_factory: Callable[[str], JobPool] | None = None,
     ) -> None:
-        self.backend = backend
+        self.storage = StoragePolicy(backend=DEFAULT_BACKEND) if storage is None else storage
         self.access = AccessRules(frozenset(admins))
         self.limits = TenantLimits() if limits is None else limits
-        self._tenants = Tenants(pool_factory or (lambda: JobPool(backend)))
+        policy = self.storage
+        self._tenants = Tenants(pool_factory or (
+            lambda name: JobPool(policy.backend, policy.options(policy.backend))
+        ))
         self._follows = FollowRegistry()
         self._openapi = encode_json(openapi_document()).encode()
         self.bottle = self._make_bottle()
@@ -100,6 +120,10 @@ class JobApi:
     def begin_shutdown(self, grace: float = 1.0) -> None:
         """End every follow stream and refuse new ones (503)."""
         self._follows.shutdown(grace)
+
+    def open_tenants(self, names: Iterable[str]) -> list[str]:
+        """Open known tenants' pools now (see `Tenants.open`); return the lost jobs."""
+        return self._tenants.open(names)
 
     def close(self) -> None:
         """Close every tenant's pool: kill and reap every job."""
@@ -164,6 +188,7 @@ class JobApi:
         app.route("/openapi.json", "GET", self.get_openapi)
         app.route("/jobs", "PUT", self.create_job)
         app.route("/jobs", "GET", self.list_jobs)
+        app.route("/jobs/clean", "POST", self.clean_jobs)
         app.route("/jobs/<job_id>", "DELETE", self.delete_job)
         app.route("/jobs/<job_id>/status", "GET", self.job_status)
         app.route("/jobs/<job_id>/output", "GET", self.job_output)
@@ -192,6 +217,10 @@ class JobApi:
                                                   f"not {json_type(replace_env)}")
         cwd = field_optional_str(body, "cwd")
         backend = field_optional_str(body, "backend")
+        options = None
+        if backend is not None:
+            self.storage.check(backend)
+            options = self.storage.options(backend)
         timeout = field_timeout(body)
 
         tenant = self._tenants.get_or_create(caller)
@@ -199,26 +228,53 @@ class JobApi:
         job_id = None
         try:
             job_id = tenant.pool.create(cmd, args, env=env, replace_env=replace_env, cwd=cwd,
-                                        timeout=timeout, backend=backend)
+                                        timeout=timeout, backend=backend,
+                                        backend_options=options)
         finally:
             tenant.created(job_id, counted=bool(self.limits.max_jobs))
         bottle.response.set_header("Location", f"/jobs/{job_id}/status")
         return _json_body(201, encode_json({"id": job_id}).encode())
 
     def list_jobs(self) -> bytes:
+        """A page of jobs: ``limit`` (at most `MAX_PAGE`), ``after`` (the ``next``
+        of the previous page) and ``order`` (``oldest`` first, or ``newest``)."""
         environ = bottle.request.environ
         parameters = query(environ)
         caller = environ[CLIENT_ENVIRON_KEY]
+        limit = count_parameter(parameters, "limit") if "limit" in parameters else MAX_PAGE
+        if not 1 <= limit <= MAX_PAGE:
+            raise ApiError(ProblemKind.BAD_FIELD,
+                           f"query parameter 'limit' must be from 1 to {MAX_PAGE}, not {limit}")
+        order = parameters.get("order", "oldest")
+        if order not in ("oldest", "newest"):
+            raise ApiError(ProblemKind.BAD_FIELD,
+                           f"query parameter 'order' must be 'oldest' or 'newest', not {order!r}")
+        after = parameters.get("after")
         if flag_parameter(parameters, "all"):
             self.access.check_list_all(caller)
             tenants = self._tenants.all()
         else:
             tenant = self._tenants.get(self.access.owner(caller, parameters))
             tenants = [] if tenant is None else [tenant]
+        many = len(tenants) != 1 or flag_parameter(parameters, "all")
+        # Across tenants a cursor is ENCODED-CN/ID: tenants in name order,
+        # each tenant's jobs in the order asked for.
+        start, after_id = "", after
+        if many and after is not None:
+            start, _, after_id = after.rpartition("/")
         ids: list[str] = []
         jobs: list[dict[str, Any]] = []
+        cursor = None
         for tenant in tenants:
-            for job_id in tenant.pool.list():
+            key = encode_name(tenant.name)
+            if many and after is not None and key < start:
+                continue
+            since = after_id if (not many or key == start) else None
+            for job_id in tenant.pool.list(limit=limit - len(ids) + 1, after=since,
+                                           newest_first=order == "newest"):
+                if len(ids) == limit:
+                    cursor = ids[-1] if not many else f"{encode_name(jobs[-1]['client'])}/{ids[-1]}"
+                    break
                 try:
                     status = tenant.pool.status(job_id)
                 except (JobNotFound, PoolClosed):  # deleted meanwhile
@@ -227,7 +283,36 @@ class JobApi:
                 summary["client"] = tenant.name
                 ids.append(job_id)
                 jobs.append(summary)
-        return _json_body(200, encode_json({"ids": ids, "jobs": jobs}).encode())
+            if cursor is not None:
+                break
+        return _json_body(200, encode_json({"ids": ids, "jobs": jobs, "next": cursor}).encode())
+
+    def clean_jobs(self) -> bytes:
+        """Delete the caller's finished jobs, all or those matching the body's filters."""
+        environ = bottle.request.environ
+        body = read_json(environ, self.limits.max_body, required=False)
+        check_fields(body, _CLEAN_FIELDS)
+        older_than = body.get("older_than")
+        if older_than is not None and (
+            isinstance(older_than, bool) or not isinstance(older_than, (int, float))
+            or not 0 <= older_than < 1e12
+        ):
+            raise ApiError(ProblemKind.BAD_FIELD,
+                               "field 'older_than' must be a number of seconds from 0, "
+                               f"not {json_type(older_than)}")
+        states = body.get("states")
+        finished = [state.value for state in State if state is not State.RUNNING]
+        if states is not None and (
+            not isinstance(states, list) or not all(s in finished for s in states)
+        ):
+            raise ApiError(ProblemKind.BAD_FIELD,
+                           f"field 'states' must be a list of {', '.join(finished)}")
+        tenant = self._tenants.get(self.access.owner(environ[CLIENT_ENVIRON_KEY], query(environ)))
+        jobs = freed = 0
+        if tenant is not None:
+            result = tenant.pool.clean(older_than=older_than, states=states)
+            jobs, freed = result.jobs, result.bytes
+        return _json_body(200, encode_json({"deleted": jobs, "bytes": freed}).encode())
 
     def delete_job(self, job_id: str) -> bytes:
         tenant = self._tenant_for(job_id)
@@ -239,13 +324,11 @@ class JobApi:
         status = self._tenant_for(job_id).pool.status(job_id)
         return _json_body(200, encode_json(status_json(status)).encode())
 
-    def job_output(self, job_id: str) -> bytes:
-        output = self._tenant_for(job_id).pool.output(job_id)
-        body = {
-            "stdout": output.stdout.decode("utf-8", "replace"),
-            "stderr": output.stderr.decode("utf-8", "replace"),
-        }
-        return _json_body(200, encode_json(body).encode())
+    def job_output(self, job_id: str) -> Iterator[bytes]:
+        pool = self._tenant_for(job_id).pool
+        status = pool.status(job_id)  # before the headers: an unknown job is still a 404
+        bottle.response.content_type = JSON_MEDIA_TYPE
+        return _output_document(pool, job_id, status.stdout.written, status.stderr.written)
 
     def _stream_route(self, stream: str) -> Callable[[str], Any]:
         def route(job_id: str) -> Any:
@@ -318,6 +401,35 @@ class JobApi:
         if tenant is None or "\0" in job_id:
             raise JobNotFound(job_id)
         return tenant
+
+
+def _output_document(pool: JobPool, job_id: str, *ends: int) -> Iterator[bytes]:
+    """``{"stdout": "...", "stderr": "..."}``, streamed a bounded chunk at a time.
+
+    The text is what each stream held when the request came, decoded as
+    UTF-8 with U+FFFD for bad bytes: the same document as decoding each
+    stream whole, at a memory cost that does not grow with the output.
+    """
+    for name, end, opening in zip(STREAMS, ends, (b'{"stdout":"', b'","stderr":"')):
+        yield opening
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        follower = pool.follow(job_id, name, 0)
+        try:
+            while follower.offset < end:
+                data = follower.read(timeout=0)
+                if not data:
+                    break  # deleted meanwhile, or nothing more kept
+                data = data[: max(0, end - (follower.offset - len(data)))]
+                yield _escape(decoder.decode(data))
+            yield _escape(decoder.decode(b"", final=True))
+        finally:
+            follower.cancel()
+    yield b'"}'
+
+
+def _escape(text: str) -> bytes:
+    """``text`` as the inside of a JSON string (as `encode_json` writes it)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1].encode()
 
 
 def _json_body(status: int, payload: bytes) -> bytes:

@@ -201,7 +201,8 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("Malformed JSON, a missing or unknown field, a field "
                                       "of the wrong type (the message names it), an unknown "
                                       "backend."),
-                        "403": _COMMON_ERRORS["403"],
+                        "403": _error("As for every route, or a backend this server does "
+                                      "not let clients choose (--allow-backend)."),
                         "413": _error("Body larger than 1 MiB."),
                         "415": _error("Body is not application/json."),
                         "429": _error("This client has too many live jobs."),
@@ -218,17 +219,66 @@ def openapi_document() -> dict[str, Any]:
                          "schema": {"type": "boolean", "default": False},
                          "description": "Admins only: every client's jobs. Ids are only "
                                         "unique together with jobs[i].client."},
+                        {"name": "limit", "in": "query", "required": False,
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                    "default": 1000},
+                         "description": "At most this many jobs in this page."},
+                        {"name": "after", "in": "query", "required": False,
+                         "schema": {"type": "string"},
+                         "description": "The 'next' of the previous page: this page "
+                                        "starts past it."},
+                        {"name": "order", "in": "query", "required": False,
+                         "schema": {"type": "string", "enum": ["oldest", "newest"],
+                                    "default": "oldest"},
+                         "description": "Oldest jobs first, or newest first."},
                     ],
                     "responses": {
                         "200": _json({
-                            "type": "object", "required": ["ids", "jobs"],
+                            "type": "object", "required": ["ids", "jobs", "next"],
                             "properties": {
                                 "ids": {"type": "array", "items": {"type": "string"}},
                                 "jobs": {"type": "array", "items": _ref("JobSummary")},
+                                "next": {"type": ["string", "null"],
+                                         "description": "Pass as after= for the next "
+                                                        "page; null on the last page."},
                             },
-                        }, "Ids oldest first, and one summary per id."),
-                        "400": _error("A malformed all= or client= value."),
+                        }, "A page of ids in the order asked for, and one summary per id."),
+                        "400": _error("A malformed all=, client=, limit= or order= value."),
                         "403": _COMMON_ERRORS["403"],
+                    },
+                },
+            },
+            "/jobs/clean": {
+                "post": {
+                    "summary": "Delete the caller's finished jobs (all, or those matching "
+                               "the filters); running jobs are never touched.",
+                    "operationId": "cleanJobs",
+                    "parameters": [_CLIENT],
+                    "requestBody": {"required": False, "content": {_JSON: {"schema": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {
+                            "older_than": {"type": "number", "minimum": 0,
+                                           "description": "Only jobs that ended at least "
+                                                          "this many seconds ago."},
+                            "states": {"type": "array", "items": {
+                                "type": "string",
+                                "enum": ["error", "completed", "killed", "lost"]},
+                                "description": "Only jobs in one of these states."},
+                        },
+                    }}}},
+                    "responses": {
+                        "200": _json({
+                            "type": "object", "required": ["deleted", "bytes"],
+                            "properties": {
+                                "deleted": {"type": "integer", "minimum": 0},
+                                "bytes": {"type": "integer", "minimum": 0,
+                                          "description": "Output the deleted jobs kept."},
+                            },
+                        }, "How many jobs were deleted, and how much output they kept."),
+                        "400": _error("A malformed body or client= value."),
+                        "403": _COMMON_ERRORS["403"],
+                        "413": _error("Body larger than 1 MiB."),
+                        "415": _error("Body is not application/json."),
                     },
                 },
             },

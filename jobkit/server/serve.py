@@ -9,7 +9,12 @@ Shutdown order matters, and `JobServer.stop` owns it:
 3. cheroot stops: no more connections, in-flight responses finish; any
    still running after `SHUTDOWN_TIMEOUT` (a client that stopped reading)
    have their connections cut;
-4. every client's pool is closed: every job is killed and reaped.
+4. every client's pool is closed: every running job is killed and reaped,
+   and recorded as killed by the close;
+5. the state folder is let go (a temporary one is removed).
+
+Every client's jobs live in its own durable pool under the state folder
+(`jobkit.server.state`), so a restarted server sees every job it recorded.
 """
 
 from __future__ import annotations
@@ -23,12 +28,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from jobkit.core.ledger import Ledger
-from jobkit.core.pool import DEFAULT_BACKEND, JobPool
+from jobkit.core.pool import JobPool
 from jobkit.pki.layout import CA_FILE, CERT_FILE, KEY_FILE, server_dir
 from jobkit.server.app import JobApi
 from jobkit.server.connection import CherootServer, TLS13Adapter
-from jobkit.server.tenants import DEFAULT_MAX_JOBS, TenantLimits
+from jobkit.server.state import ServerState
+from jobkit.server.tenants import DEFAULT_MAX_JOBS, StoragePolicy, TenantLimits
 from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT
 from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT
 
@@ -50,7 +55,7 @@ SHUTDOWN_TIMEOUT = 2
 
 
 def default_state_dir(host: str, port: int) -> Path | None:
-    """``$XDG_STATE_HOME/jobkit/serve-HOST-PORT``: one ledger per listen address.
+    """``$XDG_STATE_HOME/jobkit/serve-HOST-PORT``: one state folder per listen address.
 
     Two live servers cannot listen on one address, so they never share it;
     a server restarted on the same address finds its predecessor's jobs.
@@ -71,7 +76,7 @@ class JobServer:
         certs: A folder made by ``jobkit certs init``, or its ``server/``
             subfolder (``ca.pem``, ``cert.pem``, ``key.pem``).
         host, port: Where to listen; port 0 picks a free port (see `address`).
-        backend: The output backend for jobs.
+        storage: Backends, caps and retention of clients' jobs (`StoragePolicy`).
         threads: Worker threads (fixed).  Half may serve follow streams.
         admins: CNs that may act on every client's jobs.
         max_jobs: Live jobs per client (0: no limit).
@@ -80,10 +85,12 @@ class JobServer:
         cgroups: For every client's pool: None (default) gives each job its
             own cgroup where this process may create them, so that stop and
             delete reach processes that left the job's session; see `JobPool`.
-        state_dir: A folder for the crash-recovery `Ledger`: the jobs a
-            previous server left there (it was killed with SIGKILL, say) are
-            killed now, and this server records its own.  Only one live
-            server may use a folder (`LedgerInUse` otherwise).  None: no ledger.
+        state_dir: The server's state folder (see `jobkit.server.state`):
+            every client's jobs and output, kept across restarts.  Jobs a
+            previous server left running there (it was killed with SIGKILL,
+            say) are killed now and recorded as lost.  Only one live server
+            may use a folder (`StateDirInUse` otherwise).  None: a temporary
+            folder, removed at `stop`.
 
     Use `start` / `stop` (or ``with``), or `run_until_signalled`.
     """
@@ -94,7 +101,7 @@ class JobServer:
         *,
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
-        backend: str = DEFAULT_BACKEND,
+        storage: StoragePolicy | None = None,
         threads: int = DEFAULT_THREADS,
         admins: Iterable[str] = (),
         max_jobs: int = DEFAULT_MAX_JOBS,
@@ -113,19 +120,27 @@ class JobServer:
         )
         # After the certificates were read, so that bad --certs neither kill
         # anything nor hold the folder.
-        self.ledger = None if state_dir is None else Ledger(state_dir)
-        #: Process groups of the previous run that this server killed.
-        self.recovered: list[int] = []
-        if self.ledger is not None:
-            self.recovered = self.ledger.recover()
-            if self.recovered:
-                log.warning(
-                    "killed %d job(s) left running by a previous server: process groups %s",
-                    len(self.recovered), ", ".join(map(str, self.recovered)),
-                )
-        self.api = JobApi(backend, admins=admins,
+        self.state = ServerState(state_dir)
+        policy = StoragePolicy() if storage is None else storage
+        state = self.state
+
+        def pool_for(name: str) -> JobPool:
+            return JobPool(policy.backend, policy.options(policy.backend), cgroups=cgroups,
+                           state_dir=state.client_dir(name), retention=policy.retention)
+
+        self.api = JobApi(policy, admins=admins,
                           limits=TenantLimits.for_threads(threads, max_jobs=max_jobs),
-                          pool_factory=lambda: JobPool(backend, cgroups=cgroups))
+                          pool_factory=pool_for)
+        try:
+            #: Jobs (``CN/ID``) a previous server left running, now killed and lost.
+            self.recovered = self.api.open_tenants(self.state.client_names())
+        except BaseException:
+            self.api.close()
+            self.state.close()
+            raise
+        if self.recovered:
+            log.warning("killed %d job(s) left running by a previous server: %s",
+                        len(self.recovered), ", ".join(self.recovered))
         server = CherootServer(
             (host, port), self.api, numthreads=threads, max=threads,
             timeout=connection_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT,
@@ -193,8 +208,7 @@ class JobServer:
         finally:
             self._stopped_serving.set()
             self.api.close()  # whatever happened above: every job is killed
-        if self.ledger is not None:
-            self.ledger.close()
+            self.state.close()
         if self._thread is not None:
             self._thread.join(SHUTDOWN_TIMEOUT + CONNECTION_TIMEOUT)
 

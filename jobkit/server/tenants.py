@@ -9,20 +9,28 @@ may name another with ``?client=CN`` and list every pool with ``?all=true``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
 from jobkit.core.errors import JobNotFound, PoolClosed
-from jobkit.core.pool import JobPool
+from jobkit.core.plugins import backend_names
+from jobkit.core.pool import DURABLE_BACKEND, JobPool
+from jobkit.core.retention import Retention
+from jobkit.core.sizes import format_size
 from jobkit.server.errors import ApiError
 from jobkit.server.requests import MAX_BODY
 from jobkit.wire import ProblemKind
 
 __all__ = [
     "CLIENT_ENVIRON_KEY",
+    "DEFAULT_KEEP_BYTES",
+    "DEFAULT_KEEP_JOBS",
     "DEFAULT_MAX_JOBS",
+    "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_SERVER_BACKEND",
     "AccessRules",
+    "StoragePolicy",
     "Tenant",
     "TenantLimits",
     "Tenants",
@@ -32,6 +40,67 @@ __all__ = [
 DEFAULT_MAX_JOBS = 256
 #: The environ key under which the app finds the caller's CN.
 CLIENT_ENVIRON_KEY = "jobkit.client"
+#: The server's output backend: on disk, kept across restarts.
+DEFAULT_SERVER_BACKEND = DURABLE_BACKEND
+#: Bytes of each stream of each job the server keeps (the newest, with ``file``).
+DEFAULT_MAX_OUTPUT = 1 << 30
+#: Finished jobs one client keeps; the oldest beyond are deleted.
+DEFAULT_KEEP_JOBS = 10_000
+#: Bytes of finished jobs' output one client keeps; the oldest jobs beyond are deleted.
+DEFAULT_KEEP_BYTES = 10 << 30
+#: The backends whose ``max_bytes`` option `StoragePolicy` sets to its cap.
+_CAPPED_BY_OPTION = frozenset({"file", "memory"})
+
+
+@attrs.frozen
+class StoragePolicy:
+    """Where the server keeps its tenants' output, and how much.
+
+    Attributes:
+        backend: The backend of every tenant's jobs, unless a request names
+            another of ``allowed``.
+        allowed: The backends a request may name (``"backend"`` of
+            ``PUT /jobs``); always includes ``backend``.
+        max_output: Bytes kept of each stream of each job: ``file`` keeps the
+            newest, ``memory`` the first (``ring`` keeps its own capacity,
+            and ``tempfile`` has no cap: allow it only if you trust clients).
+        retention: When each tenant's finished jobs are deleted on their own.
+    """
+
+    backend: str = DEFAULT_SERVER_BACKEND
+    allowed: frozenset[str] = frozenset()
+    max_output: int = DEFAULT_MAX_OUTPUT
+    retention: Retention = attrs.Factory(
+        lambda: Retention(max_jobs=DEFAULT_KEEP_JOBS, max_bytes=DEFAULT_KEEP_BYTES)
+    )
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "allowed", frozenset(self.allowed) | {self.backend})
+
+    def options(self, backend: str) -> dict[str, object] | None:
+        """The options the server gives ``backend``: its cap, where it takes one."""
+        return {"max_bytes": self.max_output} if backend in _CAPPED_BY_OPTION else None
+
+    def check(self, backend: str) -> None:
+        """Refuse (403) a backend this server does not let clients choose.
+
+        An unknown name is left to the pool, which says so (400).
+        """
+        if backend not in self.allowed and backend in backend_names():
+            raise ApiError(
+                ProblemKind.NOT_ALLOWED,
+                f"backend {backend!r} is not allowed on this server "
+                f"(allowed: {', '.join(sorted(self.allowed))})",
+            )
+
+    def describe(self) -> str:
+        """One line for the server's start-up log."""
+        rules = self.retention
+        keep = [f"{rules.max_jobs} finished jobs" if rules.max_jobs is not None else "",
+                f"{format_size(rules.max_bytes)}" if rules.max_bytes is not None else "",
+                f"{rules.max_age:g} s" if rules.max_age is not None else ""]
+        return (f"backend {self.backend}, at most {format_size(self.max_output)} per stream;"
+                f" each client keeps at most {', '.join(k for k in keep if k) or 'everything'}")
 
 
 @attrs.frozen
@@ -123,9 +192,12 @@ class Tenants:
     Reads take no lock (a dict lookup is atomic); only creating a tenant's
     pool does, and it checks again under the lock so two first requests from
     one client make one pool.
+
+    Args:
+        factory: Makes the pool of the tenant of that name.
     """
 
-    def __init__(self, factory: Callable[[], JobPool]) -> None:
+    def __init__(self, factory: Callable[[str], JobPool]) -> None:
         self._factory = factory
         self._tenants: dict[str, Tenant] = {}
         self._lock = threading.Lock()
@@ -145,8 +217,20 @@ class Tenants:
                 raise PoolClosed
             tenant = self._tenants.get(name)
             if tenant is None:
-                tenant = self._tenants[name] = Tenant(name, self._factory())
+                tenant = self._tenants[name] = Tenant(name, self._factory(name))
             return tenant
+
+    def open(self, names: Iterable[str]) -> list[str]:
+        """Open the pools of tenants known from before (a restart); return the lost job ids.
+
+        Each pool, opened, kills and marks `State.LOST` the jobs a dead
+        previous server left running.
+        """
+        lost = []
+        for name in names:
+            pool = self.get_or_create(name).pool
+            lost += [f"{name}/{job_id}" for job_id in pool.recovered]
+        return lost
 
     def all(self) -> list[Tenant]:
         """Every tenant, by name."""

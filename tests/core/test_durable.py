@@ -138,7 +138,7 @@ def test_one_pool_at_a_time_per_state_dir(tmp_path: Path) -> None:
     )
     try:
         assert holder.stdout.readline() == "held\n"
-        with pytest.raises(StateDirInUse, match="in use by another jobkit pool"):
+        with pytest.raises(StateDirInUse, match="in use by another jobkit server or pool"):
             JobPool(state_dir=tmp_path)
     finally:
         holder.stdin.close()

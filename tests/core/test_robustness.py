@@ -1,5 +1,5 @@
 """Edge cases that once broke the pool: huge timeouts, races with close, pid reuse,
-broken plugins and ledgers, forks, garbage-collected pools."""
+broken plugins and databases, forks, garbage-collected pools."""
 
 from __future__ import annotations
 

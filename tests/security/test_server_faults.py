@@ -2,7 +2,7 @@
 
 The job-level faults (``kill -9`` from outside, 500 children, stdout closed
 early, ``setsid`` escapees, crash recovery) are tested on the library in
-tests/core/test_faults.py, test_cgroups.py and test_ledger.py; these two need
+tests/core/test_faults.py, test_cgroups.py and test_durable.py; these two need
 a whole server, in a subprocess:
 
 * disk full: ``jobkit serve --backend tempfile`` with ``TMPDIR`` on a 1 MiB

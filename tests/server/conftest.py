@@ -20,6 +20,7 @@ import pytest
 
 from jobkit.pki import init_pki, issue_client
 from jobkit.server.serve import JobServer
+from jobkit.server.tenants import StoragePolicy
 
 ADMIN = "admin"
 
@@ -147,7 +148,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_pki(tmp_path_factory.mktemp("pki"), clients=["alice", "bob", ADMIN])
 
 
+#: What the shared test servers let clients choose: every built-in backend.
+ALL_BACKENDS = StoragePolicy(allowed=frozenset({"memory", "tempfile", "ring", "file"}))
+
+
 def start_server(pki: Path, **options: Any) -> JobServer:
+    options.setdefault("storage", ALL_BACKENDS)
     server = JobServer(pki, port=0, **options)
     server.start()
     return server

@@ -38,7 +38,7 @@ def test_create_then_status_output_and_list(client: ApiClient) -> None:
     ended = dt.datetime.fromisoformat(status["ended_at"].replace("Z", "+00:00"))
     assert created <= ended and created.tzinfo is not None
     assert status["timed_out"] is False and status["output_error"] is None
-    assert status["backend"] == "memory"
+    assert status["backend"] == "file"
     assert status["stdout"] == {"written": 4, "dropped": 0, "closed": True}
     assert status["stderr"] == {"written": 4, "dropped": 0, "closed": True}
 
@@ -291,5 +291,5 @@ def test_http_1_0_clients_are_served(server: JobServer, client: ApiClient) -> No
     conn.request("GET", "/jobs")
     response: http.client.HTTPResponse = conn.getresponse()
     assert response.status == 200
-    assert json.loads(response.read()) == {"ids": [], "jobs": []}
+    assert json.loads(response.read()) == {"ids": [], "jobs": [], "next": None}
     conn.close()

@@ -106,7 +106,7 @@ def test_another_clients_job_is_a_job_that_never_existed(
 
 def test_other_clients_jobs_are_not_listed(tenants: Tenants) -> None:
     assert tenants.b.get("/jobs").json()["ids"] == ["1"]
-    assert tenants.c.get("/jobs").json() == {"ids": [], "jobs": []}
+    assert tenants.c.get("/jobs").json() == {"ids": [], "jobs": [], "next": None}
     assert all(job["client"] == tenants.a.name for job in tenants.a.get("/jobs").json()["jobs"])
 
 
@@ -181,7 +181,7 @@ def test_an_admin_follows_another_clients_job(admin: ApiClient, fresh: Tenants) 
 
 
 def test_an_unknown_client_is_an_empty_pool_to_an_admin(admin: ApiClient) -> None:
-    assert admin.get("/jobs?client=nobody-at-all").json() == {"ids": [], "jobs": []}
+    assert admin.get("/jobs?client=nobody-at-all").json() == {"ids": [], "jobs": [], "next": None}
     response = admin.get("/jobs/1/status?client=nobody-at-all")
     assert (response.status, response.json()) == (404, no_such_job("1"))
 

@@ -73,13 +73,17 @@ def test_the_next_start_kills_what_a_crashed_server_left(certs: Path, tmp_path: 
     assert f"Killed 1 job(s) left running by a previous server (state: {state})\n" in (
         second.printed
     )
+    with Client(second.address, certs / "clients" / "alice") as client:
+        status = client.status(job)
+        assert status.state.value == "lost" and "killed or crashed" in (status.error or "")
     wait_until(lambda: group_members(pgid) == [], what="the leftover group to die")
     if cgroups.detect() is not None:  # only a cgroup can catch what left the group
         wait_until(lambda: not process_alive(escapee), what="the escapee to die")
     else:
         os.kill(escapee, signal.SIGKILL)
     second.stop()
-    assert [p.name for p in state.iterdir()] == ["lock"]
+    assert sorted(p.name for p in state.iterdir()) == ["clients", "lock"]
+    assert [p.name for p in (state / "clients").iterdir()] == ["alice"]
 
 
 def test_two_servers_cannot_share_a_state_folder(certs: Path, tmp_path: Path) -> None:
@@ -107,7 +111,7 @@ def test_two_servers_cannot_share_a_state_folder(certs: Path, tmp_path: Path) ->
         first.stop()
     assert second.returncode == 1
     assert second.stderr.splitlines()[-1] == (
-        f"jobkit: error: the state folder {state} is in use by another process"
+        f"jobkit: error: the state folder {state} is in use by another jobkit server or pool"
     )
     assert "Traceback" not in second.stderr
 

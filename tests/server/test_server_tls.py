@@ -73,7 +73,7 @@ def refused_by_python(address: tuple[str, int], context: ssl.SSLContext) -> bool
 def test_a_client_of_our_ca_is_served_over_tls_1_3(server: JobServer, client: ApiClient) -> None:
     response = client.get("/jobs")
     assert response.status == 200
-    assert response.json() == {"ids": [], "jobs": []}
+    assert response.json() == {"ids": [], "jobs": [], "next": None}
     assert client.conn.sock.version() == "TLSv1.3"  # type: ignore[union-attr]
 
 
