@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
     "JSON_MEDIA_TYPE",
+    "MAX_PAGE",
     "OFFSET_HEADER",
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPE_PREFIX",
@@ -54,6 +55,8 @@ __all__ = [
 
 #: The names of a job's two output streams, as they appear in paths and statuses.
 STREAMS = ("stdout", "stderr")
+#: The most jobs one ``GET /jobs`` page holds, and its size when ``limit`` is not given.
+MAX_PAGE = 1000
 #: The response header of ``GET /jobs/<id>/stdout|stderr`` saying where its bytes start.
 OFFSET_HEADER = "X-Jobkit-Offset"
 #: The media type of every JSON request and answer but errors.

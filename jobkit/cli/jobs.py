@@ -22,7 +22,7 @@ from jobkit.cli.render import (
 if TYPE_CHECKING:
     from jobkit.wire import StatusRecord
 
-__all__ = ["delete", "list_jobs", "output", "status", "stop", "wait"]
+__all__ = ["DEFAULT_LIST_LIMIT", "clean", "delete", "list_jobs", "output", "status", "stop", "wait"]
 
 _CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -95,31 +95,78 @@ def output(ctx: click.Context, job_id: str, follow: bool, stream: str | None) ->
     copy_to_end(followers)
 
 
+#: Jobs `jobkit list` shows without --limit or --all: the newest page.
+DEFAULT_LIST_LIMIT = 50
+
+
 @click.command("list", cls=OneLineCommand, context_settings=_CONTEXT)
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"Show the newest N jobs [default: {DEFAULT_LIST_LIMIT}].")
+@click.option("--all", "everything", is_flag=True, help="Show every job (page after page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON job list instead.")
 @click.pass_context
 @handle_errors()
-def list_jobs(ctx: click.Context, as_json: bool) -> None:
-    """List your jobs, oldest first: id, command, state, exit code or signal,
-    start time and duration.
+def list_jobs(ctx: click.Context, limit: int | None, everything: bool, as_json: bool) -> None:
+    """List your newest jobs, oldest of them first: id, command, state, exit
+    code or signal, start time and duration.
 
     A table in a terminal; aligned plain text (one line per job, after a
-    header line) when stdout is not a terminal or NO_COLOR is set.
+    header line) when stdout is not a terminal or NO_COLOR is set.  When
+    there are more jobs than shown, a note on stderr says so.
     """
+    if everything and limit is not None:
+        raise CliError("give --limit or --all, not both", EXIT_USAGE)
     client = connect(ctx)
-    document = client.list_json()
+    cursor = None  # where the newest-first listing would go on, if it were cut
+    if everything:
+        documents = client.jobs_json()
+    else:
+        page = client.list_json(limit=limit or DEFAULT_LIST_LIMIT, newest_first=True)
+        documents, cursor = page["jobs"][::-1], page.get("next")
+    more = cursor is not None
     if as_json:
-        _print_json(document)
+        _print_json({"ids": [job["id"] for job in documents], "jobs": documents,
+                     "next": cursor})
         return
-    # The server lists them oldest first.
-    jobs = [client.status_record(job) for job in document.get("jobs") or ()]
+    jobs = [client.status_record(job) for job in documents]
     if wants_table():
         from rich.console import Console
 
         Console().print(rich_table(jobs))
     else:
         click.echo(plain_table(jobs), nl=False)
+    if more:
+        click.echo(f"(the newest {len(jobs)} jobs; --all shows every job, --limit N more)",
+                   err=True)
 
+
+def _older_than(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    from jobkit.core.durations import parse_duration
+
+    try:
+        return None if value is None else parse_duration("--older-than", value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.command(cls=OneLineCommand, context_settings=_CONTEXT)
+@click.option("--older-than", callback=_older_than, metavar="DURATION",
+              help="Only jobs that ended at least this long ago (90s, 15m, 2h, 7d).")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["completed", "error", "killed", "lost"]),
+              help="Only jobs in this state (repeatable).")
+@click.pass_context
+@handle_errors()
+def clean(ctx: click.Context, older_than: float | None, states: tuple[str, ...]) -> None:
+    """Delete your finished jobs and their output; running jobs are never touched.
+
+    Prints how many jobs it deleted and how much output they kept.
+    """
+    from jobkit.core.sizes import format_size
+
+    result = connect(ctx).clean(older_than=older_than, states=states or None)
+    noun = "job" if result.jobs == 1 else "jobs"
+    click.echo(f"Deleted {result.jobs} finished {noun}, freeing {format_size(result.bytes)}")
 
 
 def _signal(ctx: click.Context, param: click.Parameter, value: str) -> int:

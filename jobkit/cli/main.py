@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 COMMANDS = {
     "audit": "jobkit.cli.audit:audit",
     "certs": "jobkit.cli.certs:certs",
+    "clean": "jobkit.cli.jobs:clean",
     "delete": "jobkit.cli.jobs:delete",
     "exec": "jobkit.cli.exec:exec_command",
     "list": "jobkit.cli.jobs:list_jobs",
@@ -40,9 +41,10 @@ COMMANDS = {
 SHORT_HELP = {
     "audit": "Check and read the server's audit log.",
     "certs": "Make the CA, server and client certificates for mutual TLS.",
+    "clean": "Delete your finished jobs (--older-than 2h, --state completed).",
     "delete": "Kill a job (SIGKILL) and forget it.",
     "exec": "Run a command as a job and print its id (-f: stream it).",
-    "list": "List your jobs, oldest first.",
+    "list": "List your newest jobs (--all: every job).",
     "output": "Write a job's stdout and stderr, byte for byte.",
     "serve": "Serve the jobkit HTTPS API with mutual TLS 1.3.",
     "status": "Print a job's status, e.g. 'completed, exit status: 0'.",

@@ -6,9 +6,10 @@ import builtins
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jobkit.client.follower import RemoteFollower
 from jobkit.client.problems import error_for
@@ -25,6 +26,7 @@ from jobkit.core.errors import JobNotFound, ServerError
 from jobkit.pki.layout import client_folder
 from jobkit.wire import (
     DEFAULT_SERVER,
+    MAX_PAGE,
     STREAMS,
     StatusRecord,
     parse_address,
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     # Imported when first needed: the CLI reads statuses as the wire's
     # records and starts faster without attrs (see docs/cli.md, "Start-up").
     from jobkit.core.models import JobOutput, JobStatus
+    from jobkit.core.retention import CleanResult
 
 __all__ = ["DEFAULT_TIMEOUT", "Client"]
 
@@ -154,24 +157,82 @@ class Client:
                               201)
         return job_id
 
-    def list(self) -> list[str]:
-        """The ids of every job of ours on the server, oldest first."""
-        data = self.list_json()
-        ids = data.get("ids")
-        if not isinstance(ids, list):
-            raise ServerError(f"the server at {self.server} sent no 'ids' list", 200)
-        return [str(job_id) for job_id in ids]
+    def list(
+        self, *, limit: int | None = None, after: str | None = None, newest_first: bool = False
+    ) -> list[str]:
+        """The ids of our jobs on the server, oldest first (or newest first).
 
-    def jobs(self) -> builtins.list[JobStatus]:
-        """The status of every job of ours on the server, oldest first, in one request."""
-        return [self._decode(item) for item in self.list_json().get("jobs") or ()]
+        As `JobPool.list`: ``limit`` caps how many (None: every job, fetched
+        a page at a time), ``after`` is the last id of the previous page.
+        """
+        return [job["id"] for job in self._pages(limit, after, newest_first)]
 
-    def list_json(self) -> dict[str, Any]:
-        """The server's ``GET /jobs`` document: ``{"ids": [...], "jobs": [...]}``."""
-        data = self._json("GET", "/jobs")
-        if not isinstance(data, dict):
+    def jobs(
+        self, *, limit: int | None = None, after: str | None = None, newest_first: bool = False
+    ) -> builtins.list[JobStatus]:
+        """The status of our jobs, as `list` orders and pages them (a page per request)."""
+        return [self._decode(job) for job in self._pages(limit, after, newest_first)]
+
+    def jobs_json(self) -> builtins.list[dict[str, Any]]:
+        """Every job's JSON summary, oldest first, fetched a page at a time."""
+        return builtins.list(self._pages(None, None, False))
+
+    def list_json(
+        self, *, limit: int | None = None, after: str | None = None, newest_first: bool = False
+    ) -> dict[str, Any]:
+        """One page of the server's ``GET /jobs``: ``{"ids": [...], "jobs": [...], "next": ...}``.
+
+        ``next`` is the ``after`` of the following page, or None on the last.
+        """
+        parameters = {"order": "newest" if newest_first else "oldest"}
+        if limit is not None:
+            parameters["limit"] = str(check_count("limit", limit))
+        if after is not None:
+            parameters["after"] = check_str("after", after)
+        data = self._json("GET", "/jobs?" + urlencode(parameters))
+        if (not isinstance(data, dict) or not isinstance(data.get("jobs"), builtins.list)
+                or not all(isinstance(job, dict) and isinstance(job.get("id"), str)
+                           for job in data["jobs"])):
             raise ServerError(f"the server at {self.server} sent a malformed job list", 200)
         return data
+
+    def _pages(self, limit: int | None, after: str | None,
+               newest_first: bool) -> Iterator[dict[str, Any]]:
+        """Job documents, a page per request, until ``limit`` or the last page."""
+        left = limit
+        while left is None or left > 0:
+            page = self.list_json(limit=None if left is None else min(left, MAX_PAGE),
+                                  after=after, newest_first=newest_first)
+            jobs = page["jobs"]
+            yield from jobs if left is None else jobs[:left]
+            if left is not None:
+                left -= len(jobs)
+            after = page.get("next")
+            if not isinstance(after, str) or not jobs:
+                return
+
+    def clean(
+        self, *, older_than: float | None = None, states: Sequence[str] | None = None
+    ) -> CleanResult:
+        """Delete our finished jobs (all, or those ended ``older_than`` seconds ago or
+        more, or in one of ``states``), as `JobPool.clean`; running jobs are never touched.
+        """
+        from jobkit.core.models import State
+        from jobkit.core.retention import CleanResult
+
+        body: dict[str, Any] = {}
+        if older_than is not None:
+            body["older_than"] = check_seconds("older_than", older_than, allow_zero=True)
+        if states is not None:
+            if isinstance(states, (str, bytes)) or not isinstance(states, Sequence):
+                raise TypeError("states must be a list of states")
+            body["states"] = [State(state).value for state in states]
+        data = self._json("POST", "/jobs/clean", body=body)
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(key), int) for key in ("deleted", "bytes")
+        ):
+            raise ServerError(f"the server at {self.server} sent a malformed clean result", 200)
+        return CleanResult(jobs=data["deleted"], bytes=data["bytes"])
 
     def status(self, job_id: str) -> JobStatus:
         """A snapshot of the job's state; `JobNotFound` for an unknown id."""

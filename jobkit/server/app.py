@@ -61,7 +61,14 @@ from jobkit.server.tenants import (
     Tenants,
 )
 from jobkit.server.tls import PEER_ENVIRON_KEY, Peer
-from jobkit.wire import JSON_MEDIA_TYPE, OFFSET_HEADER, STREAMS, ProblemKind, status_to_json
+from jobkit.wire import (
+    JSON_MEDIA_TYPE,
+    MAX_PAGE,
+    OFFSET_HEADER,
+    STREAMS,
+    ProblemKind,
+    status_to_json,
+)
 
 __all__ = ["JobApi", "status_json"]
 
@@ -70,8 +77,6 @@ log = logging.getLogger("jobkit.server")
 _CREATE_FIELDS = frozenset({"cmd", "args", "env", "replace_env", "cwd", "timeout", "backend"})
 _STOP_FIELDS = frozenset({"signal"})
 _CLEAN_FIELDS = frozenset({"older_than", "states"})
-#: The most jobs one ``GET /jobs`` answers with (and the default page size).
-MAX_PAGE = 1000
 #: Bytes of output read at once while streaming ``GET /jobs/<id>/output``.
 _OUTPUT_CHUNK = 1 << 18
 

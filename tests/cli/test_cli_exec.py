@@ -61,6 +61,10 @@ def test_env_cwd_timeout_backend(jobkit: Jobkit, tmp_path: Path) -> None:
     jobkit("wait", job_id)
     status = jobkit("status", "--json", job_id).stdout
     assert '"backend": "ring"' in status
+    refused = jobkit("exec", "--backend", "memory", "echo", "no")  # not --allow-backend'ed
+    assert refused.code != 0 and "backend 'memory' is not allowed on this server" in (
+        refused.error_line()
+    )
 
 
 @pytest.mark.parametrize(("args", "words"), [

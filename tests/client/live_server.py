@@ -36,8 +36,11 @@ def pki_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # tests (tests/core) check that the test process has no children left.
 @pytest.fixture(scope="module")
 def server(pki_root: Path) -> Iterator[str]:
-    """``jobkit serve`` in a subprocess; its address, ``"127.0.0.1:PORT"``."""
-    with serving(pki_root) as address:
+    """``jobkit serve`` in a subprocess; its address, ``"127.0.0.1:PORT"``.
+
+    Clients may choose ``ring`` besides the default ``file``; nothing else.
+    """
+    with serving(pki_root, extra=("--allow-backend", "ring")) as address:
         yield address
 
 
