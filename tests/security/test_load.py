@@ -21,10 +21,10 @@ import pytest
 from jobkit.core import cgroups
 from tests.conftest import wait_until
 from tests.security.conftest import (
+    ApiClient,
     ServerProcess,
     descendants,
     fd_count,
-    new_api_client,
     new_client_folder,
     server_process,
     task_count,
@@ -36,14 +36,16 @@ FAST_SECONDS = 4.0
 SLOW_SECONDS = 60.0
 
 
-def warm_up(served: ServerProcess, pki: Path) -> None:
-    """One job through the server first, so that what it starts once (the supervisor
-    thread, its worker threads) is in the baseline."""
-    client = new_api_client(served.address, pki, "warm")
-    job_id = client.create("true")
-    client.wait(job_id)
-    assert client.request("DELETE", f"/jobs/{job_id}").status == 200
-    client.close()
+def warm_up(served: ServerProcess, identities: list[tuple[str, Path]]) -> None:
+    """One job per client through the server first, so that what it starts once (the
+    supervisor thread, its worker threads, each client's pool and database) is in the
+    baseline: the descriptors a client's pool holds grow with clients, not with jobs."""
+    for name, folder in identities:
+        client = ApiClient(served.address, folder, name)
+        job_id = client.create("true")
+        client.wait(job_id)
+        assert client.request("DELETE", f"/jobs/{job_id}").status == 200
+        client.close()
 
 
 def job_cgroups(pid: int) -> list[Path]:
@@ -56,8 +58,8 @@ def job_cgroups(pid: int) -> list[Path]:
 
 def run_and_check(pki: Path, seconds: float) -> None:
     identities = [new_client_folder(pki, "load") for _ in range(CLIENTS)]
-    with server_process(pki, "--backend", "tempfile") as served:
-        warm_up(served, pki)
+    with server_process(pki) as served:
+        warm_up(served, identities)
         wait_until(lambda: not descendants(served.pid), what="the warm-up job to be reaped")
         baseline = {"fds": fd_count(served.pid), "threads": task_count(served.pid)}
         peak = {**baseline, "children": 0, "cgroups": 0}

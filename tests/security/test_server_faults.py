@@ -64,7 +64,8 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 def test_disk_full_under_the_tempfile_backend(pki: Path, small_tmpfs: Path) -> None:
     env = {**os.environ, "TMPDIR": str(small_tmpfs)}
-    with server_process(pki, "--backend", "tempfile", env=env) as served:
+    with server_process(pki, "--backend", "tempfile", "--allow-backend", "memory",
+                        env=env) as served:
         client = new_api_client(served.address, pki)
         # 4 MiB through a 1 MiB file system.
         job_id = client.create("sh", "-c", "head -c 4194304 /dev/zero; echo done >&2")
