@@ -372,6 +372,7 @@ class ProblemKind(enum.Enum):
     NOT_IMPLEMENTED = ("not-implemented", 501, "Not implemented")
     SERVER_BUSY = ("server-busy", 503, "The server is too busy")
     SERVER_STOPPING = ("server-stopping", 503, "The server is shutting down")
+    STORAGE_FAILED = ("storage-failed", 507, "The server cannot store it")
     GENERIC = ("about:blank", 0, "")
 
     def __init__(self, slug: str, status: int, title: str) -> None:

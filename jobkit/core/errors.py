@@ -8,6 +8,7 @@ The tree::
     ├── PoolClosed         (also RuntimeError) the pool was closed
     ├── StateDirInUse                          another pool owns this state_dir
     ├── StoreVersionError                      the state_dir is from a newer jobkit
+    ├── StorageFailed      (also OSError)      the state_dir cannot be written (disk full)
     └── ClientError                            raised by jobkit.client only
         ├── ConnectionFailed                   the server could not be reached
         ├── AuthenticationFailed               TLS handshake or certificate refused
@@ -29,6 +30,7 @@ __all__ = [
     "PoolClosed",
     "ServerError",
     "StateDirInUse",
+    "StorageFailed",
     "StoreVersionError",
 ]
 
@@ -72,6 +74,10 @@ class StateDirInUse(JobkitError):
 
 class StoreVersionError(JobkitError):
     """The state folder's database was written by a newer jobkit than this one."""
+
+
+class StorageFailed(JobkitError, OSError):
+    """A pool cannot write its state folder (the disk is full, say): no job was created."""
 
 
 class ClientError(JobkitError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import logging
 import os
 import signal as signals
@@ -21,7 +22,13 @@ from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore
 from jobkit.core.cgroups import CgroupTree
 from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
-from jobkit.core.errors import JobkitError, JobNotFound, PoolClosed, StateDirInUse
+from jobkit.core.errors import (
+    JobkitError,
+    JobNotFound,
+    PoolClosed,
+    StateDirInUse,
+    StorageFailed,
+)
 from jobkit.core.job import Job, Outcome, utcnow
 from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
@@ -146,6 +153,8 @@ class JobPool:
         self._records_gone = False
         #: Durable jobs that settled before `create` listed them.
         self._settled_early: set[str] = set()
+        #: Ended jobs whose end could not be recorded yet (a full disk).
+        self._unrecorded: set[Job] = set()
         self._cgroups = None if cgroups is False else cgroup_tree()
         if cgroups and self._cgroups is None:
             self._records.close()
@@ -230,6 +239,9 @@ class JobPool:
         with self._lock:
             self._check_open()
             self._busy += 1
+            unrecorded = bool(self._unrecorded)
+        if unrecorded:
+            self._flush()
         try:
             job = self._start(
                 command, arguments, job_env, workdir, timeout, backend_name, output
@@ -314,12 +326,23 @@ class JobPool:
     # -- the supervisor's calls ---------------------------------------------
 
     def _ended(self, job: Job) -> None:
-        """Record a job's end (supervisor thread, or `create` for a failed start)."""
-        status = job.status()
+        """Record a job's end (supervisor thread, or `create` for a failed start).
+
+        If the disk is full the job stays in memory, its true state served
+        from there, and its end is recorded at the next chance (`_flush`).
+        """
         if self._records_closed():
             return
-        self._records.finished(status)
+        status = job.status()
+        try:
+            self._records.finished(status)
+        except StorageFailed as error:
+            log.warning("job %s: %s; will record its end later", job.id, error)
+            with self._lock:
+                self._unrecorded.add(job)
+            return
         with self._lock:
+            self._unrecorded.discard(job)
             self._finished += 1
             self._kept += _kept(status)
             job.recorded = status
@@ -333,15 +356,22 @@ class JobPool:
         """
         if self._records_closed():
             return
+        if job.recorded is None:
+            self._ended(job)  # its end could not be recorded: try again
         recorded = job.recorded
+        if recorded is None:
+            return  # still not: it stays in memory until it is (see `_flush`)
         status = job.status()
-        if recorded is not None and (recorded.stdout, recorded.stderr) != (
-            status.stdout, status.stderr
-        ):
-            self._records.output_settled(job.id, status.stdout, status.stderr,
-                                         status.output_error)
+        if (recorded.stdout, recorded.stderr) != (status.stdout, status.stderr):
+            try:
+                self._records.output_settled(job.id, status.stdout, status.stderr,
+                                             status.output_error)
+            except StorageFailed as error:
+                log.warning("job %s: %s", job.id, error)
+                return  # the record's sizes lag: keep the object, whose are right
             with self._lock:
                 self._kept += _kept(status) - _kept(recorded)
+                job.recorded = status
         durable = isinstance(self._backend_of(job.backend), DurableBackend)
         if durable and (job.cgroup is None or CgroupTree.remove(job.cgroup, wait=0)):
             job.cgroup = None
@@ -354,6 +384,13 @@ class JobPool:
                 if self._jobs.pop(job.id, None) is None:
                     self._settled_early.add(job.id)  # `create` has not listed it yet
         self._apply_retention()
+
+    def _flush(self) -> None:
+        """Record the ends that a full disk kept from being recorded, if it can now."""
+        with self._lock:
+            pending = [job for job in self._unrecorded if job.drained]
+        for job in pending:
+            self._supervisor.call(functools.partial(self._drained, job))
 
     def _records_closed(self) -> bool:
         return self._records_gone
@@ -458,10 +495,14 @@ class JobPool:
             if job is None:
                 status = self._recorded(job_id)
                 self._signal_leftovers(job_id, signals.SIGKILL)
+                counted = not status.running
             else:
                 self._destroy(job)
                 status = job.status()
-            self._remove(job_id, status)
+                with self._lock:
+                    self._unrecorded.discard(job)
+                counted = job.recorded is not None
+            self._remove(job_id, status, counted=counted)
         finally:
             self._done()
 
@@ -527,13 +568,13 @@ class JobPool:
             # Wait for every member, escaped or not: after delete, nothing runs.
             CgroupTree.remove(job.cgroup)
 
-    def _remove(self, job_id: str, status: JobStatus) -> None:
-        """Remove a killed job's output, then its record."""
+    def _remove(self, job_id: str, status: JobStatus, *, counted: bool) -> None:
+        """Remove a killed job's output, then its record (``counted``: in the totals)."""
         backend = self._backend_of(status.backend)
         if isinstance(backend, DurableBackend):
             backend.delete_output(job_id)
         self._records.remove([job_id])
-        if not status.running:
+        if counted:
             with self._lock:
                 self._finished -= 1
                 self._kept -= _kept(status)
@@ -726,9 +767,13 @@ def _kept(status: JobStatus) -> int:
 
 def _claim(directory: Path) -> int:
     """Make the state folder (0700) and take its lock, or raise `StateDirInUse`."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
-    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(directory, 0o700)
+        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StorageFailed(f"cannot use the state folder {directory}: "
+                            f"{error.strerror or error}") from None
     try:
         # flock, not fcntl locks: those are per process, so a second pool in
         # this same process would not be kept out.

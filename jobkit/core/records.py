@@ -22,6 +22,7 @@ Environment values are never written here: they are secrets of many users
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import attrs
 
-from jobkit.core.errors import JobkitError, StoreVersionError
+from jobkit.core.errors import JobkitError, StorageFailed, StoreVersionError
 from jobkit.core.models import JobStatus, State, StreamInfo
 
 __all__ = [
@@ -154,6 +155,9 @@ class JobRecords:
         except StoreVersionError:
             self._db.close()
             raise
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise _storage_failed(path, exc) from None
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JobkitError(f"cannot open the job database {target}: {exc}") from None
@@ -183,14 +187,27 @@ class JobRecords:
 
         def __enter__(self) -> sqlite3.Connection:
             self.records._lock.acquire()
-            self.records._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.records._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                self.records._lock.release()
+                raise _storage_failed(self.records.path, error) from None
             return self.records._db
 
-        def __exit__(self, exc_type: object, *rest: object) -> None:
+        def __exit__(self, exc_type: object, exc: object, *rest: object) -> None:
             try:
-                self.records._db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    self.records._db.execute("COMMIT")
+                    return
+                self.records._db.execute("ROLLBACK")
+            except sqlite3.Error as error:
+                with contextlib.suppress(sqlite3.Error):
+                    self.records._db.execute("ROLLBACK")
+                raise _storage_failed(self.records.path, error) from None
             finally:
                 self.records._lock.release()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise _storage_failed(self.records.path, exc) from None
 
     def _transaction(self) -> JobRecords._Tx:
         return JobRecords._Tx(self)
@@ -359,6 +376,10 @@ class JobRecords:
     def integrity(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when sound)."""
         return str(self._query("PRAGMA integrity_check")[0][0])
+
+
+def _storage_failed(path: Path | None, error: Exception) -> StorageFailed:
+    return StorageFailed(f"cannot record jobs in {path or 'memory'}: {error}")
 
 
 def _key(job_id: str) -> int | None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import bottle  # type: ignore[import-untyped]
 
-from jobkit.core.errors import BackendNotFound, JobNotFound, PoolClosed
+from jobkit.core.errors import BackendNotFound, JobNotFound, PoolClosed, StorageFailed
 from jobkit.server.access_log import printable
 from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind, problem_json
 
@@ -125,6 +125,11 @@ def translate_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             return _http_error(_unknown_backend(error))
         except PoolClosed:
             return _http_error(stopping())
+        except StorageFailed as error:
+            log.error("%s", error)
+            return _http_error(ApiError(ProblemKind.STORAGE_FAILED,
+                                        "the server cannot store the job now: its disk is "
+                                        "full or failing"))
         except (TypeError, ValueError) as error:
             return _http_error(ApiError(ProblemKind.BAD_FIELD, str(error)))
 

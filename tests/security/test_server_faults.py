@@ -62,10 +62,12 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_disk_full_under_the_tempfile_backend(pki: Path, small_tmpfs: Path) -> None:
+def test_disk_full_under_the_tempfile_backend(
+    pki: Path, small_tmpfs: Path, tmp_path: Path
+) -> None:
     env = {**os.environ, "TMPDIR": str(small_tmpfs)}
     with server_process(pki, "--backend", "tempfile", "--allow-backend", "memory",
-                        env=env) as served:
+                        "--state-dir", str(tmp_path / "state"), env=env) as served:
         client = new_api_client(served.address, pki)
         # 4 MiB through a 1 MiB file system.
         job_id = client.create("sh", "-c", "head -c 4194304 /dev/zero; echo done >&2")
@@ -87,6 +89,31 @@ def test_disk_full_under_the_tempfile_backend(pki: Path, small_tmpfs: Path) -> N
         small = client.create("echo", "fits")
         status = client.wait(small)
         assert status["output_error"] is None, status
+        assert client.get(f"/jobs/{small}/stdout").body == b"fits\n"
+        client.close()
+        assert served.alive()
+
+
+def test_a_full_state_folder_fails_cleanly_and_recovers(pki: Path, small_tmpfs: Path) -> None:
+    # The default set-up: records and output (file backend) on one disk, which fills.
+    with server_process(pki, "--state-dir", str(small_tmpfs / "state")) as served:
+        client = new_api_client(served.address, pki)
+        job_id = client.create("sh", "-c", "head -c 4194304 /dev/zero; echo done >&2")
+        status = client.wait(job_id, timeout=30)
+        assert (status["status"], status["exit_code"]) == ("completed", 0), status
+        assert "space" in (status["output_error"] or "").lower(), status
+        # Full now: a new job is refused with a clear kind, never a 500; reads still work.
+        answers = [client.request("PUT", "/jobs", {"cmd": "true"}) for _ in range(3)]
+        assert {a.status for a in answers} <= {201, 507}, answers
+        for answer in answers:
+            if answer.status == 507:
+                assert answer.problem()["type"] == "urn:jobkit:problem:storage-failed"
+        assert client.get("/jobs").status == 200
+        assert client.get(f"/jobs/{job_id}/status").status == 200
+        # Deleting the big job frees the disk: jobs start and keep output again.
+        assert client.request("DELETE", f"/jobs/{job_id}").status == 200
+        small = client.create("echo", "fits")
+        assert client.wait(small)["output_error"] is None
         assert client.get(f"/jobs/{small}/stdout").body == b"fits\n"
         client.close()
         assert served.alive()

@@ -11,6 +11,9 @@ statuses, exception classes and exit codes.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ EXPECTED: dict[ProblemKind, tuple[type[Exception], int]] = {
     K.NOT_IMPLEMENTED: (ServerError, 1),
     K.SERVER_BUSY: (ServerError, 1),
     K.SERVER_STOPPING: (ServerError, 1),
+    K.STORAGE_FAILED: (ServerError, 1),
     K.GENERIC: (ServerError, 1),
 }
 JSON = {"Content-Type": "application/json"}
@@ -150,6 +154,28 @@ def _internal(lab: Lab) -> Answer:
         return _answer(client.request("PUT", "/jobs", {"cmd": "true"}))
 
 
+def _storage_full(lab: Lab) -> Answer:
+    # A real full disk: the state folder on a tmpfs of 256 KiB, filled up.
+    mount = Path(tempfile.mkdtemp(prefix="jobkit-full-"))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        server = _start(lab, threads=4, state_dir=mount / "state")
+        try:
+            with contextlib.suppress(OSError), open(mount / "filler", "wb", buffering=0) as out:
+                while True:
+                    out.write(b"\0" * 4096)
+            return _answer(lab.client(server).request("PUT", "/jobs", {"cmd": "true"}))
+        finally:
+            server.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        mount.rmdir()
+
+
 def _start(lab: Lab, **options: Any) -> JobServer:
     server = JobServer(lab.pki, port=0, **options)
     server.start()
@@ -178,6 +204,7 @@ PROVOKE: dict[ProblemKind, Callable[[Lab], Answer]] = {
         b"PUT /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
     K.SERVER_BUSY: _busy,
     K.SERVER_STOPPING: _stopping,
+    K.STORAGE_FAILED: _storage_full,
     # An HTTP version cheroot does not speak: it refuses with a kind of nothing.
     K.GENERIC: lambda lab: lab.raw(b"GET /jobs HTTP/2.0\r\nHost: x\r\n\r\n"),
 }
