@@ -8,57 +8,14 @@ time is still a dependency.
 from __future__ import annotations
 
 import ast
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "jobkit"
+from tests.support.imports import ALL, imports, stdlib, third_party, within
 
 #: Third-party packages that only the server, the CLI and the PKI's issuing part use.
 WEB_AND_TERMINAL = ("bottle", "cheroot", "rich", "click")
-
-
-def modules() -> Iterator[tuple[str, Path]]:
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(ROOT).with_suffix("").parts
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        yield ".".join(parts), path
-
-
-def imports(name: str, path: Path) -> set[str]:
-    """Every module ``name`` imports (absolute names; ``from a import b`` counts as ``a.b``)."""
-    found: set[str] = set()
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return found
-
-
-def within(module: str, *prefixes: str) -> bool:
-    return any(module == p or module.startswith(p + ".") for p in prefixes)
-
-
-def stdlib(module: str) -> bool:
-    return module.partition(".")[0] in sys.stdlib_module_names
-
-
-def third_party(found: set[str]) -> set[str]:
-    return {m.partition(".")[0] for m in found if not stdlib(m) and not within(m, "jobkit")}
-
-
-ALL = dict(modules())
 
 
 def test_the_packages_are_all_seen() -> None:

@@ -1,62 +1,26 @@
-"""Run the real ``jobkit`` executable against a real server with real certificates."""
+"""Run the real ``jobkit`` executable against a real server with real certificates.
+
+The server is `tests.support.processes`'s ``live_server`` (``jobkit serve`` in a
+subprocess); each test is a new client of it (``certs``).  `Run`, `Jobkit`,
+`base_env` and `run_jobkit` live in `tests.support.cli`; they are re-exported
+here only for modules written against the old ``tests.cli.conftest`` path.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import attrs
 import pytest
 
-from tests.client.live_server import certs, pki_root, server  # noqa: F401 - fixtures
+from tests.support.cli import Jobkit, Run, base_env, run_jobkit
+
+__all__ = ["Jobkit", "Run", "base_env", "run_jobkit"]
 
 
-@attrs.frozen
-class Run:
-    """What one ``jobkit`` process did."""
-
-    args: tuple[str, ...]
-    code: int
-    out: bytes
-    err: bytes
-
-    @property
-    def stdout(self) -> str:
-        return self.out.decode()
-
-    @property
-    def stderr(self) -> str:
-        return self.err.decode()
-
-    def error_line(self) -> str:
-        """The one error line; fails unless stderr is exactly one ``jobkit:`` line."""
-        lines = self.stderr.splitlines()
-        assert len(lines) == 1, self
-        assert lines[0].startswith("jobkit: "), self
-        assert "Traceback" not in self.stderr
-        return lines[0]
-
-
-Jobkit = Callable[..., Run]
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    """A predictable environment: no colour, a fixed width, no inherited jobkit settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKIT_")}
-    env.update(NO_COLOR="1", COLUMNS="100", TERM="dumb")
-    env.update(extra)
-    return env
-
-
-def run_jobkit(*args: str | Path, env: Mapping[str, str], input: bytes | None = None,
-               timeout: float = 60) -> Run:
-    command = [sys.executable, "-m", "jobkit", *map(str, args)]
-    done = subprocess.run(command, capture_output=True, input=input, env=dict(env),
-                          timeout=timeout, check=False)
-    return Run(tuple(map(str, args)), done.returncode, done.stdout, done.stderr)
+@pytest.fixture(scope="module")
+def server(live_server: str) -> str:
+    """The CLI's server: ``jobkit serve`` in a subprocess, ``"127.0.0.1:PORT"``."""
+    return live_server
 
 
 @pytest.fixture
