@@ -1,0 +1,74 @@
+"""A finished job costs the server nothing but its record: 5,000 of them hold no process,
+no descriptor and no RAM for their output, and one client's pile of finished jobs never
+stops another client from starting jobs, even at a descriptor limit of 256."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.support.api import ApiClient
+from tests.support.pki import new_client_folder
+from tests.support.processes import server_process
+from tests.support.procs import descendants, fd_count
+from tests.support.waiting import wait_until
+
+FINISHED = 5000
+
+
+def client_of(address: tuple[str, int], pki: Path, prefix: str) -> ApiClient:
+    name, folder = new_client_folder(pki, prefix)
+    return ApiClient(address, folder, name)
+
+
+def create_many(address: tuple[str, int], client: ApiClient, count: int) -> list[str]:
+    """``count`` jobs of ``true``, created by four connections of ``client``'s identity."""
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def worker(share: int) -> None:
+        mine = ApiClient(address, client.folder, client.name)
+        made = [mine.create("true") for _ in range(share)]
+        mine.close()
+        with lock:
+            ids.extend(made)
+
+    threads = [threading.Thread(target=worker, args=(count // 4,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return ids
+
+
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
+def test_five_thousand_finished_jobs_hold_nothing_and_block_no_one(pki: Path) -> None:
+    # At 256 descriptors, a zombie and a pidfd per finished job (as jobkit once
+    # kept them) would have stopped every client after about 240 jobs.
+    with server_process(pki, "--max-jobs", "0", prefix=["prlimit", "--nofile=256:256"]) as served:
+        hoarder = client_of(served.address, pki, "hoarder")
+        other = client_of(served.address, pki, "other")
+        for client in (hoarder, other):  # each client's pool and database in the baseline
+            client.wait(client.create("true"))
+        wait_until(lambda: not descendants(served.pid), what="the warm-up jobs to be reaped")
+        baseline = fd_count(served.pid)
+
+        ids = create_many(served.address, hoarder, FINISHED)
+        assert len(set(ids)) == FINISHED
+        wait_until(lambda: not descendants(served.pid), timeout=60,
+                   what="every job to be reaped: no zombie per finished job")
+        wait_until(lambda: fd_count(served.pid) <= baseline, timeout=30,
+                   what=f"the server's descriptors back to {baseline}")
+        # Every one is on record, finished, with its status served from disk.
+        assert all(job["status"] == "completed"
+                   for job in hoarder.get("/jobs?limit=1000&order=newest").json()["jobs"])
+        assert hoarder.wait(ids[0])["exit_code"] == 0
+        # The other client is unaffected: its jobs start and run.
+        job_id = other.create("echo", "unaffected")
+        assert other.wait(job_id)["exit_code"] == 0
+        assert other.get(f"/jobs/{job_id}/stdout").body == b"unaffected\n"
+        for client in (hoarder, other):
+            client.close()
