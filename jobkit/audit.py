@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from jobkit.locations import default_state_dir
 from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT, format_time
 
 __all__ = [
@@ -337,27 +338,14 @@ def chain_files(path: str | os.PathLike[str]) -> list[str]:
     return files
 
 
-def _state_folder(host: str, port: int) -> str | None:
-    # Mirrors jobkit.server.serve.default_state_dir (a test holds them together);
-    # the CLI must not import the server to find the log.
-    if port == 0:
-        return None
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = base if os.path.isabs(base) else os.path.join(os.path.expanduser("~"), ".local",
-                                                         "state")
-    safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
-    return os.path.join(root, "jobkit", f"serve-{safe_host}-{port}")
-
-
 def default_audit_file(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str | None:
     """``STATE/audit.log`` for the server listening on ``host:port``; None for port 0.
 
-    STATE is the server's default state folder,
-    ``$XDG_STATE_HOME/jobkit/serve-HOST-PORT`` (``~/.local/state`` without an
-    absolute ``XDG_STATE_HOME``).  A server on port 0 has no default state
-    folder, so no default audit log.
+    STATE is the server's default state folder
+    (`jobkit.locations.default_state_dir`: ``$XDG_STATE_HOME/jobkit/serve-HOST-PORT``).
+    A server on port 0 has no default state folder, so no default audit log.
     """
-    folder = _state_folder(host, port)
+    folder = default_state_dir(host, port)
     return None if folder is None else os.path.join(folder, AUDIT_FILE)
 
 

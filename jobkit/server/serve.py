@@ -24,7 +24,6 @@ import os
 import signal
 import threading
 from collections.abc import Iterable
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,7 +39,6 @@ from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT
 __all__ = [
     "DEFAULT_THREADS",
     "JobServer",
-    "default_state_dir",
 ]
 
 log = logging.getLogger("jobkit.server")
@@ -52,21 +50,6 @@ DEFAULT_THREADS = 64
 CONNECTION_TIMEOUT = 10
 #: Seconds cheroot waits for in-flight requests at shutdown before cutting them off.
 SHUTDOWN_TIMEOUT = 2
-
-
-def default_state_dir(host: str, port: int) -> Path | None:
-    """``$XDG_STATE_HOME/jobkit/serve-HOST-PORT``: one state folder per listen address.
-
-    Two live servers cannot listen on one address, so they never share it;
-    a server restarted on the same address finds its predecessor's jobs.
-    None for port 0, whose address changes every run.
-    """
-    if port == 0:
-        return None
-    base = os.environ.get("XDG_STATE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "state"
-    safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host)
-    return root / "jobkit" / f"serve-{safe_host}-{port}"
 
 
 class JobServer:

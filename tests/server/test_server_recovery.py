@@ -14,7 +14,7 @@ import pytest
 from jobkit import pki
 from jobkit.client import Client
 from jobkit.core import cgroups
-from jobkit.server.serve import default_state_dir
+from jobkit.locations import default_state_dir
 from tests.conftest import group_members, process_alive, wait_until
 
 
