@@ -10,7 +10,7 @@ import os
 import signal as signals
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from threading import TIMEOUT_MAX
 from typing import Any
@@ -107,6 +107,10 @@ class JobPool:
             own a folder (`StateDirInUse`).  None: records in memory only.
         retention: When finished jobs are deleted on their own (see
             `Retention`); default: never.
+        on_finished: Called with a job's final status once it ended (its
+            main process exited, or it could not start), once per job, in
+            the supervisor's thread: it must be quick and must not block.
+            Its exceptions are logged and ignored.
 
     Use it as a context manager, or call `close`; either kills and reaps every
     job still running.  So does the interpreter's exit.
@@ -122,6 +126,7 @@ class JobPool:
         cgroups: bool | None = False,
         state_dir: str | os.PathLike[str] | None = None,
         retention: Retention | None = None,
+        on_finished: Callable[[JobStatus], None] | None = None,
     ) -> None:
         if backend is None:
             backend = DEFAULT_BACKEND if state_dir is None else DURABLE_BACKEND
@@ -131,6 +136,7 @@ class JobPool:
         if retention is not None and not isinstance(retention, Retention):
             raise TypeError(f"retention must be a Retention, not {type(retention).__name__}")
         self._retention = retention or Retention()
+        self._on_finished = on_finished
         self._state_dir = None if state_dir is None else Path(os.fspath(state_dir))
         self._lock_fd = -1 if self._state_dir is None else _claim(self._state_dir)
         try:
@@ -271,7 +277,7 @@ class JobPool:
         job_id = self._records.add(command, args, cwd, timeout, backend_name, created_at)
         streams: dict[str, OutputStream] = {}
         job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout,
-                  on_end=self._ended, on_drained=self._drained)
+                  on_end=self._job_ended, on_drained=self._drained)
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
@@ -324,6 +330,15 @@ class JobPool:
         self._drained(job)
 
     # -- the supervisor's calls ---------------------------------------------
+
+    def _job_ended(self, job: Job) -> None:
+        """A job's outcome is set (once per job): record it, then tell ``on_finished``."""
+        self._ended(job)
+        if self._on_finished is not None:
+            try:
+                self._on_finished(job.status())
+            except Exception:
+                log.exception("job %s: on_finished failed", job.id)
 
     def _ended(self, job: Job) -> None:
         """Record a job's end (supervisor thread, or `create` for a failed start).
