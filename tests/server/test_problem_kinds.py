@@ -27,7 +27,7 @@ from jobkit.pki import issue_certificate, load_ca, write_bundle
 from jobkit.server.serve import JobServer
 from jobkit.server.tenants import Tenants
 from jobkit.wire import Problem, ProblemKind, problem_from_json
-from tests.server.conftest import ApiClient, problem_document, raw_tls, read_until_closed
+from tests.support.api import ApiClient, problem_document, raw_tls, read_until_closed
 
 K = ProblemKind
 #: What each kind becomes in the client, and then the CLI's exit code.

@@ -16,8 +16,9 @@ from jobkit.server.app import JobApi
 from jobkit.server.openapi import openapi_document
 from jobkit.server.serve import JobServer
 from jobkit.wire import ProblemKind
-from tests.conftest import process_alive, wait_until
-from tests.server.conftest import ApiClient
+from tests.support.api import ApiClient, raw_tls, read_until_closed
+from tests.support.procs import process_alive
+from tests.support.waiting import wait_until
 
 
 def test_create_then_status_output_and_list(client: ApiClient) -> None:
@@ -178,8 +179,6 @@ def test_a_chunked_put_works(client: ApiClient) -> None:
 
 
 def test_a_chunked_put_with_trailers_works(server: JobServer, client: ApiClient) -> None:
-    from tests.server.conftest import raw_tls, read_until_closed
-
     body = json.dumps({"cmd": "true"}).encode()
     request = (b"PUT /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                b"Transfer-Encoding: chunked\r\n\r\n"
@@ -239,6 +238,21 @@ def test_the_access_log_cannot_be_forged_through_the_path(client: ApiClient,
         wait_until(lambda: _access(caplog), what="an access log line")
     (line,) = _access(caplog)
     assert "\n" not in line and "\\x0a" in line
+
+
+def test_control_characters_in_the_method_cannot_forge_log_lines(
+    server: JobServer, client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="jobkit.server.access"):
+        sock = raw_tls(server.address, client.context)
+        sock.sendall(b"G\rET /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        read_until_closed(sock)
+        sock.close()
+        wait_until(lambda: any("/jobs" in r.getMessage() for r in caplog.records
+                               if r.name == "jobkit.server.access"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "jobkit.server.access"]
+    assert all("\r" not in line for line in lines)
+    assert any("G\\x0dET /jobs" in line for line in lines)
 
 
 def _access(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_alive
-from tests.server.conftest import ADMIN, ApiClient
+from tests.support.api import ApiClient
+from tests.support.pki import ADMIN
+from tests.support.procs import process_alive
 
 STOP_BOUND = 5.0
 

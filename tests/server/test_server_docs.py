@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from jobkit.pki import init_pki
-from tests.server.conftest import start_server
+from tests.support.servers import ALL_BACKENDS, start_server
 
 DOC = Path(__file__).parents[2] / "docs" / "server.md"
 #: Values that differ from run to run: only their type is compared.
@@ -51,7 +51,7 @@ def same_shape(expected: Any, actual: Any, key: str = "") -> bool:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_the_curl_session_in_the_docs(tmp_path: Path) -> None:
     pki = init_pki(tmp_path / "pki", clients=["me"])
-    server = start_server(pki, threads=4)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=4)
     try:
         session = curl_session()
         assert session[0][0].startswith("D=")

@@ -14,13 +14,18 @@ import pytest
 from jobkit import State, pki
 from jobkit.client import Client
 from jobkit.core.errors import JobkitError
-from tests.conftest import group_members, wait_until
-from tests.server.test_server_recovery import Server
+from tests.support.processes import ServerProcess
+from tests.support.procs import group_members
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 def certs(tmp_path: Path) -> Path:
     return pki.init_pki(tmp_path / "pki", clients=["alice"])
+
+
+def start(certs: Path, state: Path) -> ServerProcess:
+    return ServerProcess.start(certs, "--state-dir", str(state))
 
 
 def expected_output(count: int) -> bytes:
@@ -34,9 +39,9 @@ def tenant_databases(state: Path) -> list[Path]:
 
 def test_a_graceful_restart_keeps_every_job_and_byte(certs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    server = Server(certs, state)
+    server = start(certs, state)
     alice = certs / "clients" / "alice"
-    with Client(server.address, alice) as client:
+    with Client(server.host_port, alice) as client:
         done = client.create("seq", ["0", "50000"])
         binary = client.create("head", ["-c", "100000", "/dev/urandom"])
         running = client.create("sh", ["-c", "echo started; exec sleep 1000"])
@@ -45,9 +50,9 @@ def test_a_graceful_restart_keeps_every_job_and_byte(certs: Path, tmp_path: Path
         data = client.output(binary).stdout
         next(iter(client.follow(running, "stdout")))
     server.stop()  # SIGTERM: a clean shutdown
-    server = Server(certs, state)
+    server = start(certs, state)
     try:
-        with Client(server.address, alice) as client:
+        with Client(server.host_port, alice) as client:
             assert client.list() == [done, binary, running]
             assert client.output(done).stdout == expected_output(50000)
             assert client.output(binary).stdout == data
@@ -67,8 +72,8 @@ def crash_rounds(certs: Path, tmp_path: Path, rounds: int, seed: int) -> None:
     acked: dict[str, int] = {}  # job id -> the N of its `seq 0 N`
     pids: list[int] = []
     for _ in range(rounds):
-        server = Server(certs, state)
-        with Client(server.address, alice) as client:
+        server = start(certs, state)
+        with Client(server.host_port, alice) as client:
             # After the restart: everything acknowledged is there, intact.
             for database in tenant_databases(state):
                 with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
@@ -99,7 +104,7 @@ def crash_rounds(certs: Path, tmp_path: Path, rounds: int, seed: int) -> None:
         stop = threading.Event()
 
         def creator(
-            address: str = server.address,
+            address: str = server.host_port,
             created: threading.Semaphore = created,
             stop: threading.Event = stop,
         ) -> None:
@@ -122,7 +127,7 @@ def crash_rounds(certs: Path, tmp_path: Path, rounds: int, seed: int) -> None:
         server.stop(signal.SIGKILL)
         stop.set()
         thread.join(30)
-    server = Server(certs, state)
+    server = start(certs, state)
     server.stop()
 
 

@@ -13,13 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobkit.server.serve import JobServer
-from tests.server.conftest import (
-    ApiClient,
-    problem_document,
-    raw_tls,
-    read_until_closed,
-    start_server,
-)
+from tests.support.api import ApiClient, problem_document, raw_tls, read_until_closed
+from tests.support.servers import running_server
 
 MIB = 1 << 20
 # The client fixture is one client for all examples: exactly what these tests want.
@@ -72,6 +67,36 @@ def test_bad_create_fields_get_400_naming_the_field(client: ApiClient, body: obj
                                                     fragments: list[str]) -> None:
     assert_error(client.request("PUT", "/jobs", body), 400, *fragments)
     assert client.get("/jobs").json()["ids"] == []  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"cmd": "\udc80x"}, "cmd"),
+        ({"cmd": "echo", "args": ["ok", "\udc80"]}, "args[1]"),
+        ({"cmd": "echo", "env": {"A": "\ud800"}}, "env['A']"),
+        ({"cmd": "echo", "env": {"\udc80": "x"}}, "env key"),
+        ({"cmd": "echo", "cwd": "/tmp/\udc80"}, "cwd"),
+    ],
+)
+def test_lone_surrogates_are_refused_naming_the_field(
+    client: ApiClient, fields: dict[str, object], field: str
+) -> None:
+    # json.dumps writes them as \\udc80 escapes, which JSON allows and UTF-8 cannot carry.
+    response = client.request("PUT", "/jobs", fields)
+    assert response.status == 400
+    assert response.problem()["detail"] == (
+        f"field {field!r} must be valid Unicode (it has a lone surrogate)"
+    )
+    listing = client.get("/jobs")  # nothing half-created that would break the listing
+    assert listing.status == 200 and listing.json()["ids"] == []
+
+
+def test_a_huge_integer_timeout_is_a_400(client: ApiClient) -> None:
+    body = b'{"cmd": "true", "timeout": 1' + b"0" * 400 + b"}"
+    response = client.request("PUT", "/jobs", body=body,
+                              headers={"Content-Type": "application/json"})
+    assert (response.status, response.problem()["detail"]) == (400, "field 'timeout' is too large")
 
 
 @pytest.mark.parametrize(
@@ -230,9 +255,8 @@ def test_non_admins_cannot_look_at_others(client: ApiClient) -> None:
 
 @pytest.fixture(scope="module")
 def limited_server(pki: Path) -> Iterator[JobServer]:
-    server = start_server(pki, max_jobs=2, threads=4)
-    yield server
-    server.stop()
+    with running_server(pki, max_jobs=2, threads=4) as server:
+        yield server
 
 
 def test_over_the_live_job_limit_gets_429(make_client: Any, limited_server: JobServer) -> None:

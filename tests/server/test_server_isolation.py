@@ -17,8 +17,9 @@ import pytest
 from jobkit.pki import issue_client
 from jobkit.server.serve import JobServer
 from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind, problem_json
-from tests.conftest import process_alive, wait_until
-from tests.server.conftest import ADMIN, ApiClient
+from tests.support.api import ApiClient
+from tests.support.procs import process_alive
+from tests.support.waiting import wait_until
 
 # (method, path, JSON body) with {id} for the job id.
 ENDPOINTS = [
@@ -120,13 +121,6 @@ def test_clients_number_their_jobs_independently(tenants: Tenants) -> None:
 
 
 # -- admins -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def admin(server: JobServer, pki: Path) -> Iterator[ApiClient]:
-    client = ApiClient(server.address, pki / "clients" / ADMIN, ADMIN)
-    yield client
-    client.close()
 
 
 @pytest.fixture

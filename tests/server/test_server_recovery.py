@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,43 +14,13 @@ from jobkit import pki
 from jobkit.client import Client
 from jobkit.core import cgroups
 from jobkit.locations import default_state_dir
-from tests.conftest import group_members, process_alive, wait_until
+from tests.support.processes import ServerProcess
+from tests.support.procs import group_members, process_alive
+from tests.support.waiting import wait_until
 
 
-class Server:
-    """``jobkit serve`` in a subprocess; ``printed`` is what it said before serving."""
-
-    def __init__(self, certs: Path, state: Path) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jobkit",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "-q",
-                "--certs",
-                str(certs),
-                "--state-dir",
-                str(state),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self.printed = []
-        for line in self.process.stdout:  # bounded by the test's timeout
-            self.printed.append(line)
-            if match := re.match(r"Serving on https://(\S+) ", line):
-                self.address = match.group(1)
-                return
-        raise RuntimeError(f"jobkit serve ended: {self.printed}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-        self.process.wait(30)
-        self.process.stdout.close()
+def start(certs: Path, state: Path) -> ServerProcess:
+    return ServerProcess.start(certs, "--state-dir", str(state))
 
 
 @pytest.fixture
@@ -61,19 +30,19 @@ def certs(tmp_path: Path) -> Path:
 
 def test_the_next_start_kills_what_a_crashed_server_left(certs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = Server(certs, state)
-    with Client(first.address, certs / "clients" / "alice") as client:
+    first = start(certs, state)
+    with Client(first.host_port, certs / "clients" / "alice") as client:
         job = client.create("sh", ["-c", "setsid sleep 1000 & sleep 1000 & echo $!; wait"])
         escapee = int(next(iter(client.follow(job, "stdout"))))
         pgid = client.status(job).pid
     first.stop(signal.SIGKILL)  # no clean shutdown: the jobs survive it
     assert group_members(pgid) and process_alive(escapee)
 
-    second = Server(certs, state)
+    second = start(certs, state)
     assert f"Killed 1 job(s) left running by a previous server (state: {state})\n" in (
         second.printed
     )
-    with Client(second.address, certs / "clients" / "alice") as client:
+    with Client(second.host_port, certs / "clients" / "alice") as client:
         status = client.status(job)
         assert status.state.value == "lost" and "killed or crashed" in (status.error or "")
     wait_until(lambda: group_members(pgid) == [], what="the leftover group to die")
@@ -88,7 +57,7 @@ def test_the_next_start_kills_what_a_crashed_server_left(certs: Path, tmp_path: 
 
 def test_two_servers_cannot_share_a_state_folder(certs: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    first = Server(certs, state)
+    first = start(certs, state)
     try:
         second = subprocess.run(
             [

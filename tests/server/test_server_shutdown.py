@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from jobkit.server.serve import JobServer
-from tests.conftest import children, process_alive, wait_until
-from tests.server.conftest import ApiClient, start_server
+from tests.support.api import ApiClient
+from tests.support.procs import children, process_alive
+from tests.support.servers import ALL_BACKENDS, start_server
+from tests.support.waiting import wait_until
 
 #: "Within a few seconds" (the issue); a stop normally takes well under one.
 STOP_BOUND = 5.0
@@ -42,7 +44,7 @@ def _read_until_end(response: http.client.HTTPResponse) -> bytes:
 def test_stop_ends_open_followers_and_kills_every_job(
     pki: Path, make_client: Callable[..., ApiClient]
 ) -> None:
-    server = start_server(pki, threads=8)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=8)
     try:
         clients = [make_client(target=server) for _ in range(2)]
         pids = []
@@ -83,7 +85,7 @@ def test_stop_ends_open_followers_and_kills_every_job(
 def test_stop_is_bounded_with_a_client_that_stopped_reading(
     pki: Path, make_client: Callable[..., ApiClient], query: str
 ) -> None:
-    server = start_server(pki, threads=4)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=4)
     try:
         client = make_client(target=server)
         job_id = client.create("head", "-c", str(64 << 20), "/dev/zero", backend="tempfile")
@@ -103,7 +105,7 @@ def test_stop_is_bounded_with_a_client_that_stopped_reading(
 def test_stop_is_bounded_with_silent_and_idle_connections(
     pki: Path, make_client: Callable[..., ApiClient]
 ) -> None:
-    server = start_server(pki, threads=4)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=4)
     silent = [socket.create_connection(server.address) for _ in range(3)]
     try:
         client = make_client(target=server)
@@ -123,7 +125,7 @@ def test_stop_is_bounded_with_silent_and_idle_connections(
 
 def test_requests_after_stop_are_refused(pki: Path, make_client: Callable[..., ApiClient]
                                          ) -> None:
-    server = start_server(pki, threads=4)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=4)
     client = make_client(target=server)
     client.create("true")
     _stop_in_time(server)
@@ -139,7 +141,7 @@ def test_requests_after_stop_are_refused(pki: Path, make_client: Callable[..., A
 def test_stop_from_another_thread_while_requests_run(
     pki: Path, make_client: Callable[..., ApiClient]
 ) -> None:
-    server = start_server(pki, threads=8)
+    server = start_server(pki, storage=ALL_BACKENDS, threads=8)
     errors: list[BaseException] = []
     done = threading.Event()
 

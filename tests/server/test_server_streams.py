@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import http.client
-import os
+import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from jobkit.server.serve import JobServer
-from tests.conftest import wait_until
-from tests.server.conftest import ApiClient, start_server
+from tests.support.api import ApiClient
+from tests.support.pki import ADMIN
+from tests.support.servers import ALL_BACKENDS, running_server
+from tests.support.waiting import wait_until
 
 
 class Follow:
@@ -37,14 +40,6 @@ class Follow:
 
     def close(self) -> None:
         self.conn.close()
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    """A named pipe: ``cat`` it in a job, and the test decides when the job writes."""
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
 
 
 def test_several_followers_see_the_same_bytes_as_they_come(
@@ -125,14 +120,53 @@ def test_a_follower_on_the_ring_backend_skips_what_was_dropped(client: ApiClient
     assert len(data) == status["stdout"]["written"] - status["stdout"]["dropped"]
 
 
+def test_a_follow_never_sends_bytes_from_another_offset(client: ApiClient) -> None:
+    # Fixed-width numbered lines: every byte's absolute offset is known, so
+    # the body must equal the text at the offset the header announces.
+    line = 16
+    script = "i=0; while [ $i -lt 200000 ]; do printf '%015d\\n' $i; i=$((i+1)); done"
+    job = client.create("sh", "-c", script, backend="ring")
+    for _ in range(5):
+        conn = client.connect()
+        conn.request("GET", f"/jobs/{job}/stdout?follow=true")
+        response = conn.getresponse()
+        start = int(response.headers["X-Jobkit-Offset"])
+        body = response.read(256 * 1024)
+        conn.close()
+        first = start // line
+        expected = b"".join(b"%015d\n" % i for i in range(first, first + len(body) // line + 2))
+        skew = start - first * line
+        assert body == expected[skew : skew + len(body)]
+    client.request("DELETE", f"/jobs/{job}")
+
+
+def test_a_client_leaving_mid_stream_is_not_a_warning(
+    server: JobServer, client: ApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = client.create("yes")
+    with caplog.at_level(logging.WARNING):
+        conn = client.connect()
+        conn.request("GET", f"/jobs/{job}/stdout?follow=true")
+        response = conn.getresponse()
+        response.read(1 << 20)
+        conn.sock.close()  # gone, mid-stream
+        conn.close()
+        # The server notices on its next write, or within its poll interval.
+        wait_until(lambda: server.api._follows.count() == 0, what="the stream to end")
+        client.request("DELETE", f"/jobs/{job}")
+    noisy = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith(
+        ("jobkit.server", "cheroot"))]
+    assert noisy == []
+
+
 # -- limits: followers cannot starve other requests ---------------------------------------------
 
 
 @pytest.fixture
 def small_server(pki: Path) -> Iterator[JobServer]:
-    server = start_server(pki, threads=4)  # 2 follow streams in all, 1 per client
-    yield server
-    server.stop()
+    # 2 follow streams in all, 1 per client
+    with running_server(pki, storage=ALL_BACKENDS, threads=4) as server:
+        yield server
 
 
 def test_follow_limits_keep_threads_for_other_requests(
@@ -192,3 +226,34 @@ def test_a_follow_response_can_be_read_with_plain_http_client(client: ApiClient)
     response: http.client.HTTPResponse = conn.getresponse()
     assert response.read() == b"abc"
     conn.close()
+
+
+@pytest.fixture
+def two_follows_each(pki: Path) -> Iterator[JobServer]:
+    with running_server(pki, threads=8) as server:  # 2 follows per client
+        yield server
+
+
+def test_an_admins_follows_count_against_the_admin(
+    two_follows_each: JobServer, make_client: Callable[..., ApiClient]
+) -> None:
+    bob = make_client(target=two_follows_each)
+    admin = make_client(ADMIN, target=two_follows_each)
+    job = bob.create("sleep", "1000")
+    streams = []
+    for _ in range(2):
+        conn = admin.connect()
+        conn.request("GET", f"/jobs/{job}/stdout?follow=true&client={bob.name}")
+        assert conn.getresponse().status == 200
+        streams.append(conn)
+    conn = admin.connect()
+    conn.request("GET", f"/jobs/{job}/stdout?follow=true&client={bob.name}")
+    third = conn.getresponse()
+    assert third.status == 429 and ADMIN in json.loads(third.read())["detail"]
+    conn.close()
+    own = bob.connect()
+    own.request("GET", f"/jobs/{job}/stdout?follow=true")
+    assert own.getresponse().status == 200  # bob's allowance is untouched
+    for stream in (*streams, own):
+        stream.close()
+    bob.request("DELETE", f"/jobs/{job}")

@@ -17,30 +17,16 @@ from cheroot.ssl.builtin import BuiltinSSLAdapter
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from jobkit.pki import issue_certificate, load_ca, make_ca, write_bundle
+from jobkit.pki import issue_certificate, load_ca, make_ca
 from jobkit.server.serve import JobServer
 from jobkit.server.tls import UnacceptableCertificate, common_name
-from tests.conftest import wait_until
-from tests.server.conftest import (
-    ApiClient,
-    client_context,
-    raw_tls,
-    read_until_closed,
-    start_server,
-)
+from tests.support.api import ApiClient, client_context, raw_tls, read_until_closed
+from tests.support.pki import forge
+from tests.support.servers import running_server
+from tests.support.waiting import wait_until
 
 OPENSSL = "/usr/bin/openssl"
 REQUEST = b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-
-
-def forge(pki: Path, folder: Path, *, ca: tuple[object, object] | None = None,
-          common_names: tuple[str, ...] = ("forged",), **options: object) -> Path:
-    """A client folder whose certificate is made exactly as asked (trusting our real CA)."""
-    real_ca_cert, real_ca_key = load_ca(pki)
-    ca_cert, ca_key = ca or (real_ca_cert, real_ca_key)
-    cert, key = issue_certificate(ca_cert, ca_key, common_names=common_names,  # type: ignore[arg-type]
-                                  **options)  # type: ignore[arg-type]
-    return write_bundle(folder, cert, key, real_ca_cert)
 
 
 def s_client(address: tuple[str, int], folder: Path, *extra: str,
@@ -252,9 +238,8 @@ def test_control_cheroots_own_adapter_does_stall(pki: Path) -> None:
 
 @pytest.fixture
 def quick_handshake_server(pki: Path) -> Iterator[JobServer]:
-    server = start_server(pki, handshake_timeout=0.3, threads=4)
-    yield server
-    server.stop()
+    with running_server(pki, handshake_timeout=0.3, threads=4) as server:
+        yield server
 
 
 def test_a_silent_connection_is_closed_after_the_handshake_timeout(
