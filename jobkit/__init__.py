@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         PoolClosed,
         ServerError,
         StateDirInUse,
+        StorageFailed,
         StoreVersionError,
     )
     from jobkit.core.hookspecs import hookimpl
@@ -51,6 +52,7 @@ __all__ = [
     "ServerError",
     "State",
     "StateDirInUse",
+    "StorageFailed",
     "StoreVersionError",
     "StreamInfo",
     "__version__",
@@ -76,6 +78,7 @@ _EXPORTS = {
     "Retention": "jobkit.core.retention",
     "ServerError": "jobkit.core.errors",
     "StateDirInUse": "jobkit.core.errors",
+    "StorageFailed": "jobkit.core.errors",
     "StoreVersionError": "jobkit.core.errors",
     "State": "jobkit.core.models",
     "StreamInfo": "jobkit.core.models",

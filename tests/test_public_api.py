@@ -19,6 +19,7 @@ EXPECTED = [
     "ServerError",
     "State",
     "StateDirInUse",
+    "StorageFailed",
     "StoreVersionError",
     "StreamInfo",
     "__version__",

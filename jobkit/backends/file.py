@@ -19,7 +19,10 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import os
+import struct
+import termios
 import threading
 from pathlib import Path
 
@@ -68,19 +71,30 @@ class FileStore(OutputStore):
     private duplicate of its descriptor (so `close` cannot pull it from
     under them); once closed, each read opens the file by name, so a
     finished job's store holds no descriptor at all.
+
+    The file is created with the first byte, in the supervisor thread: most
+    streams stay empty (stderr, or a job that prints nothing), and creating
+    a file costs more than the rest of starting a job.  No file means an
+    empty stream, after a restart too.
     """
 
-    def __init__(self, path: Path, max_bytes: int | None, *, fd: int = -1) -> None:
+    def __init__(self, path: Path, max_bytes: int | None, *, writable: bool) -> None:
         self.path = path
         self._max = max_bytes
-        self._fd = fd
+        self._fd = -1
+        self._writable = writable
         self._lock = threading.Lock()
         self._splice = _SPLICE is not None
         self._written = 0
         self._dropped = 0
-        if fd < 0:  # an existing file, read-only: it says what it holds
+        if not writable:  # an existing file, read-only: it says what it holds
             with contextlib.suppress(FileNotFoundError):
                 self._measure()
+
+    def _create(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with self._lock:
+            self._fd = fd
 
     def _measure(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -99,6 +113,8 @@ class FileStore(OutputStore):
         return self._dropped
 
     def append(self, data: bytes) -> None:
+        if self._fd < 0:
+            self._create()
         view = memoryview(data)
         while view:
             count = os.write(self._fd, view)
@@ -107,6 +123,15 @@ class FileStore(OutputStore):
         self._trim()
 
     def fill_from(self, fd: int, limit: int) -> int:
+        if self._fd < 0:
+            # Readable with nothing in it is the end of the stream: no file needed.
+            pending = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+            if not pending:
+                data = os.read(fd, limit)  # b"" at the end, or bytes that just came
+                if data:
+                    self.append(data)
+                return len(data)
+            self._create()
         if self._splice:
             try:
                 assert _SPLICE is not None
@@ -160,6 +185,7 @@ class FileStore(OutputStore):
         """Close the file; its bytes stay, readable by name."""
         with self._lock:
             fd, self._fd = self._fd, -1
+            self._writable = False
         if fd >= 0:
             os.close(fd)
 
@@ -207,14 +233,12 @@ class FileBackend:
         return self._root / f"{job_id}.{stream}"
 
     def open_store(self, job_id: str, stream: str) -> FileStore:
-        path = self._path(job_id, stream)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         assert self.max_bytes is None or isinstance(self.max_bytes, int)
-        return FileStore(path, self.max_bytes, fd=fd)
+        return FileStore(self._path(job_id, stream), self.max_bytes, writable=True)
 
     def reopen_store(self, job_id: str, stream: str) -> FileStore:
         """The store of a job whose output was written earlier (maybe by another process)."""
-        return FileStore(self._path(job_id, stream), None)
+        return FileStore(self._path(job_id, stream), None, writable=False)
 
     def delete_output(self, job_id: str) -> None:
         """Remove a job's files."""

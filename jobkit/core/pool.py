@@ -35,7 +35,7 @@ from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
 from jobkit.core.records import DATABASE_NAME, JobRecords
 from jobkit.core.retention import CleanResult, Retention
 from jobkit.core.signals import parse_signal
-from jobkit.core.spawn import SpawnFailed, raise_fd_limit, spawn
+from jobkit.core.spawn import Spawned, SpawnFailed, raise_fd_limit, spawn
 from jobkit.core.stream import Follower, OutputStream
 
 __all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "DURABLE_BACKEND", "JobPool"]
@@ -274,40 +274,57 @@ class JobPool:
         output: OutputBackend,
     ) -> Job:
         created_at = utcnow()
-        job_id = self._records.add(command, args, cwd, timeout, backend_name, created_at)
+        # Spawn first, then record the job with its process in one transaction
+        # (its id is the row's), so a job costs two transactions: this and its end.
+        spawned, failure = None, None
+        try:
+            started_after = boot_ticks()
+            spawned = spawn(command, list(args), env, cwd)
+            start = (int(started_after), int(boot_ticks()) + 1)
+        except SpawnFailed as exc:
+            failure = str(exc)
+        cgroup = None
+        if spawned is not None and self._cgroups is not None:
+            cgroup = self._cgroups.create(spawned.process.pid)
+        try:
+            job_id = self._records.add(
+                command, args, cwd, timeout, backend_name, created_at,
+                process=None if spawned is None else (
+                    spawned.process.pid, start, self._boot,
+                    None if cgroup is None else str(cgroup),
+                ),
+            )
+        except BaseException:
+            if spawned is not None:  # never a process nobody recorded
+                _kill_unrecorded(spawned, cgroup)
+            raise
         streams: dict[str, OutputStream] = {}
         job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout,
                   on_end=self._job_ended, on_drained=self._drained)
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
-            started_after = boot_ticks()
-            spawned = spawn(command, list(args), env, cwd)
-            start = (int(started_after), int(boot_ticks()) + 1)
-        except (SpawnFailed, OSError) as exc:
-            message = (
-                str(exc)
-                if isinstance(exc, SpawnFailed)
-                else (f"cannot open output storage: {exc.strerror or exc}")
-            )
+        except OSError as exc:
+            failure = failure or f"cannot open output storage: {exc.strerror or exc}"
+            streams.clear()
+            streams.update((name, OutputStream(name, _GoneStore(0))) for name in STREAMS)
+            if spawned is not None:
+                _kill_unrecorded(spawned, cgroup)
+                spawned = None
+        if spawned is None:
             for stream in streams.values():
                 stream.mark_closed()
-            job.finish(Outcome(State.ERROR, utcnow(), error=message))
+            job.finish(Outcome(State.ERROR, utcnow(), error=failure))
             self._drained(job)
             return job
         job.process = spawned.process
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
         job.start_ticks = start[0]
+        job.cgroup = cgroup
         try:
-            if self._cgroups is not None:
-                job.cgroup = self._cgroups.create(spawned.process.pid)
-            self._records.started(
-                job_id, spawned.process.pid, start, self._boot,
-                None if job.cgroup is None else str(job.cgroup),
-            )
             self._supervisor.watch(job, self._kill_after)
-        except Exception as exc:  # the database's disk, epoll's memory: still a job
+        except Exception as exc:  # epoll's memory, say: still a job
             self._abandon(job, f"cannot watch the process: {exc}")
         return job
 
@@ -770,6 +787,16 @@ class _GoneStore(OutputStore):
     @property
     def dropped(self) -> int:
         return self._written
+
+
+def _kill_unrecorded(spawned: Spawned, cgroup: Path | None) -> None:
+    """Kill and reap a process that never became a job (its record failed)."""
+    os.killpg(spawned.process.pid, signals.SIGKILL)
+    spawned.process.wait()
+    for fd in (spawned.pidfd, spawned.stdout, spawned.stderr):
+        os.close(fd)
+    if cgroup is not None:
+        CgroupTree.remove(cgroup)
 
 
 def _info(store: OutputStore) -> StreamInfo:

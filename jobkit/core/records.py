@@ -220,14 +220,24 @@ class JobRecords:
         timeout: float | None,
         backend: str,
         created_at: datetime,
+        *,
+        process: tuple[int, tuple[int, int], str, str | None] | None = None,
     ) -> str:
-        """Record a new running job; return its id, never used before in this store."""
+        """Record a new job; return its id, never used before in this store.
+
+        ``process`` is what crash recovery needs of a running job: its
+        leader's pid, the window of clock ticks it started in, the boot id
+        and its cgroup; None for a job that never started (it ends at once).
+        """
         at = _stamp(created_at)
+        pid, start, boot, cgroup = process or (None, (None, None), None, None)
         with self._transaction() as db:
             cursor = db.execute(
-                "INSERT INTO jobs (command, args, cwd, timeout, backend, created_at, state)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (command, json.dumps(list(args)), cwd, timeout, backend, at, State.RUNNING.value),
+                "INSERT INTO jobs (command, args, cwd, timeout, backend, created_at, state,"
+                " pid, pid_start, pid_start_max, boot_id, cgroup)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (command, json.dumps(list(args)), cwd, timeout, backend, at,
+                 State.RUNNING.value, pid, start[0], start[1], boot, cgroup),
             )
             job_id = cursor.lastrowid
             db.execute(
@@ -235,17 +245,6 @@ class JobRecords:
                 (job_id, at, State.RUNNING.value),
             )
         return str(job_id)
-
-    def started(
-        self, job_id: str, pid: int, start: tuple[int, int], boot_id: str, cgroup: str | None
-    ) -> None:
-        """Record the process that runs a job, for crash recovery."""
-        with self._transaction() as db:
-            db.execute(
-                "UPDATE jobs SET pid = ?, pid_start = ?, pid_start_max = ?, boot_id = ?,"
-                " cgroup = ? WHERE id = ?",
-                (pid, start[0], start[1], boot_id, cgroup, int(job_id)),
-            )
 
     def finished(self, status: JobStatus) -> None:
         """Record a job's final state, its end, and its output sizes, in one transaction."""

@@ -4,7 +4,6 @@ broken plugins and databases, forks, garbage-collected pools."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import jobkit
-from jobkit import JobNotFound, JobPool, PoolClosed, State
+from jobkit import JobNotFound, JobPool, PoolClosed, State, StorageFailed
 from jobkit.backends.memory import MemoryStore
 from jobkit.core import plugins
 from tests.conftest import children, group_members, process_alive, wait_until
@@ -158,19 +157,23 @@ def test_broken_plugins_cannot_break_the_pool(broken_plugins) -> None:
         assert pool.wait(other, 10).exit_code == 0
 
 
-def test_a_failing_database_ends_the_job_in_error_without_a_leak(tmp_path: Path) -> None:
+def test_a_job_that_cannot_be_recorded_is_not_created_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
     with JobPool(state_dir=tmp_path, backend="memory") as pool:
         kids = children()
+        real_add = pool._records.add
 
-        def broken(*args: object) -> None:
-            raise sqlite3.OperationalError("disk I/O error")
+        def broken(*args: object, **kwargs: object) -> str:
+            raise StorageFailed("cannot record jobs: disk I/O error")
 
-        pool._records.started = broken  # type: ignore[method-assign]
-        job = pool.create("sleep", ["1000"])
-        status = pool.status(job)
-        assert status.state is State.ERROR
-        assert status.error == "cannot watch the process: disk I/O error"
-        assert children() == kids  # killed and reaped, not left running
+        pool._records.add = broken  # type: ignore[method-assign]
+        with pytest.raises(StorageFailed, match="disk I/O error"):
+            pool.create("sleep", ["1000"])
+        assert children() == kids  # its process was killed and reaped, not left running
+        pool._records.add = real_add  # type: ignore[method-assign]
+        job = pool.create("true")
+        assert pool.wait(job, 10).exit_code == 0
 
 
 def test_pools_work_in_a_forked_child(memory_pool: JobPool) -> None:
