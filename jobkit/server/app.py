@@ -17,6 +17,7 @@ import codecs
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -25,9 +26,11 @@ import bottle  # type: ignore[import-untyped]
 from jobkit.core.errors import JobNotFound, PoolClosed
 from jobkit.core.models import State, StreamInfo
 from jobkit.core.pool import DEFAULT_BACKEND, JobPool
-from jobkit.core.signals import signal_name
+from jobkit.core.signals import parse_signal, signal_name
 from jobkit.server.access_log import LoggedBody, RequestRecord, printable
+from jobkit.server.auditing import ServerAudit
 from jobkit.server.errors import (
+    REFUSAL_ENVIRON_KEY,
     ApiError,
     bottle_error,
     encode_json,
@@ -35,6 +38,7 @@ from jobkit.server.errors import (
     internal_error,
     translate_errors,
 )
+from jobkit.server.metrics import UNMATCHED, ServerMetrics
 from jobkit.server.openapi import openapi_document
 from jobkit.server.requests import (
     buffer_chunked_body,
@@ -95,7 +99,11 @@ class JobApi:
         admins: CNs allowed to list and act on every tenant's jobs.
         limits: See `TenantLimits`.
         pool_factory: Makes the pool of the tenant of that name (default:
-            an in-memory pool with ``storage``'s backend).
+            an in-memory pool with ``storage``'s backend).  Its pool must
+            report finished jobs to `job_finished` (``on_finished``).
+        audit: Where security-relevant acts are recorded (see
+            `jobkit.server.auditing`); default: nowhere.
+        metrics: The server's metrics; default: a registry of its own.
 
     Call `begin_shutdown` when the server stops accepting requests (follow
     streams end) and `close` after it stopped (every job is killed and reaped).
@@ -108,15 +116,21 @@ class JobApi:
         admins: Iterable[str] = (),
         limits: TenantLimits | None = None,
         pool_factory: Callable[[str], JobPool] | None = None,
+        audit: ServerAudit | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.storage = StoragePolicy(backend=DEFAULT_BACKEND) if storage is None else storage
         self.access = AccessRules(frozenset(admins))
         self.limits = TenantLimits() if limits is None else limits
+        self.audit = ServerAudit(None) if audit is None else audit
+        self.metrics = ServerMetrics() if metrics is None else metrics
         policy = self.storage
         self._tenants = Tenants(pool_factory or (
-            lambda name: JobPool(policy.backend, policy.options(policy.backend))
+            lambda name: JobPool(policy.backend, policy.options(policy.backend),
+                                 on_finished=lambda status: self.job_finished(name, status))
         ))
         self._follows = FollowRegistry()
+        self.metrics.count_follow_streams(self._follows.count)
         self._openapi = encode_json(openapi_document()).encode()
         self.bottle = self._make_bottle()
 
@@ -140,12 +154,18 @@ class JobApi:
         """How many follow streams are open now."""
         return self._follows.count()
 
+    def job_finished(self, owner: str, status: Any) -> None:
+        """A job of ``owner`` ended: audit it and count it (a pool's ``on_finished``)."""
+        self.audit.finished(owner, status)
+        self.metrics.job_finished(owner, status)
+
     # -- WSGI ---------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         peer = environ.get(PEER_ENVIRON_KEY)
         client = peer.common_name if isinstance(peer, Peer) else None
-        record = RequestRecord(environ, client or "-")
+        record = RequestRecord(environ, client or "-",
+                               peer.address if isinstance(peer, Peer) else "-", self._done)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             record.status = int(status[:3])
@@ -161,7 +181,11 @@ class JobApi:
             environ["wsgi.file_wrapper"] = passthrough_file_wrapper
             if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
                 buffer_chunked_body(environ, self.limits.max_body)
-            result = self.bottle(environ, start)
+            try:
+                result = self.bottle(environ, start)
+            finally:
+                route = environ.get("bottle.route")
+                record.route = getattr(route, "rule", None)
         except ApiError as error:
             result = error_response(start, error)
         except Exception:
@@ -176,9 +200,25 @@ class JobApi:
                 record.write(b"")
             except BaseException:
                 result.close()  # the client is gone: free the follow slot
-                record.log()
+                record.finish()
                 raise
         return LoggedBody(result, record)
+
+    def _done(self, record: RequestRecord) -> None:
+        """A response was sent: count it; audit it if it was a refusal (403) of a known CN."""
+        route = record.route or UNMATCHED
+        self.metrics.request_done(record.method, route, record.status,
+                                  time.perf_counter() - record.started)
+        if record.status == 403 and record.client != "-":
+            environ = record.environ
+            fields: dict[str, Any] = {"method": printable(record.method), "route": route}
+            job_id = environ.get("route.url_args", {}).get("job_id")
+            if isinstance(job_id, str):
+                fields["job"] = job_id
+            reason = environ.get(REFUSAL_ENVIRON_KEY)
+            if isinstance(reason, str):
+                fields["reason"] = reason
+            self.audit.event("authz.refused", cn=record.client, peer=record.peer, **fields)
 
     # -- routes -------------------------------------------------------------
 
@@ -200,10 +240,18 @@ class JobApi:
         for stream in STREAMS:
             app.route(f"/jobs/<job_id>/{stream}", "GET", self._stream_route(stream))
         app.route("/jobs/<job_id>/stop", "POST", self.stop_job)
+        app.route("/metrics", "GET", self.get_metrics)
         return app
 
     def get_openapi(self) -> bytes:
         return _json_body(200, self._openapi)
+
+    def get_metrics(self) -> bytes:
+        """The server's metrics in Prometheus's text format, for admins only."""
+        self.access.check_admin(bottle.request.environ[CLIENT_ENVIRON_KEY], "read the metrics")
+        body, content_type = self.metrics.exposition()
+        bottle.response.content_type = content_type
+        return body
 
     def create_job(self) -> bytes:
         environ = bottle.request.environ
@@ -229,14 +277,34 @@ class JobApi:
         timeout = field_timeout(body)
 
         tenant = self._tenants.get_or_create(caller)
-        tenant.reserve(self.limits.max_jobs)
+        try:
+            tenant.reserve(self.limits.max_jobs)
+        except ApiError as error:
+            if error.kind is ProblemKind.QUOTA_EXCEEDED:
+                self.metrics.quota_refused(caller, "live_jobs")
+            raise
         job_id = None
+        started = time.perf_counter()
+        self.audit.creating(caller)
         try:
             job_id = tenant.pool.create(cmd, args, env=env, replace_env=replace_env, cwd=cwd,
                                         timeout=timeout, backend=backend,
                                         backend_options=options)
         finally:
             tenant.created(job_id, counted=bool(self.limits.max_jobs))
+            if job_id is None:
+                self.audit.created(caller, None)
+        self.metrics.job_started(caller, time.perf_counter() - started)
+        try:
+            # Environment values are never recorded (jobkit.audit): only the command line.
+            self.audit.created(caller, job_id, command=cmd, args=args, peer=_peer(environ),
+                               cwd=cwd, backend=backend or self.storage.backend,
+                               limits=None if timeout is None else {"timeout_s": timeout})
+        except ApiError:
+            # A job nobody may learn was created: it must not run unrecorded.
+            tenant.pool.delete(job_id)
+            tenant.forget(job_id)
+            raise
         bottle.response.set_header("Location", f"/jobs/{job_id}/status")
         return _json_body(201, encode_json({"id": job_id}).encode())
 
@@ -312,15 +380,26 @@ class JobApi:
         ):
             raise ApiError(ProblemKind.BAD_FIELD,
                            f"field 'states' must be a list of {', '.join(finished)}")
-        tenant = self._tenants.get(self.access.owner(environ[CLIENT_ENVIRON_KEY], query(environ)))
+        caller = environ[CLIENT_ENVIRON_KEY]
+        owner = self.access.owner(caller, query(environ))
+        tenant = self._tenants.get(owner)
         jobs = freed = 0
         if tenant is not None:
+            self.audit.request_event("jobs.cleaned", cn=caller, peer=_peer(environ),
+                                     **_owner_field(caller, owner),
+                                     **({} if older_than is None else {"older_than": older_than}),
+                                     **({} if states is None else {"states": states}))
             result = tenant.pool.clean(older_than=older_than, states=states)
             jobs, freed = result.jobs, result.bytes
         return _json_body(200, encode_json({"deleted": jobs, "bytes": freed}).encode())
 
     def delete_job(self, job_id: str) -> bytes:
-        tenant = self._tenant_for(job_id)
+        tenant = self._tenant_for(job_id, audit=False)
+        tenant.pool.status(job_id)  # an unknown job is a 404, and nothing to record
+        caller = bottle.request.environ[CLIENT_ENVIRON_KEY]
+        self.audit.request_event("job.deleted", cn=caller, job=job_id,
+                                 peer=_peer(bottle.request.environ),
+                                 **_owner_field(caller, tenant.name))
         tenant.pool.delete(job_id)
         tenant.forget(job_id)
         return _json_body(200, encode_json({"id": job_id, "deleted": True}).encode())
@@ -366,8 +445,10 @@ class JobApi:
         if follow:
             try:
                 registry.add(body, counted, self.limits)
-            except ApiError:
+            except ApiError as error:
                 follower.cancel()
+                if error.kind is ProblemKind.QUOTA_EXCEEDED:
+                    self.metrics.quota_refused(environ[CLIENT_ENVIRON_KEY], "follow_streams")
                 raise
         response = bottle.response
         response.content_type = "application/octet-stream"
@@ -382,30 +463,60 @@ class JobApi:
         body = read_json(environ, self.limits.max_body, required=False)
         check_fields(body, _STOP_FIELDS)
         signal: Any = body.get("signal", "SIGTERM")
+        if isinstance(signal, float) and signal.is_integer() and abs(signal) < 1e9:
+            signal = int(signal)  # JSON has one number type: 1e3 is 1000
         if isinstance(signal, bool) or not isinstance(signal, (str, int)):
+            shown = repr(signal) if isinstance(signal, float) else json_type(signal)
             raise ApiError(ProblemKind.BAD_FIELD,
                            f"field 'signal' must be a signal name like 'SIGTERM' or a "
-                           f"number, not {json_type(signal)}")
-        tenant = self._tenant_for(job_id)
+                           f"whole number, not {shown}")
         try:
-            status = tenant.pool.stop(job_id, signal)
+            number = parse_signal(signal)
         except ValueError as error:
             raise ApiError(ProblemKind.BAD_FIELD, f"field 'signal': {error}") from None
+        tenant = self._tenant_for(job_id, audit=False)
+        tenant.pool.status(job_id)  # an unknown job is a 404, and nothing to record
+        caller = environ[CLIENT_ENVIRON_KEY]
+        self.audit.request_event("job.stopped", cn=caller, job=job_id,
+                                 signal=signal_name(number), peer=_peer(environ),
+                                 **_owner_field(caller, tenant.name))
+        status = tenant.pool.stop(job_id, number)
         return _json_body(200, encode_json(status_json(status)).encode())
 
     # -- whose jobs ---------------------------------------------------------
 
-    def _tenant_for(self, job_id: str, parameters: Mapping[str, str] | None = None) -> Tenant:
+    def _tenant_for(self, job_id: str, parameters: Mapping[str, str] | None = None, *,
+                    audit: bool = True) -> Tenant:
+        """The pool of the job a request names; an admin's read of another's job is audited.
+
+        ``audit`` False: the caller records the act itself (stop, delete).
+        """
         environ = bottle.request.environ
-        owner = self.access.owner(environ[CLIENT_ENVIRON_KEY],
-                                  query(environ) if parameters is None else parameters)
+        caller = environ[CLIENT_ENVIRON_KEY]
+        owner = self.access.owner(caller, query(environ) if parameters is None else parameters)
         tenant = self._tenants.get(owner)
         # Exactly what an unknown id in an existing pool gives: whether a
         # client has a pool yet must not show.  (An id with NUL can never exist;
         # the library would call it a bad value.)
         if tenant is None or "\0" in job_id:
             raise JobNotFound(job_id)
+        if audit and owner != caller:
+            tenant.pool.status(job_id)  # an unknown job is a 404, and nothing to record
+            route = environ.get("bottle.route")
+            action = str(getattr(route, "rule", "?")).rpartition("/")[2]
+            self.audit.request_event("admin.acted", cn=caller, owner=owner, action=action,
+                                     job=job_id, peer=_peer(environ))
         return tenant
+
+
+def _peer(environ: Mapping[str, Any]) -> str:
+    peer = environ.get(PEER_ENVIRON_KEY)
+    return peer.address if isinstance(peer, Peer) else "-"
+
+
+def _owner_field(caller: str, owner: str) -> dict[str, str]:
+    """``{"owner": owner}`` when an admin acts on another client's jobs."""
+    return {} if owner == caller else {"owner": owner}
 
 
 def _output_document(pool: JobPool, job_id: str, *ends: int) -> Iterator[bytes]:

@@ -29,15 +29,20 @@ fails loudly when one disappears.  The cheroot names jobkit touches:
   close idle connections, and sets it), ``socket``, ``rfile``, ``wfile`` and
   ``server``;
 * ``cheroot.server.HTTPRequest``: subclassed; its ``simple_response``,
-  ``close_connection``, ``sent_headers``, ``conn`` and ``server``;
+  ``close_connection``, ``sent_headers``, ``conn``, ``server`` and
+  ``header_reader`` (ours: `HeaderReader`);
 * ``cheroot.wsgi.Gateway_10``: subclassed; its ``start_response``, ``write``
   and ``req``;
 * ``cheroot.ssl.Adapter``: subclassed; its ``bind``, ``wrap``,
   ``get_environ`` and ``makefile``;
-* ``cheroot.server.ChunkedRFile``: its ``closed`` and ``read_trailer_lines``
-  (`finish_chunked_body`);
+* ``cheroot.server.ChunkedRFile``: its ``closed``, ``read_trailer_lines``
+  (`finish_chunked_body`), ``maxlen`` and the ``IOError('Request Entity Too
+  Large')`` its ``read`` raises past it (`cap_chunked_body`);
+* ``cheroot.server.HeaderReader``: subclassed (`HeaderReader`); its
+  ``__call__`` reads header lines with ``rfile.readline()``;
 * ``cheroot.connections.ConnectionManager``: calls ``has_data`` on our
   `SocketReader` before it parks a connection in its selector;
+* ``cheroot.errors.MaxSizeExceeded`` (what a capped chunked body may raise);
 * ``cheroot.errors.FatalSSLAlert`` (raised by `jobkit.server.tls.TLSSocket`
   for a failed handshake, which cheroot closes quietly) and
   ``cheroot.errors.socket_errors_to_ignore``.
@@ -54,7 +59,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cheroot import errors as cheroot_errors
@@ -77,10 +82,13 @@ __all__ = [
     "CherootServer",
     "Connection",
     "Gateway",
+    "HeaderReader",
     "Request",
     "SocketReader",
     "SocketWriter",
     "TLS13Adapter",
+    "body_too_large",
+    "cap_chunked_body",
     "finish_chunked_body",
 ]
 
@@ -111,6 +119,12 @@ class TLS13Adapter(Adapter):
         certificate_chain: The CA certificate that client certificates must
             chain to (our ``ca.pem``).  Required: there is no default trust.
         handshake_timeout: Seconds a new connection has to finish the handshake.
+        context_source: Returns the context for each new connection (see
+            `jobkit.server.certificates`, which reloads it); default: one
+            context made from the three files, for good.
+        on_refused: Told ``(reason, peer)`` for every connection refused at
+            its handshake or for its certificate's CN (not those cut off by
+            a shutdown).
 
     Each request's environ gets ``wsgi.url_scheme``, ``HTTPS`` and the
     connection's `Peer` under `PEER_ENVIRON_KEY`.
@@ -125,6 +139,8 @@ class TLS13Adapter(Adapter):
         *,
         private_key_password: str | bytes | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        context_source: Callable[[], ssl.SSLContext] | None = None,
+        on_refused: Callable[[str, Peer], None] | None = None,
     ) -> None:
         if certificate_chain is None:
             raise ValueError("TLS13Adapter needs the CA certificate that signs client certificates")
@@ -133,10 +149,14 @@ class TLS13Adapter(Adapter):
         if ciphers is not None:  # set_ciphers does not apply to TLS 1.3 suites
             raise ValueError("TLS 1.3 cipher suites are OpenSSL's defaults; ciphers is unsupported")
         super().__init__(certificate, private_key, certificate_chain, ciphers)
-        self.context = make_server_context(certificate, private_key, certificate_chain)
+        self._context_source = context_source
+        self.context = (make_server_context(certificate, private_key, certificate_chain)
+                        if context_source is None else context_source())
         self.handshake_timeout = handshake_timeout
+        self.on_refused = on_refused
         self._sockets: weakref.WeakSet[TLSSocket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._stopping = False
 
     def bind(self, sock: socket.socket) -> socket.socket:
         return sock
@@ -148,6 +168,8 @@ class TLS13Adapter(Adapter):
             address = f"{host}:{port}"
         except (OSError, TypeError):
             address = "?"
+        if self._context_source is not None:
+            self.context = self._context_source()
         try:
             tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         except OSError as error:
@@ -156,11 +178,17 @@ class TLS13Adapter(Adapter):
         peer = Peer(address, socket=weakref.ref(tls))
         tls.jobkit_peer = peer
         tls.jobkit_handshake_timeout = self.handshake_timeout
+        tls.jobkit_refused = self._refused
         with self._lock:
             self._sockets.add(tls)
         environ = self.get_environ()
         environ[PEER_ENVIRON_KEY] = peer
         return tls, environ
+
+    def _refused(self, reason: str, peer: Peer) -> None:
+        # Handshakes cut off by a shutdown are the server's doing, not a refusal.
+        if not self._stopping and self.on_refused is not None:
+            self.on_refused(reason, peer)
 
     def get_environ(self) -> dict[str, Any]:
         return {"wsgi.url_scheme": "https", "HTTPS": "on"}
@@ -188,6 +216,7 @@ class TLS13Adapter(Adapter):
         Called at shutdown so that silent clients do not hold worker threads
         for the whole handshake timeout.
         """
+        self._stopping = True
         with self._lock:
             pending = [s for s in self._sockets if not s.jobkit_handshake_done]
         for sock in pending:
@@ -380,6 +409,53 @@ class SocketWriter:
         self.closed = True
 
 
+def cap_chunked_body(rfile: Any, limit: int) -> None:
+    """Make cheroot's chunked body reader refuse, before reading, a chunk past ``limit``.
+
+    Without it, a chunk that announces more than the limit is waited for
+    until the request's deadline (408) instead of refused at once (413).
+    The chunk-size lines count against ``maxlen`` too: allow for them.
+    """
+    if isinstance(rfile, cheroot_server.ChunkedRFile):
+        rfile.maxlen = limit + _CHUNK_LINES_ALLOWANCE
+
+
+def body_too_large(error: BaseException) -> bool:
+    """True if ``error`` is cheroot refusing a chunked body past its ``maxlen``."""
+    return isinstance(error, cheroot_errors.MaxSizeExceeded) or (
+        type(error) is OSError and error.args == ("Request Entity Too Large",)
+    )
+
+
+#: Bytes of chunk-size lines a capped chunked body may carry besides its data.
+_CHUNK_LINES_ALLOWANCE = 64 << 10
+
+
+class HeaderReader(cheroot_server.HeaderReader):
+    """cheroot's header parser, refusing conflicting ``Content-Length`` headers.
+
+    cheroot keeps the last of several; RFC 9112 (6.3) says a request whose
+    ``Content-Length`` headers disagree must be refused (400), since a proxy
+    in front may have framed it by another.
+    """
+
+    def __call__(self, rfile: Any, hdict: Any = None) -> Any:
+        lengths: set[bytes] = set()
+
+        class Recording:
+            def readline(self, *args: Any) -> bytes:
+                line: bytes = rfile.readline(*args)
+                name, colon, value = line.partition(b":")
+                if colon and name.strip().lower() == b"content-length":
+                    lengths.add(value.strip())
+                return line
+
+        result = super().__call__(Recording(), hdict)
+        if len(lengths) > 1:
+            raise ValueError("conflicting Content-Length headers")
+        return result
+
+
 def finish_chunked_body(rfile: Any) -> None:
     """Read the trailer section of a chunked body cheroot decoded to its last chunk.
 
@@ -459,6 +535,8 @@ class Request(cheroot_server.HTTPRequest):
     times out, ...) with a ``text/plain`` body; every jobkit error is a
     problem document instead, its kind known by the status alone.
     """
+
+    header_reader = HeaderReader()
 
     def simple_response(self, status: Any, msg: Any = "") -> None:
         status = str(status)

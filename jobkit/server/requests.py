@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
 from jobkit.core.checks import is_text
-from jobkit.server.connection import finish_chunked_body
+from jobkit.server.connection import body_too_large, cap_chunked_body, finish_chunked_body
 from jobkit.server.errors import CLOSE, ApiError
 from jobkit.wire import JSON_MEDIA_TYPE, ProblemKind
 
@@ -90,15 +90,24 @@ def flag_parameter(parameters: Mapping[str, str], name: str) -> bool:
     raise _bad_field(f"query parameter {name!r} must be true or false, not {value!r}")
 
 
+#: The most digits a count parameter may have (an offset past 10^18 bytes is no offset).
+_MAX_DIGITS = 18
+
+
 def count_parameter(parameters: Mapping[str, str], name: str) -> int:
     """A non-negative integer query parameter; absent is 0."""
     value = parameters.get(name)
     if value is None:
         return 0
     if not value.isascii() or not value.isdigit():
+        shown = value if len(value) <= 40 else value[:40] + "..."
         raise _bad_field(f"query parameter {name!r} must be a non-negative integer, "
-                         f"not {value!r}")
-    return int(value)
+                         f"not {shown!r}")
+    digits = value.lstrip("0") or "0"  # int() refuses over 4,300 digits, zeros included
+    if len(digits) > _MAX_DIGITS:
+        raise _bad_field(f"query parameter {name!r} is too large "
+                         f"(at most {_MAX_DIGITS} digits)")
+    return int(digits)
 
 
 # -- the body -----------------------------------------------------------------------------
@@ -147,6 +156,7 @@ def buffer_chunked_body(environ: dict[str, Any], limit: int) -> None:
     it again (bottle issues 700 and 845): it is read here, within ``limit``.
     """
     rfile = environ["wsgi.input"]
+    cap_chunked_body(rfile, limit)
     try:
         body = rfile.read(limit + 1)
         if len(body) > limit:
@@ -156,6 +166,9 @@ def buffer_chunked_body(environ: dict[str, Any], limit: int) -> None:
     except ValueError as error:  # cheroot's ChunkedRFile on a malformed chunk
         raise _bad_request(f"malformed chunked request body: {error}", CLOSE) from None
     except OSError as error:
+        if body_too_large(error):  # a chunk announced more than the limit: refused unread
+            raise ApiError(ProblemKind.BODY_TOO_LARGE, _too_large(limit).detail,
+                           CLOSE) from None
         raise _unreadable(error) from None
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))

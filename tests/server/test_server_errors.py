@@ -41,6 +41,7 @@ def assert_error(response: Any, status: int, *fragments: str) -> str:
         ({"cmd": "ls", "args": "-l"}, ["'args'", "array of strings"]),
         ({"cmd": "ls", "args": ["-l", 2]}, ["'args[1]'", "string", "number"]),
         ({"cmd": "ls", "args": {"a": 1}}, ["'args'", "object"]),
+        ({"cmd": "ls", "args": [["x"]]}, ["'args[0]'", "string", "array"]),
         ({"cmd": "ls", "env": ["A=1"]}, ["'env'", "object"]),
         ({"cmd": "ls", "env": {"A": 1}}, ["env['A']", "string"]),
         ({"cmd": "ls", "env": {"A=B": "1"}}, ["="]),
@@ -51,11 +52,18 @@ def assert_error(response: Any, status: int, *fragments: str) -> str:
         ({"cmd": "ls", "timeout": True}, ["'timeout'", "boolean"]),
         ({"cmd": "ls", "timeout": -1}, ["'timeout'", "positive"]),
         ({"cmd": "ls", "timeout": 0}, ["'timeout'", "positive"]),
+        ({"cmd": "ls", "timeout": -1e-300}, ["'timeout'", "positive"]),
+        ({"cmd": "ls", "timeout": float("nan")}, ["'timeout'", "positive", "nan"]),
+        ({"cmd": "ls", "timeout": float("inf")}, ["'timeout'", "positive", "inf"]),
         ({"cmd": "ls", "backend": 1}, ["'backend'", "string"]),
         ({"cmd": "ls", "backend": "nope"}, ["'backend'", "unknown output backend 'nope'"]),
         ({"cmd": ""}, ["command", "empty"]),
         ({"cmd": "a\u0000b"}, ["'cmd'", "NUL"]),
         ({"cmd": "ls", "args": ["a\u0000"]}, ["'args[0]'", "NUL"]),
+        ({"cmd": "ls", "env": {"A\u0000B": "1"}}, ["'env key'", "NUL"]),
+        ({"cmd": "ls", "env": {"A": "1\u0000"}}, ["env['A']", "NUL"]),
+        ({"cmd": "ls", "cwd": "/tmp\u0000/x"}, ["'cwd'", "NUL"]),
+        ({"cmd": "ls", "backend": "memory\u0000"}, ["'backend'", "NUL"]),
         ({"args": ["x"]}, ["'cmd'", "required"]),
         ({"cmd": "ls", "shell": True}, ["unknown field 'shell'"]),
         ([], ["JSON object", "array"]),
@@ -104,16 +112,28 @@ def test_a_huge_integer_timeout_is_a_400(client: ApiClient) -> None:
     [
         (b"{", "malformed JSON"),
         (b'{"cmd": "ls",}', "malformed JSON"),
+        (b"{'cmd': 'true'}", "malformed JSON"),
+        (b'{"cmd": "true"}{"cmd": "true"}', "malformed JSON"),
         (b"\xff\xfe{}", "malformed JSON"),
-        (b"[" * 100_000 + b"]" * 100_000, "malformed JSON"),  # deeper than the parser goes
+        (b'{"cmd": "caf\xe9"}', "malformed JSON"),
+        (b"\xef\xbb\xbf\xff{}", "malformed JSON"),
+        (b'{"cmd": "tr\x00ue"}', "malformed JSON"),  # control characters must be escaped
+        (b'{"cmd": "tr\x01ue"}', "malformed JSON"),
+        (b'{"cmd": NaN}', "'cmd'"),  # Python's JSON reads NaN: a number, not a string
         (b"null", "JSON object"),
+        (b'["true"]', "JSON object"),
+        (b'"true"', "JSON object"),
+        (b"42", "JSON object"),
     ],
-    ids=["truncated", "trailing-comma", "not-utf8", "too-deep", "null"],
+    ids=["truncated", "trailing-comma", "single-quotes", "two-documents", "not-utf8",
+         "not-utf8-in-a-string", "utf8-bom-garbage", "nul-byte-raw", "control-char-raw",
+         "nan-literal-cmd", "null", "array", "string", "number"],
 )
 def test_malformed_json_gets_400(client: ApiClient, raw: bytes, fragment: str) -> None:
     response = client.request("PUT", "/jobs", body=raw,
                               headers={"Content-Type": "application/json"})
     assert_error(response, 400, fragment)
+    assert client.get("/jobs").json()["ids"] == []  # nothing was created
 
 
 def test_an_empty_create_body_gets_400(client: ApiClient) -> None:
@@ -127,6 +147,12 @@ def test_an_empty_create_body_gets_400(client: ApiClient) -> None:
     [
         ({"signal": "SIGNOPE"}, 400, "unknown signal"),
         ({"signal": 999}, 400, "unknown signal"),
+        ({"signal": -1}, 400, "unknown signal"),
+        ({"signal": 0}, 400, "unknown signal"),
+        ({"signal": ""}, 400, "unknown signal"),
+        ({"signal": "KILL\0"}, 400, "unknown signal"),
+        ({"signal": 9.5}, 400, "'signal'"),
+        ({"signal": None}, 400, "'signal'"),
         ({"signal": True}, 400, "'signal'"),
         ({"signal": ["TERM"]}, 400, "'signal'"),
         ({"signal": "TERM", "force": 1}, 400, "unknown field 'force'"),
@@ -142,7 +168,8 @@ def test_bad_stop_requests_get_400(client: ApiClient, body: object, status: int,
 
 @pytest.mark.parametrize(
     "query",
-    ["offset=-1", "offset=abc", "offset=1.5", "offset=%C2%B2", "follow=maybe"],
+    ["offset=-1", "offset=abc", "offset=1.5", "offset=%C2%B2", "offset=1e3", "offset=0x10",
+     "offset=%EF%BC%91", "offset=1&offset=-1", "follow=maybe"],
 )
 def test_bad_query_parameters_get_400(client: ApiClient, query: str) -> None:
     job_id = client.create("true")
@@ -220,8 +247,10 @@ def test_a_body_of_exactly_1_mib_is_accepted(client: ApiClient) -> None:
     assert response.status == 201, response
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize("content_type", [
+    None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+    "application/jsonx", "application/json-patch+json", "text/json", "*/*",
+])
 def test_a_body_that_is_not_json_gets_415(client: ApiClient, content_type: str | None) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
     response = client.request("PUT", "/jobs", body=b'{"cmd": "true"}', headers=headers)
