@@ -10,6 +10,8 @@
    10 jobs; the pool's RSS against an empty pool; the time to reopen the store.  The
    records are written through the store's own API (`JobRecords.add` and `.finished`),
    without spawning 100,000 processes.
+4. The same through `jobkit serve` (mTLS, keep-alive): `GET /jobs?limit=100` with
+   100,000 finished jobs against 10, and the server's RSS against a server with 10.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def bench_capture(size: int, folder: Path) -> None:
 
 
 def fill(folder: Path, count: int) -> None:
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     records = JobRecords(folder / "jobs.db")
     done = StreamInfo(written=100, dropped=0, closed=True)
     for _ in range(count):
@@ -111,18 +114,18 @@ def page_cost(pool: JobPool, rounds: int) -> float:
 
 
 def bench_many_finished(count: int, folder: Path) -> None:
-    small, large = folder / "small", folder / "large"
-    fill(small, 10)
+    fill(folder / "ten", 10)
+    fill(folder / "hundred", 100)  # one full page: the like-for-like baseline
     start = time.perf_counter()
-    fill(large, count)
+    fill(folder / "large", count)
     print(f"{count:,} finished jobs: recorded at {count / (time.perf_counter() - start):,.0f}/s")
     # RSS in fresh processes, so that neither figure carries the other's garbage.
-    for name in ("small", "large"):
+    for name in ("ten", "hundred", "large"):
         out = subprocess.run(
             [sys.executable, __file__, "--measure", str(folder / name)],
             capture_output=True, text=True, check=True,
         )
-        print(f"  {name:5s}: {out.stdout.strip()}")
+        print(f"  {name:7s}: {out.stdout.strip()}")
 
 
 def measure(folder: Path) -> None:
@@ -139,6 +142,51 @@ def measure(folder: Path) -> None:
     pool.close()
 
 
+def bench_server(count: int, folder: Path) -> None:
+    from jobkit.client import Client
+    from jobkit.pki import init_pki
+    from jobkit.server.state import ServerState
+
+    certs = init_pki(folder / "pki", clients=["bench"])
+    figures = {}
+    for label, jobs in (("10 jobs", 10), ("100 jobs", 100), (f"{count:,} jobs", count)):
+        state = folder / f"server-{jobs}"
+        ServerState(state).close()  # the layout, made as the server makes it
+        fill(state / "clients" / "bench", jobs)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jobkit", "serve", "-q", "--certs", str(certs),
+             "--listen", "127.0.0.1:0", "--state-dir", str(state)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        try:
+            assert server.stdout is not None
+            address = next(line.split("https://")[1].split()[0] for line in server.stdout
+                           if line.startswith("Serving on"))
+            with Client(address, certs / "clients" / "bench") as client:
+                client.list_json(limit=100, newest_first=True)  # warm up
+                rounds = 200
+                start = time.perf_counter()
+                for _ in range(rounds):
+                    client.list_json(limit=100, newest_first=True)
+                per_page = (time.perf_counter() - start) / rounds
+            with open(f"/proc/{server.pid}/status") as status:
+                rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+            figures[label] = (per_page, rss)
+        finally:
+            server.terminate()
+            server.wait(30)
+    (ten, (ten_page, ten_rss)), (full, (full_page, _)), (large, (large_page, large_rss)) = (
+        figures.items()
+    )
+    print(
+        f"jobkit serve, GET /jobs?limit=100&order=newest: {ten} {ten_page * 1000:.2f} ms,"
+        f" {full} {full_page * 1000:.2f} ms, {large} {large_page * 1000:.2f} ms"
+        f" ({large_page / full_page:.2f}x a full page of 100)"
+        f" | server RSS {ten_rss / 1024:.1f} MiB with 10 jobs, {large_rss / 1024:.1f} MiB with"
+        f" {large} (+{(large_rss - ten_rss) / 1024:.1f} MiB, target <= 20 MiB)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
@@ -153,6 +201,7 @@ def main() -> None:
         bench_spawn(200 if args.quick else 1000, folder)
         bench_capture(GIB // 16 if args.quick else GIB, folder)
         bench_many_finished(5_000 if args.quick else 100_000, folder)
+        bench_server(5_000 if args.quick else 100_000, folder)
         os.sync()
 
 
