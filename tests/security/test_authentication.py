@@ -25,8 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from jobkit.pki import issue_certificate, load_ca, make_ca
 from jobkit.server.serve import JobServer
 from jobkit.wire import ProblemKind
-from tests.security.conftest import all_jobs, forge
-from tests.server.conftest import ApiClient, client_context, problem_document
+from tests.support.api import ApiClient, client_context, problem_document
+from tests.support.pki import forge
+from tests.support.servers import all_jobs
 
 NOW = dt.datetime.now(dt.timezone.utc)
 

@@ -20,9 +20,10 @@ import pytest
 
 from jobkit.server.openapi import openapi_document
 from jobkit.server.serve import JobServer
-from tests.conftest import process_alive, wait_until
-from tests.security.conftest import new_client_folder
-from tests.server.conftest import ApiClient, problem_document, raw_tls, read_until_closed
+from tests.support.api import ApiClient, problem_document, raw_tls, read_until_closed
+from tests.support.pki import new_client_folder
+from tests.support.procs import process_alive
+from tests.support.waiting import wait_until
 
 SECRET = "s3cr3t-0f-the-v1ct1m"
 METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]

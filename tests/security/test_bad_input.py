@@ -1,10 +1,11 @@
 """Bad input: whatever a client sends gets a JSON error (or a closed connection), never a
 500, a hang, or a server that stops serving others.
 
-Bodies: malformed, huge (> 1 MiB), deeply nested (100,000 levels), huge argument
-lists, NUL bytes, lone surrogates, non-UTF-8, wrong content types, numbers out of
-range.  Connections: slowloris clients that send a header one byte a second, and
-1,000 idle or silent connections.  Timing checks wait for conditions with
+Bodies: huge (16 MiB), deeply nested (100,000 levels), integers of 5,000 digits,
+huge argument lists, a backend named by a path, timeouts, signals, offsets and
+headers out of any range.  Connections: slowloris clients that send a header one
+byte a second, and 1,000 idle or silent connections.  (What each ordinary bad
+field or body is answered, status and detail, is the contract: tests/server.)  Timing checks wait for conditions with
 deadlines; only the slowloris paces itself (that is the attack).
 """
 
@@ -16,22 +17,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from jobkit.server.serve import JobServer
-from tests.conftest import wait_until
-from tests.security.conftest import (
-    all_jobs,
-    new_api_client,
-    raise_fd_limit,
-    server_process,
-    start_server,
-)
-from tests.server.conftest import ApiClient, client_context, raw_tls
+from tests.support.api import ApiClient, client_context, raw_tls
+from tests.support.processes import server_process
+from tests.support.procs import raise_fd_limit
+from tests.support.servers import all_jobs, new_api_client, start_server
+from tests.support.waiting import wait_until
 
 MIB = 1 << 20
 JSON = {"Content-Type": "application/json"}
@@ -51,21 +48,9 @@ def nothing_created(admin: ApiClient) -> Iterator[None]:
 
 # -- bodies -------------------------------------------------------------------------------
 
-MALFORMED = {
-    "empty": b"",
-    "truncated": b'{"cmd": "true"',
-    "trailing-comma": b'{"cmd": "true",}',
-    "single-quotes": b"{'cmd': 'true'}",
-    "nan-literal-cmd": b'{"cmd": NaN}',
-    "not-utf8": b'{"cmd": "caf\xe9"}',
-    "utf8-bom-garbage": b"\xef\xbb\xbf\xff{}",
-    "nul-byte-raw": b'{"cmd": "tr\x00ue"}',
-    "control-char-raw": b'{"cmd": "tr\x01ue"}',
-    "two-documents": b'{"cmd": "true"}{"cmd": "true"}',
-    "array": b'["true"]',
-    "string": b'"true"',
-    "number": b"42",
-    "null": b"null",
+#: JSON that costs a naive parser its stack or its CPU.  (Malformed JSON of the
+#: ordinary kinds, and each field's checks, are the contract: tests/server.)
+COSTLY = {
     "huge-integer": b'{"cmd": "true", "timeout": ' + b"9" * 5000 + b"}",
     "deep-arrays-100k": b"[" * 100_000 + b"]" * 100_000,
     "deep-objects-100k": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
@@ -74,46 +59,15 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("body", list(MALFORMED.values()), ids=list(MALFORMED))
-def test_malformed_json_gets_400(client: ApiClient, body: bytes, nothing_created: None) -> None:
+@pytest.mark.parametrize("body", list(COSTLY.values()), ids=list(COSTLY))
+def test_deep_or_huge_json_gets_400(client: ApiClient, body: bytes, nothing_created: None) -> None:
     assert_json_error(client.request("PUT", "/jobs", body=body, headers=JSON), 400)
     assert client.get("/jobs").status == 200  # still served, same connection or a new one
 
 
-BAD_FIELDS = {
-    "nul-in-cmd": {"cmd": "tr\0ue"},
-    "nul-in-arg": {"cmd": "true", "args": ["a\0b"]},
-    "nul-in-env-key": {"cmd": "true", "env": {"A\0B": "1"}},
-    "nul-in-env-value": {"cmd": "true", "env": {"A": "1\0"}},
-    "nul-in-cwd": {"cmd": "true", "cwd": "/tmp\0/x"},
-    "nul-in-backend": {"cmd": "true", "backend": "memory\0"},
-    "equals-in-env-key": {"cmd": "true", "env": {"A=B": "1"}},
-    "surrogate-in-cmd": {"cmd": "\ud800"},
-    "surrogate-in-env-key": {"cmd": "true", "env": {"\ud800": "1"}},
-    "timeout-nan": {"cmd": "true", "timeout": float("nan")},
-    "timeout-inf": {"cmd": "true", "timeout": float("inf")},
-    "timeout-negative": {"cmd": "true", "timeout": -1e-300},
-    "timeout-string": {"cmd": "true", "timeout": "1"},
-    "args-object": {"cmd": "true", "args": {"0": "x"}},
-    "args-nested": {"cmd": "true", "args": [["x"]]},
-    "cmd-empty": {"cmd": ""},
-    "unknown-field": {"cmd": "true", "shell": "/bin/sh"},
-    "unknown-backend": {"cmd": "true", "backend": "../../etc/passwd"},
-}
-
-
-@pytest.mark.parametrize("body", list(BAD_FIELDS.values()), ids=list(BAD_FIELDS))
-def test_bad_fields_get_400(client: ApiClient, body: dict[str, Any],
-                            nothing_created: None) -> None:
-    # json.dumps writes NaN/Infinity literals and \ud800 escapes, as an attacker would.
-    raw = json.dumps(body).encode()
-    assert_json_error(client.request("PUT", "/jobs", body=raw, headers=JSON), 400)
-
-
-def test_a_body_over_1_mib_gets_413(client: ApiClient, nothing_created: None) -> None:
-    body = json.dumps({"cmd": "true", "args": ["x" * MIB]}).encode()
-    assert_json_error(client.request("PUT", "/jobs", body=body, headers=JSON), 413)
-    assert client.get("/jobs").status == 200
+def test_a_backend_named_by_a_path_is_refused(client: ApiClient, nothing_created: None) -> None:
+    body = json.dumps({"cmd": "true", "backend": "../../etc/passwd"}).encode()
+    assert_json_error(client.request("PUT", "/jobs", body=body, headers=JSON), 400)
 
 
 def test_a_body_of_16_mib_is_cut_off_without_reading_it_all(client: ApiClient,
@@ -145,37 +99,6 @@ def test_a_huge_argument_list_is_refused_or_a_job_in_error(client: ApiClient) ->
         else:
             assert_json_error(response, 400)
     assert client.get("/jobs").status == 200
-
-
-@pytest.mark.parametrize("content_type", [
-    None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-    "application/jsonx", "application/json-patch+json", "text/json", "*/*",
-])
-def test_a_body_that_is_not_json_gets_415(client: ApiClient, content_type: str | None,
-                                          nothing_created: None) -> None:
-    headers = {} if content_type is None else {"Content-Type": content_type}
-    response = client.request("PUT", "/jobs", body=b'{"cmd": "true"}', headers=headers)
-    assert_json_error(response, 415)
-
-
-def test_a_lone_surrogate_argument_is_refused_or_reported(client: ApiClient,
-                                                          admin: ApiClient) -> None:
-    """The JSON escape \\udcff is valid JSON; the server must either refuse it (400) or keep
-    answering about the job it made (status, listing, the admin's listing)."""
-    response = client.request("PUT", "/jobs", body=b'{"cmd": "true", "args": ["\\udcff"]}',
-                              headers=JSON)
-    if response.status == 201:
-        job_id = response.json()["id"]
-        try:
-            assert client.get(f"/jobs/{job_id}/status").status == 200
-            assert client.get("/jobs").status == 200
-            assert admin.get("/jobs?all=true").status == 200
-        finally:
-            client.request("DELETE", f"/jobs/{job_id}")
-    else:
-        assert_json_error(response, 400)
-
-
 
 
 def test_a_timeout_of_a_month_breaks_nothing(pki: Path) -> None:
@@ -211,11 +134,10 @@ def test_a_timeout_of_a_month_breaks_nothing(pki: Path) -> None:
 
 
 @pytest.mark.parametrize("body", [
-    {"signal": 10**100}, {"signal": -1}, {"signal": 0}, {"signal": 2**31}, {"signal": 9.0},
-    {"signal": "99999999999999999999"}, {"signal": "KILL\0"}, {"signal": ""}, {"signal": None},
+    {"signal": 10**100}, {"signal": 2**31}, {"signal": "99999999999999999999"},
     {"signal": "SIG" + "A" * 100_000},
 ])
-def test_bad_signals_get_400_and_the_job_runs_on(client: ApiClient, body: dict[str, Any]
+def test_huge_signals_get_400_and_the_job_runs_on(client: ApiClient, body: dict[str, Any]
                                                  ) -> None:
     job_id = client.create("sleep", "1000")
     try:
@@ -228,10 +150,9 @@ def test_bad_signals_get_400_and_the_job_runs_on(client: ApiClient, body: dict[s
 
 @pytest.mark.parametrize("query", [
     "offset=" + "9" * 30, "offset=18446744073709551616", "offset=" + "9" * 5000,
-    "offset=1e3", "offset=0x10", "offset=%EF%BC%91", "follow=" + "t" * 10_000,
-    "offset=1&offset=-1", "&".join(["a=1"] * 200),
+    "follow=" + "t" * 10_000, "&".join(["a=1"] * 200),
 ])
-def test_bad_offsets_and_queries_never_500(client: ApiClient, query: str) -> None:
+def test_huge_offsets_and_queries_never_500(client: ApiClient, query: str) -> None:
     job_id = client.create("echo", "hello")
     client.wait(job_id)
     response = client.get(f"/jobs/{job_id}/stdout?{query}")
@@ -447,7 +368,3 @@ def test_slowloris_against_the_default_server(pki: Path) -> None:
         loris.stop()
         server.stop()
 
-
-@pytest.fixture
-def client(make_client: Callable[..., ApiClient]) -> ApiClient:
-    return make_client()

@@ -40,8 +40,8 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from jobkit.server.openapi import openapi_document  # noqa: E402
 from jobkit.server.serve import JobServer  # noqa: E402
-from tests.security.conftest import new_client_folder  # noqa: E402
-from tests.server.conftest import ApiClient  # noqa: E402
+from tests.support.api import ApiClient  # noqa: E402
+from tests.support.pki import new_client_folder  # noqa: E402
 
 FAST_EXAMPLES = 50
 SLOW_EXAMPLES = 400

@@ -19,17 +19,12 @@ from pathlib import Path
 import pytest
 
 from jobkit.core import cgroups
-from tests.conftest import wait_until
-from tests.security.conftest import (
-    ApiClient,
-    ServerProcess,
-    descendants,
-    fd_count,
-    new_client_folder,
-    server_process,
-    task_count,
-)
-from tests.security.load import report, run_load
+from tests.support.api import ApiClient
+from tests.support.load import report, run_load
+from tests.support.pki import new_client_folder
+from tests.support.processes import ServerProcess, server_process
+from tests.support.procs import descendants, fd_count, task_count
+from tests.support.waiting import wait_until
 
 CLIENTS = 32
 FAST_SECONDS = 4.0

@@ -30,14 +30,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import process_alive, wait_until
-from tests.security.conftest import (
-    ServerProcess,
-    descendants,
-    new_api_client,
-    server_process,
-)
-from tests.server.conftest import ApiClient
+from tests.support.api import ApiClient
+from tests.support.processes import ServerProcess, server_process
+from tests.support.procs import descendants, process_alive
+from tests.support.servers import new_api_client
+from tests.support.waiting import wait_until
 
 MIB = 1 << 20
 NOBODY = 65534

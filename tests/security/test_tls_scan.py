@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from jobkit.server.serve import JobServer
-from tests.server.conftest import client_context, raw_tls
+from tests.support.api import client_context, raw_tls
 
 SSLSCAN = shutil.which("sslscan")
 OPENSSL = shutil.which("openssl")

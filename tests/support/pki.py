@@ -7,7 +7,7 @@ a new client certificate is a new, empty, pool on any server.
 
 from __future__ import annotations
 
-import itertools
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,6 @@ from jobkit.pki import init_pki, issue_certificate, issue_client, load_ca, write
 #: The client that the test servers make an admin (``--admin``).
 ADMIN = "admin"
 
-_names = itertools.count(1)
-
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -30,7 +28,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def new_client_folder(pki: Path, prefix: str = "client") -> tuple[str, Path]:
     """A client identity no other test uses: ``(CN, folder)``."""
-    name = f"{prefix}-{next(_names)}"
+    # Random, not counted: a name no request can guess is also one no test's
+    # made-up path (tests/security) contains by chance.
+    name = f"{prefix}-{secrets.token_hex(6)}"
     return name, issue_client(pki, name)
 
 
