@@ -54,7 +54,7 @@ def bench_spawn(n: int) -> None:
                 for _ in range(n // 5):
                     pool.wait(pool.create("true"))
                 ours_time[flag] += time.perf_counter() - start
-        contained = pools[None]._cgroups is not None
+        contained = pools[None]._contain
     finally:
         for pool in pools.values():
             pool.close()
@@ -63,7 +63,7 @@ def bench_spawn(n: int) -> None:
         label = (
             "process group only"
             if flag is False
-            else ("cgroups=None: a cgroup per job" if contained else "no cgroup v2 here")
+            else ("cgroups=None: cgroups per job" if contained else "no cgroups here")
         )
         print(
             f"spawn: Popen+wait {raw:,.0f}/s | create+wait, {label}: {ours:,.0f}/s "

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
         StoreVersionError,
     )
     from jobkit.core.hookspecs import hookimpl
-    from jobkit.core.models import JobOutput, JobStatus, State, StreamInfo
+    from jobkit.core.limits import Limits
+    from jobkit.core.models import JobOutput, JobStatus, State, StreamInfo, Usage
     from jobkit.core.pool import JobPool
     from jobkit.core.retention import CleanResult, Retention
     from jobkit.core.stream import Follower
@@ -45,6 +46,7 @@ __all__ = [
     "JobPool",
     "JobStatus",
     "JobkitError",
+    "Limits",
     "OutputBackend",
     "OutputStore",
     "PoolClosed",
@@ -55,6 +57,7 @@ __all__ = [
     "StorageFailed",
     "StoreVersionError",
     "StreamInfo",
+    "Usage",
     "__version__",
     "hookimpl",
 ]
@@ -72,6 +75,7 @@ _EXPORTS = {
     "JobPool": "jobkit.core.pool",
     "JobStatus": "jobkit.core.models",
     "JobkitError": "jobkit.core.errors",
+    "Limits": "jobkit.core.limits",
     "OutputBackend": "jobkit.core.backend",
     "OutputStore": "jobkit.core.backend",
     "PoolClosed": "jobkit.core.errors",
@@ -82,6 +86,7 @@ _EXPORTS = {
     "StoreVersionError": "jobkit.core.errors",
     "State": "jobkit.core.models",
     "StreamInfo": "jobkit.core.models",
+    "Usage": "jobkit.core.models",
     "hookimpl": "jobkit.core.hookspecs",
 }
 

@@ -12,6 +12,7 @@ EXPECTED = [
     "JobPool",
     "JobStatus",
     "JobkitError",
+    "Limits",
     "OutputBackend",
     "OutputStore",
     "PoolClosed",
@@ -22,6 +23,7 @@ EXPECTED = [
     "StorageFailed",
     "StoreVersionError",
     "StreamInfo",
+    "Usage",
     "__version__",
     "hookimpl",
 ]

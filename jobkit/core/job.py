@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal as signals
 import subprocess
 import threading
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import attrs
 
-from jobkit.core.cgroups import CgroupTree
+from jobkit.core.cgroups import JobCgroups
 from jobkit.core.leftovers import signal_group_since
-from jobkit.core.models import JobStatus, State, StreamInfo
+from jobkit.core.limits import Limits
+from jobkit.core.models import JobStatus, State, StreamInfo, Usage
+from jobkit.core.sizes import format_size
 from jobkit.core.stream import OutputStream
 
-__all__ = ["CLOSED_BY_POOL", "Job", "Outcome", "utcnow"]
+__all__ = ["CLOSED_BY_POOL", "Job", "Outcome", "out_of_memory", "usage_from_rusage", "utcnow"]
 
 log = logging.getLogger("jobkit.pool")
 
@@ -29,6 +32,30 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def out_of_memory(limit: int | None) -> str:
+    """``JobStatus.error`` of a job whose main process the OOM killer killed."""
+    return "out of memory" if limit is None else f"out of memory (limit {format_size(limit)})"
+
+
+def usage_from_rusage(usage: resource.struct_rusage) -> Usage:
+    """What ``wait4`` says the main process and the children it waited for used.
+
+    ``ru_maxrss`` is in KiB, and it is no job's own when not above ours: a
+    process started by ``vfork`` runs on its parent's memory until ``exec``,
+    and the kernel keeps the peak of that memory as the child's.  Block
+    counts are in 512-byte units.
+    """
+    ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return Usage(
+        "rusage",
+        usage.ru_utime,
+        usage.ru_stime,
+        usage.ru_maxrss * 1024 if usage.ru_maxrss > ours else None,
+        usage.ru_inblock * 512,
+        usage.ru_oublock * 512,
+    )
+
+
 @attrs.frozen
 class Outcome:
     """How a job ended; assigned once, in one step, so readers see all of it or none."""
@@ -38,6 +65,8 @@ class Outcome:
     exit_code: int | None = None
     signal: int | None = None
     error: str | None = None
+    usage: Usage | None = None
+    oom_killed: bool = False
 
 
 @attrs.define(eq=False)
@@ -54,6 +83,10 @@ class Job:
     while the leader is unreaped its pid (the group id) cannot be reused, so
     ``killpg`` is safe; after, the group is signalled only if members born
     since the leader are left in it (see `jobkit.core.leftovers`).
+
+    A job with cgroups runs until its whole tree is gone: when its main
+    process exits while other processes of it live on, ``leader_returncode``
+    keeps its status and the supervisor watches the tree until it is empty.
     """
 
     id: str
@@ -66,8 +99,18 @@ class Job:
     pidfd: int = -1
     #: The parent's read ends of the output pipes, by stream name.
     fds: dict[str, int] = attrs.Factory(dict)
-    #: The job's own cgroup, where jobkit could make one (see jobkit.core.cgroups).
-    cgroup: Path | None = None
+    #: The job's cgroups while it runs, where it has some (see jobkit.core.cgroups).
+    groups: JobCgroups | None = None
+    #: True if its tree was held by cgroups (then nothing is left once it ended).
+    contained: bool = False
+    limits: Limits | None = None
+    network: bool = True
+    enforced_by: str | None = None
+    unenforced: tuple[str, ...] = ()
+    #: The main process's status once reaped, while the rest of its tree runs on.
+    leader_returncode: int | None = None
+    #: What ``wait4`` said the main process used.
+    rusage: resource.struct_rusage | None = None
     #: Set by the supervisor once the job left its pool (deleted, or pool closed).
     forgotten: bool = False
     #: Streams whose pipe was enlarged because the job writes a lot.
@@ -112,32 +155,47 @@ class Job:
                 log.exception("job %s: cannot record its end", self.id)
         self.ended.set()
 
-    def finish_with_returncode(self, returncode: int) -> None:
-        if self.closing:
-            self.finish(Outcome(
-                State.KILLED, utcnow(), error=CLOSED_BY_POOL,
-                signal=-returncode if returncode < 0 else None,
-                exit_code=returncode if returncode >= 0 else None,
-            ))
-        elif returncode < 0:
-            self.finish(Outcome(State.KILLED, utcnow(), signal=-returncode))
-        else:
-            self.finish(Outcome(State.COMPLETED, utcnow(), exit_code=returncode))
+    @property
+    def lingering(self) -> bool:
+        """True while the main process has exited but the rest of the tree runs."""
+        return self.leader_returncode is not None and self.outcome is None
 
-    def signal_group(self, signal: int) -> None:
-        """Send ``signal`` to the job's whole process group and cgroup, if anything is left."""
+    def finish_with_returncode(
+        self, returncode: int, usage: Usage | None = None, oom_killed: bool = False
+    ) -> None:
+        signal = -returncode if returncode < 0 else None
+        exit_code = returncode if returncode >= 0 else None
+        state = State.KILLED if returncode < 0 else State.COMPLETED
+        error = None
+        if self.closing:
+            state, error = State.KILLED, CLOSED_BY_POOL
+        elif oom_killed and signal == signals.SIGKILL:
+            error = out_of_memory(self.limits.memory if self.limits else None)
+        self.finish(Outcome(state, utcnow(), exit_code, signal, error, usage, oom_killed))
+
+    def signal_group(self, signal: int) -> bool:
+        """Send ``signal`` to the job's whole process group and cgroups, if anything is left.
+
+        Returns False when nothing of the job could have been reached.
+        """
         if self.process is None:
-            return
+            return False
+        hit = True
         with self.lock:
             if not self.leader_gone:
                 try:
                     os.killpg(self.process.pid, signal)
                 except ProcessLookupError:
                     pass  # the whole group is gone already
-            elif self.start_ticks is not None:
-                signal_group_since(self.process.pid, self.start_ticks, signal)
-        if self.cgroup is not None:
-            CgroupTree.signal(self.cgroup, signal)  # also those that left the group
+            elif not self.contained:
+                # No cgroup: members of its group born since the leader, never a reused pid.
+                hit = self.start_ticks is not None and signal_group_since(
+                    self.process.pid, self.start_ticks, signal
+                )
+        groups = self.groups
+        if groups is not None:
+            groups.signal(signal)  # also those that left the group
+        return hit
 
     def status(self) -> JobStatus:
         outcome = self.outcome  # read once: it is replaced, never mutated
@@ -146,6 +204,10 @@ class Job:
             self.streams[name].info() if name in self.streams else StreamInfo()
             for name in ("stdout", "stderr")
         )
+        groups = self.groups  # live usage, where the cgroups can say
+        usage = groups.usage() if outcome is None and groups is not None else None
+        if outcome is not None:
+            usage = outcome.usage
         return JobStatus(
             id=self.id,
             state=State.RUNNING if outcome is None else outcome.state,
@@ -162,4 +224,10 @@ class Job:
             output_error="; ".join(errors) or None,
             stdout=stdout,
             stderr=stderr,
+            limits=self.limits,
+            network=self.network,
+            enforced_by=self.enforced_by,
+            unenforced=self.unenforced,
+            oom_killed=outcome is not None and outcome.oom_killed,
+            usage=usage,
         )

@@ -28,9 +28,16 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from jobkit.core.cgroups import CgroupTree
+from jobkit.core.cgroups import (
+    JOB_PREFIX,
+    OWNER_PREFIX,
+    remove_cgroup,
+    remove_owner_folder,
+    signal_cgroup,
+)
 
 __all__ = [
     "boot_id",
@@ -103,16 +110,19 @@ def kill_leftover(
     pid: int | None,
     start: tuple[int, int] | None,
     boot: str | None,
-    cgroup: str | None,
+    cgroups: Sequence[str] | None = None,
 ) -> bool:
-    """Kill what a job left; True if anything was.
+    """Kill what a job left, and remove its cgroups; True if anything was killed.
 
     ``start`` is the window (first and last clock tick) in which its leader
-    ``pid`` started, ``boot`` the boot id then, ``cgroup`` its cgroup.
+    ``pid`` started, ``boot`` the boot id then, ``cgroups`` its cgroup
+    folders (v2 and v1).
     """
     if pid is None or pid <= 1 or start is None or boot != boot_id():
         return False  # never started, or another boot: every process of that run is gone
-    killed = _kill_cgroup(cgroup)
+    killed = False
+    for cgroup in cgroups or ():
+        killed = _kill_cgroup(cgroup) or killed
     leader = _stat(pid)
     if leader is not None and (leader[0] != pid or not start[0] <= leader[1] <= start[1]):
         return killed  # the pid was reused, or the process left its group
@@ -123,22 +133,28 @@ def kill_leftover(
     return killed
 
 
-def _kill_cgroup(text: str | None) -> bool:
-    """Kill a recorded job cgroup, unless the run that made it is still alive."""
-    if not text:
-        return False
+def _kill_cgroup(text: str) -> bool:
+    """Kill a recorded job cgroup (v1 or v2) and remove it, unless the run that
+    made it is still alive; True if processes were left in it."""
     cgroup = Path(text)
-    owner = cgroup.parent.name.removeprefix("jobkit-")
-    if not cgroup.name.startswith("job-") or not owner.isdigit() or not cgroup.is_dir():
+    owner = cgroup.parent.name.removeprefix(OWNER_PREFIX)
+    if not cgroup.name.startswith(JOB_PREFIX) or not owner.isdigit() or not cgroup.is_dir():
         return False
     if _stat(int(owner)) is not None:
         return False  # its owner (or a process that reused its pid) lives: not ours
-    try:
-        populated = "populated 1" in (cgroup / "cgroup.events").read_text()
-    except OSError:
-        return False
-    CgroupTree.signal(cgroup, signal.SIGKILL)
-    CgroupTree.remove(cgroup)
-    with contextlib.suppress(OSError):
-        cgroup.parent.rmdir()
+    populated = False
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            members = (cgroup / "cgroup.procs").read_text().split()
+        except OSError:
+            break
+        if not members or time.monotonic() > deadline:
+            break
+        populated = True
+        # Again and again: v1 has no atomic kill, and a member may fork meanwhile.
+        signal_cgroup(cgroup, signal.SIGKILL)
+        time.sleep(0.001)
+    remove_cgroup(cgroup)
+    remove_owner_folder(cgroup.parent)  # with the spare groups its owner kept
     return populated

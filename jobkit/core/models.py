@@ -7,7 +7,9 @@ from datetime import datetime
 
 import attrs
 
-__all__ = ["STREAMS", "JobOutput", "JobStatus", "State", "StreamInfo"]
+from jobkit.core.limits import Limits
+
+__all__ = ["STREAMS", "JobOutput", "JobStatus", "State", "StreamInfo", "Usage"]
 
 #: The names of the two output streams every job has.
 STREAMS = ("stdout", "stderr")
@@ -22,7 +24,8 @@ class State(str, enum.Enum):
     #: The main process exited; ``JobStatus.exit_code`` has its status.
     COMPLETED = "completed"
     #: The main process died of a signal; ``JobStatus.signal`` has its number.
-    #: A job killed because its pool was closed says so in ``JobStatus.error``.
+    #: A job killed because its pool was closed, or by the OOM killer, says
+    #: so in ``JobStatus.error``.
     KILLED = "killed"
     #: The pool that ran the job ended without closing (it was killed or
     #: crashed) while the job ran; the next pool on the same ``state_dir``
@@ -50,6 +53,38 @@ class StreamInfo:
 
 
 @attrs.frozen
+class Usage:
+    """What a job used, for its whole process tree where it had cgroups.
+
+    Attributes:
+        source: Where the figures come from: ``"cgroup"`` (the job's cgroups:
+            every process of its tree, escaped ones included) or
+            ``"rusage"`` (``wait4`` of the main process: itself and the
+            descendants it waited for; only once it has ended).
+        cpu_user_s: CPU seconds spent in user mode.
+        cpu_system_s: CPU seconds spent in the kernel on the job's behalf.
+        peak_memory: The most memory the job held at once, in bytes (a
+            cgroup's peak counts page cache; ``rusage`` counts the largest
+            resident set of one process).  None where unknown.
+        io_read_bytes: Bytes read from block devices, where known (cgroup
+            only; cgroup v1 sees reads and direct writes only).
+        io_write_bytes: Bytes written to block devices, where known.
+    """
+
+    source: str
+    cpu_user_s: float = 0.0
+    cpu_system_s: float = 0.0
+    peak_memory: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+
+    @property
+    def cpu_s(self) -> float:
+        """User and system CPU seconds together."""
+        return self.cpu_user_s + self.cpu_system_s
+
+
+@attrs.frozen
 class JobStatus:
     """A snapshot of one job.
 
@@ -64,7 +99,8 @@ class JobStatus:
         signal: The number of the signal that killed the main process, when
             ``state`` is ``KILLED`` (whoever sent it).
         error: A message for people: why a job is in ``ERROR`` or ``LOST``,
-            or that it was ``KILLED`` by its pool's close.
+            or that it was ``KILLED`` by its pool's close or for running out
+            of memory (``out of memory (limit 256 MiB)``).
         timed_out: True when jobkit stopped the job because its ``timeout`` passed.
         created_at: When ``create`` was called (UTC).
         ended_at: When the main process was reaped or the start failed (UTC).
@@ -73,6 +109,18 @@ class JobStatus:
             the job runs on and later output is discarded.
         stdout: How much stdout holds.
         stderr: How much stderr holds.
+        limits: The job's `Limits`, as given to ``create``; None if none.
+        network: False when the job ran in its own network namespace with
+            only a loopback interface.
+        enforced_by: What enforced the limits: ``"cgroup2"``, ``"cgroup1"``,
+            ``"cgroup1+cgroup2"``, or ``"none"`` (best effort, nothing
+            could); None for a job without limits.
+        unenforced: The names of limits this machine could not enforce
+            (only with ``Limits(strict=False)``).
+        oom_killed: True when the kernel's OOM killer killed a process of
+            the job because of its memory limit.
+        usage: What the job used (see `Usage`): live while it runs where it
+            has cgroups, final once it has ended; None while unknown.
     """
 
     id: str
@@ -90,6 +138,12 @@ class JobStatus:
     output_error: str | None = None
     stdout: StreamInfo = StreamInfo()
     stderr: StreamInfo = StreamInfo()
+    limits: Limits | None = None
+    network: bool = True
+    enforced_by: str | None = None
+    unenforced: tuple[str, ...] = ()
+    oom_killed: bool = False
+    usage: Usage | None = None
 
     @property
     def running(self) -> bool:

@@ -19,7 +19,7 @@ import attrs
 
 from jobkit.core import plugins, supervisor
 from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore
-from jobkit.core.cgroups import CgroupTree
+from jobkit.core.cgroups import JobCgroups, Unenforceable
 from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import (
@@ -31,6 +31,7 @@ from jobkit.core.errors import (
 )
 from jobkit.core.job import Job, Outcome, utcnow
 from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
+from jobkit.core.limits import Limits
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
 from jobkit.core.records import DATABASE_NAME, JobRecords
 from jobkit.core.retention import CleanResult, Retention
@@ -94,11 +95,13 @@ class JobPool:
         env: The environment jobs start from; ``None`` means this process's
             environment at the time of each ``create``.
         kill_after: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
-        cgroups: Put each job in its own cgroup v2, so that `stop` and
-            `delete` also reach processes that left the job's session
-            (``setsid``).  False (default): process groups only; None: where
-            this process may create cgroups; True: required (``JobkitError``
-            if impossible).  It costs about half a millisecond per job.
+        cgroups: Put every job in cgroups of its own, so that its timeout,
+            `stop` and `delete` reach processes that left its session
+            (``setsid``), it runs until its whole tree is gone, and its usage
+            counts the whole tree.  False (default): only jobs with `Limits`
+            get cgroups; None: every job, where this process may create
+            cgroups; True: required (``JobkitError`` if impossible).  See
+            docs/limits.md for the cost.
         state_dir: A folder (made 0700) where the pool keeps every job's
             record in SQLite (``jobs.db``) and, with the ``file`` backend,
             its output.  A pool reopened on it sees every job recorded
@@ -161,11 +164,18 @@ class JobPool:
         self._settled_early: set[str] = set()
         #: Ended jobs whose end could not be recorded yet (a full disk).
         self._unrecorded: set[Job] = set()
-        self._cgroups = None if cgroups is False else cgroup_tree()
-        if cgroups and self._cgroups is None:
+        if cgroups is not None and not isinstance(cgroups, bool):
             self._records.close()
             self._release_claim()
-            raise JobkitError("cgroups=True, but this process cannot create cgroup v2 groups")
+            raise TypeError(f"cgroups must be True, False or None, not {type(cgroups).__name__}")
+        #: Every job gets cgroups (to hold its tree), not only jobs with limits.
+        self._contain = cgroups is not False and cgroup_tree() is not None
+        if cgroups and not self._contain:
+            self._records.close()
+            self._release_claim()
+            raise JobkitError("cgroups=True, but this process cannot create cgroups")
+        #: Set once a job of this pool used cgroups: `close` then tidies our folders.
+        self._used_cgroups = False
         self._boot = boot_id()
         raise_fd_limit()
         #: Ids of the jobs this pool found running from a dead previous owner (now lost).
@@ -208,6 +218,8 @@ class JobPool:
         timeout: float | None = None,
         backend: str | None = None,
         backend_options: Mapping[str, Any] | None = None,
+        limits: Limits | None = None,
+        network: bool = True,
     ) -> str:
         """Start ``command`` with ``args`` and return the new job's id.
 
@@ -224,11 +236,18 @@ class JobPool:
                 Their values are never recorded.
             replace_env: Use ``env`` as the whole environment instead.
             cwd: The job's working directory (default: this process's).
-            timeout: Seconds after which the job's process group gets
+            timeout: Seconds after which the job's whole tree gets
                 SIGTERM, then SIGKILL ``kill_after`` seconds later;
                 ``JobStatus.timed_out`` then says so.
             backend: The output backend for this job instead of the pool's.
             backend_options: Options for ``backend``.
+            limits: What the job's whole tree may use (see `Limits`),
+                enforced from before its first instruction.  A strict limit
+                this machine cannot enforce ends the job in `State.ERROR`
+                with a message naming what is missing.
+            network: False: the job runs in a network namespace of its own
+                with only loopback (needs root); `State.ERROR` where that is
+                impossible.
         """
         command = check_str("command", command, nonempty=True)
         arguments = tuple(check_args(args))
@@ -236,6 +255,10 @@ class JobPool:
         workdir = None if cwd is None else check_str("cwd", os.fspath(cwd), nonempty=True)
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits must be a Limits, not {type(limits).__name__}")
+        if not isinstance(network, bool):
+            raise TypeError(f"network must be True or False, not {type(network).__name__}")
         if backend is None and backend_options is None:
             backend_name, output = self._backend_name, self._backend
         else:
@@ -250,7 +273,8 @@ class JobPool:
             self._flush()
         try:
             job = self._start(
-                command, arguments, job_env, workdir, timeout, backend_name, output
+                command, arguments, job_env, workdir, timeout, backend_name, output,
+                limits, network,
             )
             with self._lock:
                 if not self._closed:
@@ -272,35 +296,44 @@ class JobPool:
         timeout: float | None,
         backend_name: str,
         output: OutputBackend,
+        limits: Limits | None,
+        network: bool,
     ) -> Job:
         created_at = utcnow()
         # Spawn first, then record the job with its process in one transaction
         # (its id is the row's), so a job costs two transactions: this and its end.
-        spawned, failure = None, None
+        spawned, failure, groups = None, None, None
+        enforced_by: str | None = None
+        unenforced: tuple[str, ...] = ()
         try:
+            groups, enforced_by, unenforced = self._make_groups(limits, cwd)
             started_after = boot_ticks()
-            spawned = spawn(command, list(args), env, cwd)
+            spawned = spawn(command, list(args), env, cwd, groups=groups, network=network)
             start = (int(started_after), int(boot_ticks()) + 1)
-        except SpawnFailed as exc:
+        except (SpawnFailed, Unenforceable) as exc:
             failure = str(exc)
-        cgroup = None
-        if spawned is not None and self._cgroups is not None:
-            cgroup = self._cgroups.create(spawned.process.pid)
+        except OSError as exc:
+            failure = f"cannot make the job's cgroups: {exc.strerror or exc}"
+        if spawned is None and groups is not None:
+            groups.remove(wait=0)
+            groups = None
         try:
             job_id = self._records.add(
                 command, args, cwd, timeout, backend_name, created_at,
                 process=None if spawned is None else (
                     spawned.process.pid, start, self._boot,
-                    None if cgroup is None else str(cgroup),
+                    [] if groups is None else groups.paths(),
                 ),
+                limits=limits, network=network, enforced_by=enforced_by, unenforced=unenforced,
             )
         except BaseException:
             if spawned is not None:  # never a process nobody recorded
-                _kill_unrecorded(spawned, cgroup)
+                _kill_unrecorded(spawned, groups)
             raise
         streams: dict[str, OutputStream] = {}
         job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout,
-                  on_end=self._job_ended, on_drained=self._drained)
+                  limits=limits, network=network, enforced_by=enforced_by,
+                  unenforced=unenforced, on_end=self._job_ended, on_drained=self._drained)
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
@@ -309,7 +342,7 @@ class JobPool:
             streams.clear()
             streams.update((name, OutputStream(name, _GoneStore(0))) for name in STREAMS)
             if spawned is not None:
-                _kill_unrecorded(spawned, cgroup)
+                _kill_unrecorded(spawned, groups)
                 spawned = None
         if spawned is None:
             for stream in streams.values():
@@ -321,12 +354,39 @@ class JobPool:
         job.pidfd = spawned.pidfd
         job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
         job.start_ticks = start[0]
-        job.cgroup = cgroup
+        job.groups, job.contained = groups, groups is not None
         try:
             self._supervisor.watch(job, self._kill_after)
         except Exception as exc:  # epoll's memory, say: still a job
             self._abandon(job, f"cannot watch the process: {exc}")
         return job
+
+    def _make_groups(
+        self, limits: Limits | None, cwd: str | None
+    ) -> tuple[JobCgroups | None, str | None, tuple[str, ...]]:
+        """A job's cgroups with its limits applied (None if it needs none), what
+        enforces the limits and which are not enforced.
+
+        Raise `Unenforceable` for a strict limit nothing here can enforce,
+        ``OSError`` if the groups cannot be made.
+        """
+        asked = () if limits is None else limits.asked()
+        if not asked and not self._contain:
+            return None, None, ()
+        tree = cgroup_tree()
+        if tree is None:
+            assert limits is not None
+            if limits.strict:
+                raise Unenforceable(
+                    f"cannot enforce the limits ({limits.describe()}): this process may"
+                    " create no cgroup, v2 or v1 (see docs/limits.md)"
+                )
+            return None, "none", asked
+        self._used_cgroups = True
+        groups = tree.make(limits, cwd, contain=self._contain)
+        if groups is None:
+            return None, "none" if asked else None, asked
+        return groups, groups.enforced_by, groups.unenforced
 
     def _abandon(self, job: Job, message: str) -> None:
         """Kill and reap a job's process that cannot be watched; it ends in error."""
@@ -339,8 +399,10 @@ class JobPool:
                 os.close(fd)
             job.pidfd = -1
             job.fds.clear()
-        if job.cgroup is not None:
-            CgroupTree.remove(job.cgroup)
+        groups, job.groups = job.groups, None
+        if groups is not None:
+            groups.kill(_REAP_WAIT)
+            groups.remove()
         for stream in job.streams.values():
             stream.mark_closed()
         job.finish(Outcome(State.ERROR, utcnow(), error=message))
@@ -405,8 +467,7 @@ class JobPool:
                 self._kept += _kept(status) - _kept(recorded)
                 job.recorded = status
         durable = isinstance(self._backend_of(job.backend), DurableBackend)
-        if durable and (job.cgroup is None or CgroupTree.remove(job.cgroup, wait=0)):
-            job.cgroup = None
+        if durable and (job.groups is None or job.groups.remove(wait=0)):
             for stream in job.streams.values():
                 try:
                     stream.store.close()
@@ -508,6 +569,7 @@ class JobPool:
         job = self._live(job_id)
         if job is not None:
             job.signal_group(number)
+            self._supervisor.recheck(job)
             return job.status()
         status = self._recorded(job_id)
         self._signal_leftovers(status.id, number)
@@ -586,19 +648,26 @@ class JobPool:
         self._records.close()
         _open_pools.discard(self)
         supervisor.release()
-        if self._cgroups is not None:
-            self._cgroups.close()
+        tree = cgroup_tree() if self._used_cgroups else None
+        if tree is not None:
+            tree.close()
         self._release_claim()
 
     # -- helpers ------------------------------------------------------------
 
     def _destroy(self, job: Job) -> None:
         job.signal_group(signals.SIGKILL)
+        groups = job.groups  # None once the supervisor released them
+        if groups is not None:
+            # Every member, escaped or not, and wait until they are gone:
+            # after delete, nothing of the job runs.
+            groups.kill(_REAP_WAIT)
+            self._supervisor.recheck(job)
         job.ended.wait(_REAP_WAIT)
         self._supervisor.forget(job)
-        if job.cgroup is not None:
-            # Wait for every member, escaped or not: after delete, nothing runs.
-            CgroupTree.remove(job.cgroup)
+        groups = job.groups
+        if groups is not None:  # it did not end (stuck in the kernel): remove what we can
+            groups.remove()
 
     def _remove(self, job_id: str, status: JobStatus, *, counted: bool) -> None:
         """Remove a killed job's output, then its record (``counted``: in the totals)."""
@@ -672,7 +741,7 @@ class JobPool:
         lost = []
         for leftover in self._records.incarnations():
             lost.append(leftover.id)
-            kill_leftover(leftover.pid, leftover.start, leftover.boot_id, leftover.cgroup)
+            kill_leftover(leftover.pid, leftover.start, leftover.boot_id, leftover.cgroups)
             stdout, stderr = StreamInfo(closed=True), StreamInfo(closed=True)
             output_error = None
             try:
@@ -789,14 +858,16 @@ class _GoneStore(OutputStore):
         return self._written
 
 
-def _kill_unrecorded(spawned: Spawned, cgroup: Path | None) -> None:
+def _kill_unrecorded(spawned: Spawned, groups: JobCgroups | None) -> None:
     """Kill and reap a process that never became a job (its record failed)."""
     os.killpg(spawned.process.pid, signals.SIGKILL)
+    if groups is not None:
+        groups.kill(_REAP_WAIT)
     spawned.process.wait()
     for fd in (spawned.pidfd, spawned.stdout, spawned.stderr):
         os.close(fd)
-    if cgroup is not None:
-        CgroupTree.remove(cgroup)
+    if groups is not None:
+        groups.remove()
 
 
 def _info(store: OutputStore) -> StreamInfo:

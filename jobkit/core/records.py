@@ -1,11 +1,11 @@
 """`JobRecords`: every job's record in one SQLite database.
 
-One store, two uses: the durable record of each job (what it ran, every
-state change with its time, how it ended, how much output it kept), and the
-crash-recovery ledger of jobs that may still have processes (leader pid,
-its start time, the boot id, its cgroup).  A pool without a ``state_dir``
-keeps the same tables in an in-memory database, so both kinds of pool run
-the same code.
+One store, two uses: the durable record of each job (what it ran, with
+which limits, every state change with its time, how it ended, what it used,
+how much output it kept), and the crash-recovery ledger of jobs that may
+still have processes (leader pid, its start time, the boot id, its
+cgroups).  A pool without a ``state_dir`` keeps the same tables in an
+in-memory database, so both kinds of pool run the same code.
 
 Durability: the database runs in WAL mode with ``synchronous=NORMAL``.  A
 transaction is durable once committed when *this process* dies (SIGKILL, a
@@ -34,7 +34,8 @@ from pathlib import Path
 import attrs
 
 from jobkit.core.errors import JobkitError, StorageFailed, StoreVersionError
-from jobkit.core.models import JobStatus, State, StreamInfo
+from jobkit.core.limits import Limits
+from jobkit.core.models import JobStatus, State, StreamInfo, Usage
 
 __all__ = [
     "DATABASE_NAME",
@@ -97,18 +98,46 @@ def _schema_v1(db: sqlite3.Connection) -> None:
     )
 
 
+def _schema_v2(db: sqlite3.Connection) -> None:
+    """Limits, network isolation, and what each job used (issue 10)."""
+    _run_script(
+        db,
+        """
+        -- The job's Limits as JSON (Limits.to_dict), NULL for none.
+        ALTER TABLE jobs ADD COLUMN limits TEXT;
+        ALTER TABLE jobs ADD COLUMN network INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE jobs ADD COLUMN enforced_by TEXT;
+        -- Names of the limits not enforced, space-separated.
+        ALTER TABLE jobs ADD COLUMN unenforced TEXT NOT NULL DEFAULT '';
+        ALTER TABLE jobs ADD COLUMN oom_killed INTEGER NOT NULL DEFAULT 0;
+        -- 'cgroup' or 'rusage', or NULL: nothing known of what it used.
+        ALTER TABLE jobs ADD COLUMN usage_source TEXT;
+        ALTER TABLE jobs ADD COLUMN cpu_user_s REAL;
+        ALTER TABLE jobs ADD COLUMN cpu_system_s REAL;
+        ALTER TABLE jobs ADD COLUMN peak_memory INTEGER;
+        ALTER TABLE jobs ADD COLUMN io_read_bytes INTEGER;
+        ALTER TABLE jobs ADD COLUMN io_write_bytes INTEGER;
+        -- Every cgroup of the job (v1 has one per hierarchy), as a JSON list:
+        -- records of version 1 have their one v2 cgroup in `cgroup`.
+        ALTER TABLE jobs ADD COLUMN cgroups TEXT
+        """,
+    )
+
+
 #: Each step takes the database from version ``i`` to ``i + 1``, in one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
     "id, command, args, cwd, timeout, backend, created_at, state, ended_at, exit_code,"
     " signal, error, timed_out, output_error, stdout_written, stdout_dropped,"
-    " stderr_written, stderr_dropped, pid"
+    " stderr_written, stderr_dropped, pid, limits, network, enforced_by, unenforced,"
+    " oom_killed, usage_source, cpu_user_s, cpu_system_s, peak_memory, io_read_bytes,"
+    " io_write_bytes"
 )
 
 
-_LEDGER = "id, pid, pid_start, pid_start_max, boot_id, cgroup, backend"
+_LEDGER = "id, pid, pid_start, pid_start_max, boot_id, cgroup, cgroups, backend"
 
 
 def _time(value: float | None) -> datetime | None:
@@ -128,7 +157,8 @@ class Incarnation:
     #: The first and last clock tick (since boot) in which the leader started.
     start: tuple[int, int] | None
     boot_id: str | None
-    cgroup: str | None
+    #: Every cgroup folder of the job.
+    cgroups: tuple[str, ...]
     backend: str
 
 
@@ -221,23 +251,32 @@ class JobRecords:
         backend: str,
         created_at: datetime,
         *,
-        process: tuple[int, tuple[int, int], str, str | None] | None = None,
+        process: tuple[int, tuple[int, int], str, Sequence[str]] | None = None,
+        limits: Limits | None = None,
+        network: bool = True,
+        enforced_by: str | None = None,
+        unenforced: Sequence[str] = (),
     ) -> str:
         """Record a new job; return its id, never used before in this store.
 
         ``process`` is what crash recovery needs of a running job: its
         leader's pid, the window of clock ticks it started in, the boot id
-        and its cgroup; None for a job that never started (it ends at once).
+        and its cgroup folders; None for a job that never started (it ends
+        at once).  ``limits`` to ``unenforced``: see `JobStatus`.
         """
         at = _stamp(created_at)
-        pid, start, boot, cgroup = process or (None, (None, None), None, None)
+        pid, start, boot, cgroups = process or (None, (None, None), None, None)
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO jobs (command, args, cwd, timeout, backend, created_at, state,"
-                " pid, pid_start, pid_start_max, boot_id, cgroup)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " pid, pid_start, pid_start_max, boot_id, cgroups, limits, network,"
+                " enforced_by, unenforced)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (command, json.dumps(list(args)), cwd, timeout, backend, at,
-                 State.RUNNING.value, pid, start[0], start[1], boot, cgroup),
+                 State.RUNNING.value, pid, start[0], start[1], boot,
+                 None if cgroups is None else json.dumps(list(cgroups)),
+                 None if limits is None else json.dumps(limits.to_dict()), int(network),
+                 enforced_by, " ".join(unenforced)),
             )
             job_id = cursor.lastrowid
             db.execute(
@@ -247,13 +286,17 @@ class JobRecords:
         return str(job_id)
 
     def finished(self, status: JobStatus) -> None:
-        """Record a job's final state, its end, and its output sizes, in one transaction."""
+        """Record a job's final state, its end, what it used and its output sizes,
+        in one transaction."""
         ended = None if status.ended_at is None else _stamp(status.ended_at)
+        usage = status.usage
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, ended_at = ?, exit_code = ?, signal = ?, error = ?,"
                 " timed_out = ?, output_error = ?, stdout_written = ?, stdout_dropped = ?,"
-                " stderr_written = ?, stderr_dropped = ? WHERE id = ?",
+                " stderr_written = ?, stderr_dropped = ?, oom_killed = ?, usage_source = ?,"
+                " cpu_user_s = ?, cpu_system_s = ?, peak_memory = ?, io_read_bytes = ?,"
+                " io_write_bytes = ? WHERE id = ?",
                 (
                     status.state.value,
                     ended,
@@ -266,6 +309,13 @@ class JobRecords:
                     status.stdout.dropped,
                     status.stderr.written,
                     status.stderr.dropped,
+                    int(status.oom_killed),
+                    None if usage is None else usage.source,
+                    None if usage is None else usage.cpu_user_s,
+                    None if usage is None else usage.cpu_system_s,
+                    None if usage is None else usage.peak_memory,
+                    None if usage is None else usage.io_read_bytes,
+                    None if usage is None else usage.io_write_bytes,
                     int(status.id),
                 ),
             )
@@ -389,15 +439,26 @@ def _key(job_id: str) -> int | None:
 
 
 def _to_incarnation(r: tuple[object, ...]) -> Incarnation:
-    job_id, pid, low, high, boot, cgroup, backend = r
+    job_id, pid, low, high, boot, cgroup, cgroups, backend = r
     start = None if low is None or high is None else (int(low), int(high))  # type: ignore[call-overload]
-    return Incarnation(str(job_id), pid, start, boot, cgroup, str(backend))  # type: ignore[arg-type]
+    folders = tuple(json.loads(str(cgroups))) if cgroups else ()
+    if cgroup:  # a record of schema version 1
+        folders += (str(cgroup),)
+    return Incarnation(str(job_id), pid, start, boot, folders, str(backend))  # type: ignore[arg-type]
 
 
 def _to_status(row: tuple[object, ...]) -> JobStatus:
     (job_id, command, args, _cwd, _timeout, backend, created_at, state, ended_at, exit_code,
-     signal, error, timed_out, output_error, out_w, out_d, err_w, err_d, pid) = row
+     signal, error, timed_out, output_error, out_w, out_d, err_w, err_d, pid, limits, network,
+     enforced_by, unenforced, oom_killed, source, cpu_user, cpu_system, peak, io_read,
+     io_write) = row
     closed = state != State.RUNNING.value
+    usage = None
+    if source is not None:
+        usage = Usage(
+            str(source), float(cpu_user or 0), float(cpu_system or 0),  # type: ignore[arg-type]
+            peak, io_read, io_write,  # type: ignore[arg-type]
+        )
     return JobStatus(
         id=str(job_id),
         state=State(state),
@@ -414,4 +475,10 @@ def _to_status(row: tuple[object, ...]) -> JobStatus:
         output_error=output_error,  # type: ignore[arg-type]
         stdout=StreamInfo(written=out_w, dropped=out_d, closed=closed),  # type: ignore[arg-type]
         stderr=StreamInfo(written=err_w, dropped=err_d, closed=closed),  # type: ignore[arg-type]
+        limits=None if limits is None else Limits.from_dict(json.loads(str(limits))),
+        network=bool(network),
+        enforced_by=enforced_by,  # type: ignore[arg-type]
+        unenforced=tuple(str(unenforced).split()),
+        oom_killed=bool(oom_killed),
+        usage=usage,
     )

@@ -1,7 +1,18 @@
-"""Starting a job's process: its own session, pipes for output, a pidfd.
+"""Starting a job's process: its own session, pipes for output, a pidfd, its limits.
 
 Nothing here involves a shell: the command and its arguments go to
-``execve`` as they are.
+``execve`` as they are.  (A job with a cgroup v2 group is the one exception,
+see below: ``/bin/sh`` runs first, as a fixed start step that never sees
+the command's text as code.)
+
+A job with limits is inside them before its command's first instruction,
+with no extra process for cgroup v1 (`jobkit.core.cgroups.JobCgroups.join`):
+the spawning thread moves itself into the job's v1 groups, forks (vfork:
+posix_spawn speed), and moves back; the child starts in them.  For a v2
+group, which a lone thread cannot join, the start step ``sh -c 'echo $$ >
+cgroup.procs; exec "$@"'`` joins it and becomes the command.  A job
+without network (`jobkit.core.netns`) is spawned from a thread in a fresh
+network namespace.  docs/limits.md gives what each costs.
 """
 
 from __future__ import annotations
@@ -13,8 +24,12 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
+
+from jobkit.core import netns
+from jobkit.core.cgroups import JobCgroups
 
 __all__ = ["SpawnFailed", "Spawned", "raise_fd_limit", "spawn"]
 
@@ -67,31 +82,56 @@ def _close_all(*fds: int) -> None:
             os.close(fd)
 
 
-def spawn(command: str, args: list[str], env: Mapping[str, str] | None, cwd: str | None) -> Spawned:
+def spawn(
+    command: str,
+    args: list[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    *,
+    groups: JobCgroups | None = None,
+    network: bool = True,
+) -> Spawned:
     """Start ``command`` in a new session with stdin from /dev/null.
 
-    Raise `SpawnFailed` with a readable message on any OS-level failure;
+    With ``groups``, the process starts inside them; with ``network``
+    False, inside a new network namespace with only loopback.  Raise
+    `SpawnFailed` with a readable message on any OS-level failure;
     nothing is left open or running then.
     """
+    argv = [command, *args]
+    if groups is not None and groups.v2 is not None:
+        argv = groups.start_argv([_resolve(command, env, cwd), *args])
     fds: list[int] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        moved = [] if groups is None else _join(groups)
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # own session and process group: pgid == pid
+                close_fds=True,
+            )
+        finally:
+            if groups is not None:
+                groups.leave(moved)
+
     try:
         out_r, out_w = os.pipe()
         fds += (out_r, out_w)
         err_r, err_w = os.pipe()
         fds += (err_r, err_w)
-        process = subprocess.Popen(
-            [command, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,  # own session and process group: pgid == pid
-            close_fds=True,
-        )
+        process = start() if network else netns.in_new_namespace(start)
     except OSError as exc:
         _close_all(*fds)
         raise SpawnFailed(describe_spawn_error(exc, command, cwd)) from None
+    except (SpawnFailed, netns.NetworkUnavailable) as exc:
+        _close_all(*fds)
+        raise SpawnFailed(str(exc)) from None
     _close_all(out_w, err_w)
     if _child_nofile is not None:
         # Python cannot set it between fork and exec without giving up vfork;
@@ -111,6 +151,34 @@ def spawn(command: str, args: list[str], env: Mapping[str, str] | None, cwd: str
     os.set_blocking(out_r, False)
     os.set_blocking(err_r, False)
     return Spawned(process, pidfd, out_r, err_r)
+
+
+def _join(groups: JobCgroups) -> list[tuple[Path, Path]]:
+    try:
+        return groups.join()
+    except OSError as exc:
+        raise SpawnFailed(
+            f"cannot put the job into its cgroups: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}"
+        ) from None
+
+
+def _resolve(command: str, env: Mapping[str, str] | None, cwd: str | None) -> str:
+    """``command`` as ``execvpe`` would find it, for a start step that execs it later.
+
+    Raise `SpawnFailed` as starting it directly would have.
+    """
+    if "/" in command:
+        target = command if cwd is None else os.path.join(cwd, command)
+        if not os.path.exists(target):
+            raise SpawnFailed(f"no such file: {command!r}")
+        return command
+    for folder in os.get_exec_path(env):
+        candidate = os.path.join(folder or ".", command)
+        where = candidate if cwd is None else os.path.join(cwd, candidate)
+        if os.path.isfile(where) and os.access(where, os.X_OK):
+            return candidate
+    raise SpawnFailed(f"command not found: {command!r} (not in PATH)")
 
 
 def describe_spawn_error(exc: OSError, command: str, cwd: str | None) -> str:

@@ -7,11 +7,16 @@ of jobs (or of pools: the server keeps one pool per client).  It waits in
 
 * a readable pipe is drained into the job's output store, a chunk at a time;
 * a readable pidfd means the main process exited: whatever it wrote is
-  already in the pipes, so those are drained first, then it is reaped and
-  the job's outcome set (a grandchild holding a pipe open keeps that stream
-  open, never the job running).  Its pidfd is closed at once: a finished
-  job holds no zombie and no descriptor once its pipes are drained;
-* timers send a job's timeout signals.
+  already in the pipes, so those are drained first, then it is reaped
+  (``wait4``, for its rusage) and the job's outcome set (a grandchild
+  holding a pipe open keeps that stream open, never the job running).  Its
+  pidfd is closed at once: a finished job holds no zombie and no descriptor
+  once its pipes are drained;
+* a job with cgroups whose main process exited while the rest of its tree
+  lives on stays running: its tree is checked on a timer, more rarely as
+  time passes (cgroup v1 gives no event when a group empties), and when it
+  is empty, or has been killed, the outcome is set;
+* timers send a job's timeout signals, to its whole tree.
 
 Other threads never touch the selector: they queue a callable with `call`
 and the supervisor runs it between two waits.
@@ -24,6 +29,7 @@ import heapq
 import itertools
 import logging
 import os
+import resource
 import selectors
 import signal
 import threading
@@ -32,7 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from jobkit.core.job import Job
+from jobkit.core.job import Job, usage_from_rusage
 from jobkit.core.stream import OutputStream
 
 __all__ = ["Supervisor", "acquire", "release"]
@@ -48,6 +54,10 @@ _SETPIPE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _GETPIPE = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 #: The longest single wait in epoll (it refuses more than about 24 days).
 _MAX_WAIT = 3600.0
+#: Checks of a lingering tree: first after this many seconds, then twice as
+#: long each time, up to the last.
+_TREE_FIRST = 0.005
+_TREE_LAST = 0.25
 
 
 class Supervisor:
@@ -130,6 +140,11 @@ class Supervisor:
         has not exited (it is then reaped whenever it does).
         """
         return self.call_and_wait(lambda: self._forget(job))
+
+    def recheck(self, job: Job) -> None:
+        """Look at a lingering job's tree soon (it was just signalled)."""
+        if job.lingering:
+            self.call(lambda: self._check_tree(job))
 
     def stop(self) -> None:
         self.call(self._request_stop)
@@ -246,33 +261,70 @@ class Supervisor:
                         break
                     budget -= count
         finally:
+            usage: resource.struct_rusage | None
             with job.lock:
-                info = os.waitid(os.P_PIDFD, job.pidfd, os.WEXITED | os.WNOHANG)
-                if info is not None:
+                try:
+                    pid, status, usage = os.wait4(job.process.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped behind our back: no status to report
+                    pid, status, usage = job.process.pid, 0, None
+                if pid:
                     job.leader_gone = True
                     with self._mutate:
                         self._selector.unregister(job.pidfd)
                     os.close(job.pidfd)
                     job.pidfd = -1
-            if info is not None:
-                # CLD_EXITED: an exit status; CLD_KILLED, CLD_DUMPED: a signal.
-                exited = info.si_code == os.CLD_EXITED
-                returncode = info.si_status if exited else -info.si_status
+            if pid:
+                returncode = os.waitstatus_to_exitcode(status)
                 # Popen must never wait for it again (nor list it to reap).
                 job.process.returncode = returncode
-                job.finish_with_returncode(returncode)
-                if job.drained and not job.forgotten and job.on_drained is not None:
-                    job.on_drained(job)
+                job.rusage = usage
+                if job.groups is not None and job.groups.populated():
+                    job.leader_returncode = returncode
+                    self._at(_TREE_FIRST, lambda: self._check_tree(job, _TREE_FIRST), job)
+                else:
+                    self._settle(job, returncode)
+
+    def _check_tree(self, job: Job, delay: float | None = None) -> None:
+        """Settle a lingering job whose tree is gone; else look again later (``delay``)."""
+        if not job.lingering or job.groups is None:
+            return
+        if not job.groups.populated():
+            assert job.leader_returncode is not None
+            self._settle(job, job.leader_returncode)
+        elif delay is not None:
+            later = min(delay * 2, _TREE_LAST)
+            self._at(later, lambda: self._check_tree(job, later), job)
+
+    def _settle(self, job: Job, returncode: int) -> None:
+        """The whole job has ended: take what it used, set its outcome, drop its groups."""
+        groups = job.groups
+        usage = None if groups is None else groups.usage()
+        if usage is None and job.rusage is not None:
+            usage = usage_from_rusage(job.rusage)
+        oom = groups is not None and groups.oom_kills() > 0
+        job.finish_with_returncode(returncode, usage, oom)
+        if groups is not None:
+            job.groups = None
+            groups.release()  # empty now; whoever waited is already on its way
+        if job.drained and not job.forgotten and job.on_drained is not None:
+            job.on_drained(job)
 
     def _time_out(self, job: Job, kill_after: float) -> None:
-        if not job.running:
+        """SIGTERM the job's whole tree, then SIGKILL what is left ``kill_after`` s later.
+
+        A job without cgroups has ended with its main process; what it left
+        in its process group is still signalled (see `Job.signal_group`).
+        """
+        if job.running:
+            job.timed_out = True
+        elif job.contained:
+            return  # its tree is gone: that is how it ended
+        if not job.signal_group(signal.SIGTERM):
             return
-        job.timed_out = True
-        job.signal_group(signal.SIGTERM)
 
         def kill() -> None:
-            if job.running:
-                job.signal_group(signal.SIGKILL)
+            job.signal_group(signal.SIGKILL)
+            self._check_tree(job)
 
         self._at(kill_after, kill, job)
 
@@ -282,7 +334,8 @@ class Supervisor:
             self._close_pipe(job, name)
         for stream in job.streams.values():
             self._safely(stream.release)  # a plugin's close() may raise
-        if job.timeout is not None:  # timers would keep the job alive until they fire
+        if job.timeout is not None or job.leader_returncode is not None:
+            # Its timers would keep the job alive until they fire.
             self._timers = [timer for timer in self._timers if timer[3] is not job]
             heapq.heapify(self._timers)
         # Still running (stuck in the kernel past our wait): the pidfd stays

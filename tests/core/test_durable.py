@@ -231,12 +231,14 @@ def test_a_newer_store_is_refused_and_an_older_one_migrated(
     with JobPool(state_dir=tmp_path) as pool:
         assert pool.output(job).stdout == b"kept\n"
     db = sqlite3.connect(tmp_path / "jobs.db")
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
-    assert "note" in [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
+    version = db.execute("PRAGMA user_version").fetchone()
+    columns = [row[1] for row in db.execute("PRAGMA table_info(jobs)")]
     db.close()
+    assert version == (len(steps),)
+    assert "note" in columns
     monkeypatch.undo()
     # ... and this jobkit, now the older one, refuses it with a clear message.
-    with pytest.raises(StoreVersionError, match=r"schema version 2.*upgrade jobkit"):
+    with pytest.raises(StoreVersionError, match=rf"schema version {len(steps)}.*upgrade jobkit"):
         JobPool(state_dir=tmp_path)
 
 

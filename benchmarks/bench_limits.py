@@ -1,0 +1,176 @@
+"""Limits benchmark: what a job's limits cost, and what each way of starting a job inside
+its cgroup costs, each next to its baselines in the same run.
+
+    .venv/bin/python benchmarks/bench_limits.py [--quick]
+
+Needs root (or a delegated cgroup subtree).
+
+1. create + wait of `true`: raw `Popen` + `wait`, jobkit without limits, jobkit with
+   `Limits(memory=...)`, with cpu + memory + pids, every job in cgroups without limits
+   (`cgroups=None`), and `network=False`.  Target: limits cost at most 0.5 ms per job.
+2. Start steps: `Popen(["true"]).wait()` into one cgroup, by each way tried to be in it
+   before the command's first instruction (and the one that is not: moving it after exec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jobkit import JobPool, Limits
+from jobkit.core import cgroups, hierarchies
+
+
+def interleaved(runs: dict[str, Callable[[], None]], n: int, rounds: int) -> dict[str, float]:
+    """Median seconds per call of each run, rounds interleaved so that noise hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                run()
+            times[name].append((time.perf_counter() - start) / n)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def bench_jobs(n: int, rounds: int) -> None:
+    tree = cgroups.detect()
+    plain, contained = JobPool(), JobPool(cgroups=None)
+    memory = Limits(memory="256M")
+    several = Limits(cpu=1, memory="256M", pids=100)
+
+    def job(pool: JobPool, **options: object) -> Callable[[], None]:
+        return lambda: pool.wait(pool.create("true", **options))  # type: ignore[arg-type]
+
+    runs: dict[str, Callable[[], None]] = {
+        "Popen + wait": lambda: subprocess.Popen(["true"]).wait(),
+        "jobkit, no limits": job(plain),
+        "jobkit, memory limit": job(plain, limits=memory),
+        "jobkit, cpu + memory + pids": job(plain, limits=several),
+        "jobkit, cgroups=None, no limits": job(contained),
+    }
+    if os.geteuid() == 0:
+        runs["jobkit, network=False"] = job(plain, network=False)
+    try:
+        for run in runs.values():  # warm up: imports, the supervisor, the first cgroups
+            run()
+        medians = interleaved(runs, n, rounds)
+    finally:
+        plain.close()
+        contained.close()
+    where = "none" if tree is None else ", ".join(
+        sorted({f"{name}: {by}" for name, by in tree.enforcement().items()})
+    )
+    print(f"create + wait of `true`, {rounds} rounds of {n} (enforcement here: {where})")
+    base = medians["jobkit, no limits"]
+    for name, seconds in medians.items():
+        extra = ""
+        if name.startswith("jobkit") and name != "jobkit, no limits":
+            extra = f" | {1e3 * (seconds - base):+.3f} ms vs no limits"
+            if "limit" in name and "no limits" not in name:
+                extra += " (target <= 0.5 ms)"
+        print(f"  {name:32s} {1e3 * seconds:6.3f} ms per job{extra}")
+
+
+def bench_start_steps(n: int, rounds: int) -> None:
+    group = _test_group()
+    if group is None:
+        print("start steps: no writable cgroup here, skipped")
+        return
+    folder, version = group
+    procs = folder / "cgroup.procs"
+    print(f"start steps into one existing cgroup ({version}: {folder}), {rounds} rounds of {n}:")
+
+    def none() -> None:
+        subprocess.Popen(["true"]).wait()
+
+    def after_exec() -> None:  # the window: `true` may have run before the move
+        process = subprocess.Popen(["true"])
+        try:
+            procs.write_text(str(process.pid))
+        except OSError:
+            pass  # it has exited already
+        process.wait()
+
+    def preexec() -> None:  # Python in the child: fork instead of vfork
+        def join() -> None:
+            fd = os.open(procs, os.O_WRONLY)
+            os.write(fd, b"0")
+            os.close(fd)
+
+        subprocess.Popen(["true"], preexec_fn=join).wait()
+
+    def sh_step() -> None:  # jobkit's v2 start step
+        subprocess.Popen(["/bin/sh", "-c", 'echo $$ >"$0" || exit 125; exec "$@"',
+                          str(procs), "true"]).wait()
+
+    def held_on_pipe() -> None:  # parent moves the child, then lets it exec
+        read_end, write_end = os.pipe()
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", 'read x <&3; exec 3<&-; exec "$@"', "sh", "true"],
+            pass_fds=(read_end,),
+        )
+        os.close(read_end)
+        procs.write_text(str(process.pid))
+        os.write(write_end, b"\n")
+        os.close(write_end)
+        process.wait()
+
+    runs = {"none (not in the cgroup)": none, "move after exec (a window)": after_exec,
+            "preexec_fn (fork, no vfork)": preexec, "sh start step (v2 way)": sh_step,
+            "child held on a pipe": held_on_pipe}
+    if version == "cgroup v1":
+        tasks = folder / "tasks"
+
+        def thread_move() -> None:  # jobkit's v1 way: the spawning thread joins, forks, leaves
+            tid = str(threading.get_native_id())
+            origin = Path(str(folder.parent))  # back to where the thread came from
+            tasks.write_text(tid)
+            try:
+                process = subprocess.Popen(["true"])
+            finally:
+                (origin / "tasks").write_text(tid)
+            process.wait()
+
+        runs["spawning thread moved (v1 way)"] = thread_move
+    try:
+        medians = interleaved(runs, n, rounds)
+    finally:
+        folder.rmdir()
+    base = medians["none (not in the cgroup)"]
+    for name, seconds in medians.items():
+        print(f"  {name:32s} {1e3 * seconds:6.3f} ms per job | {1e3 * (seconds - base):+.3f} ms")
+
+
+def _test_group() -> tuple[Path, str] | None:
+    """An empty cgroup next to ours: in v1 memory if writable, else in v2."""
+    found = hierarchies.current()
+    ordered = [h for h in found if "memory" in h.controllers and h.version == 1]
+    ordered += [h for h in found if h.version == 2]
+    for hierarchy in ordered:
+        folder = hierarchy.own / f"jobkit-bench-{os.getpid()}"
+        try:
+            folder.mkdir()
+        except OSError:
+            continue
+        return folder, f"cgroup v{hierarchy.version}"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
+    args = parser.parse_args()
+    n, rounds = (50, 3) if args.quick else (200, 7)
+    bench_jobs(n, rounds)
+    bench_start_steps(n, rounds)
+
+
+if __name__ == "__main__":
+    main()
