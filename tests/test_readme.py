@@ -4,6 +4,7 @@ The install-and-serve command runs in a copy of the repository with its own
 fresh venv and data folder; once the server says it is serving, every
 ``$ jobkit ...`` line of the tour runs with that venv's ``jobkit`` and its
 output is compared with the README's (the `list` table's times excepted).
+This is the tour's one test: the CLI's commands each have their own in tests/cli.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
 @pytest.mark.timeout(600)
 def test_the_quick_start_and_the_tour(readme_server: tuple[Path, dict]) -> None:
     checkout, env = readme_server
+    # As for a new user: the server made the default PKI, where the CLI finds it.
+    assert (Path(env["XDG_DATA_HOME"]) / "jobkit" / "pki" / "server" / "cert.pem").is_file()
     jobkit = str(checkout / ".venv" / "bin")
     env = {**env, "PATH": jobkit + os.pathsep + env["PATH"]}
     last_code = 0

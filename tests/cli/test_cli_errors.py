@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 
 from jobkit import pki
-from tests.cli.conftest import Jobkit, base_env, run_jobkit
+from tests.support.cli import Jobkit, base_env, run_jobkit
+from tests.support.pki import forge
 
 CLIENT_COMMANDS = [["list"], ["status", "1"], ["output", "1"], ["stop", "1"], ["delete", "1"],
                    ["exec", "true"]]
 RELAY_COMMANDS = [["wait", "1"], ["exec", "-f", "true"]]
-
-
-def forged_folder(tmp_path: Path, pki_root: Path, **issue: object) -> Path:
-    """A client folder trusting the test server's CA, holding a certificate made by ``issue``."""
-    folder = tmp_path / "forged"
-    folder.mkdir()
-    ca_cert, ca_key = pki.load_ca(pki_root)
-    signer = issue.pop("signer", (ca_cert, ca_key))
-    cert, key = pki.issue_certificate(*signer, **issue)  # type: ignore[misc, arg-type]
-    pki.write_bundle(folder, cert, key, ca_cert)
-    return folder
 
 
 def check_all(env: dict[str, str], code: int, *words: str) -> None:
@@ -84,16 +74,16 @@ def test_server_from_another_ca(server: str, tmp_path: Path) -> None:
 
 
 def test_client_certificate_from_another_ca(server: str, pki_root: Path, tmp_path: Path) -> None:
-    folder = forged_folder(tmp_path, pki_root, common_names=["mallory"], signer=pki.make_ca())
+    folder = forge(pki_root, tmp_path / "forged", ca=pki.make_ca(), common_names=["mallory"])
     env = base_env(JOBKIT_SERVER=server, JOBKIT_CERTS=str(folder))
     check_all(env, 5, "refused our client certificate", "unknown ca", server)
 
 
 def test_expired_client_certificate(server: str, pki_root: Path, tmp_path: Path) -> None:
     now = dt.datetime.now(dt.timezone.utc)
-    folder = forged_folder(tmp_path, pki_root, common_names=["late"],
-                           not_before=now - dt.timedelta(days=9),
-                           not_after=now - dt.timedelta(days=1))
+    folder = forge(pki_root, tmp_path / "forged", common_names=["late"],
+                   not_before=now - dt.timedelta(days=9),
+                   not_after=now - dt.timedelta(days=1))
     env = base_env(JOBKIT_SERVER=server, JOBKIT_CERTS=str(folder))
     check_all(env, 5, "refused our client certificate", "expired")
 
@@ -173,7 +163,7 @@ def test_usage_errors_are_one_line(jobkit: Jobkit, args: list[str]) -> None:
 def test_server_error_message_is_shown(jobkit: Jobkit, server: str, pki_root: Path,
                                        tmp_path: Path) -> None:
     # A certificate with two CNs verifies, but names no one: the server answers 403.
-    folder = forged_folder(tmp_path, pki_root, common_names=["a", "b"])
+    folder = forge(pki_root, tmp_path / "forged", common_names=["a", "b"])
     run = run_jobkit("list", env=base_env(JOBKIT_SERVER=server, JOBKIT_CERTS=str(folder)))
     assert run.code == 5
     line = run.error_line()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -12,15 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Jobkit
-from tests.client.test_client import release
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
+from jobkit.server.serve import JobServer
+from tests.support.cli import Jobkit, base_env, read_until, run_jobkit
+from tests.support.fifos import release
+from tests.support.pki import new_client
 
 
 def test_exec_prints_the_id_alone(jobkit: Jobkit) -> None:
@@ -85,6 +79,13 @@ def test_exec_usage_errors(jobkit: Jobkit, args: list[str], words: list[str]) ->
             assert word in line
 
 
+def test_non_utf8_arguments_are_a_usage_error(jobkit: Jobkit) -> None:
+    run = jobkit("exec", "echo", os.fsdecode(b"\xff\xfe"))
+    assert run.code == 2
+    assert "not valid UTF-8" in run.error_line()
+    assert jobkit("list", "--json").code == 0  # and nothing was created that breaks it
+
+
 @pytest.mark.parametrize(("script", "code"), [
     ("exit 0", 0),
     ("exit 3", 3),
@@ -123,20 +124,6 @@ def test_follow_binary_output_byte_for_byte(jobkit: Jobkit) -> None:
     assert run.err == b"\x00\xff" * 1000
 
 
-def _read_until(fd: int, wanted: bytes, timeout: float = 20) -> bytes:
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while wanted not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"never saw {wanted!r}, only {seen!r}"
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if ready:
-            data = os.read(fd, 4096)
-            assert data, f"closed before {wanted!r}: {seen!r}"
-            seen += data
-    return seen
-
-
 def test_follow_streams_both_live(env: dict[str, str], fifo: Path) -> None:
     script = f"echo out1; echo err1 >&2; cat {fifo}; echo out2; echo err2 >&2; exit 5"
     process = subprocess.Popen(
@@ -146,8 +133,8 @@ def test_follow_streams_both_live(env: dict[str, str], fifo: Path) -> None:
     try:
         assert process.stdout is not None and process.stderr is not None
         # Both arrive while the job is still blocked on the fifo.
-        assert _read_until(process.stdout.fileno(), b"out1\n") == b"out1\n"
-        assert _read_until(process.stderr.fileno(), b"err1\n") == b"err1\n"
+        assert read_until(process.stdout.fileno(), b"out1\n") == b"out1\n"
+        assert read_until(process.stderr.fileno(), b"err1\n") == b"err1\n"
         assert process.poll() is None
         release(fifo, b"")
         assert process.wait(30) == 5
@@ -176,7 +163,7 @@ def test_ctrl_c_stops_following_and_leaves_the_job(env: dict[str, str], jobkit: 
     )
     try:
         assert process.stdout is not None and process.stderr is not None
-        _read_until(process.stdout.fileno(), b"started\n")
+        read_until(process.stdout.fileno(), b"started\n")
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 130
         error = process.stderr.read().decode()
@@ -188,3 +175,17 @@ def test_ctrl_c_stops_following_and_leaves_the_job(env: dict[str, str], jobkit: 
             process.wait()
     assert jobkit("status", "1").stdout == "running\n"
     jobkit("delete", "1")
+
+
+def test_exec_follow_names_the_job_it_started_when_following_fails(pki_root: Path) -> None:
+    server = JobServer(pki_root / "server", port=0, threads=4)  # one follow per client
+    server.start()
+    try:
+        host, port = server.address
+        env = base_env(JOBKIT_SERVER=f"{host}:{port}", JOBKIT_CERTS=str(new_client(pki_root)))
+        run = run_jobkit("exec", "-f", "sleep", "1000", env=env)
+        assert run.code == 255
+        assert run.error_line().startswith("jobkit: error: job 1 was started, but: ")
+        assert run_jobkit("status", "1", env=env).stdout.startswith("running")
+    finally:
+        server.stop()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import Jobkit
-from tests.client.test_client import release
+from tests.support.cli import Jobkit, read_until
+from tests.support.fifos import release
 
 BINARY = ("import sys; sys.stdout.buffer.write(bytes(range(256)) * 3); "
           "sys.stderr.buffer.write(b'\\xfe\\x00\\r\\n')")
@@ -29,13 +29,6 @@ def finished(jobkit: Jobkit, *command: str | Path) -> str:
     job_id = start(jobkit, *command)
     jobkit("wait", job_id)
     return job_id
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
 
 
 # -- status -----------------------------------------------------------------------------------
@@ -80,7 +73,7 @@ def test_status_colours_only_on_a_terminal(env: dict[str, str]) -> None:
     # Checked through a pseudo-terminal, the way a person sees it.
     import pty
 
-    from tests.cli.conftest import run_jobkit
+    from tests.support.cli import run_jobkit
 
     job_ids = {}
     for name, command in [("ok", "exit 0"), ("bad", "exit 1"), ("killed", "kill -9 $$")]:
@@ -133,15 +126,13 @@ def test_output_large(jobkit: Jobkit) -> None:
 
 
 def test_output_follow(env: dict[str, str], jobkit: Jobkit, fifo: Path) -> None:
-    from tests.cli.test_cli_exec import _read_until
-
     job_id = start(jobkit, "sh", "-c", f"echo one; echo e1 >&2; cat {fifo}; echo two")
     process = subprocess.Popen([sys.executable, "-m", "jobkit", "output", "-f", job_id],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         assert process.stdout is not None and process.stderr is not None
-        assert _read_until(process.stdout.fileno(), b"one\n") == b"one\n"
-        assert _read_until(process.stderr.fileno(), b"e1\n") == b"e1\n"
+        assert read_until(process.stdout.fileno(), b"one\n") == b"one\n"
+        assert read_until(process.stderr.fileno(), b"e1\n") == b"e1\n"
         release(fifo, b"")
         assert process.wait(30) == 0
         assert process.stdout.read() == b"two\n"
@@ -197,6 +188,16 @@ def test_list_plain_oldest_first(jobkit: Jobkit) -> None:
     start_of_state = lines[0].index("STATE")
     assert all(line[start_of_state - 2:start_of_state] == "  " for line in lines[1:])
     jobkit("delete", running)
+
+
+def test_list_shows_control_characters_escaped_on_one_line(jobkit: Jobkit) -> None:
+    assert jobkit("exec", "echo", "\x1b[31mRED\x1b]0;title\x07", "two\nlines").code == 0
+    listing = jobkit("list")
+    assert listing.code == 0
+    rows = listing.stdout.splitlines()
+    assert len(rows) == 2  # the header and one row
+    assert "\x1b" not in listing.stdout and "\x07" not in listing.stdout
+    assert "\\x1b[31mRED\\x1b]0;title\\x07" in rows[1] and "two\\nlines" in rows[1]
 
 
 def test_list_plain_when_not_a_terminal_even_with_colour_allowed(jobkit: Jobkit) -> None:

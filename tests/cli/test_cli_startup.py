@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,27 +9,10 @@ from pathlib import Path
 import pytest
 
 from jobkit import __version__
-from tests.cli.conftest import Jobkit, base_env
-
-# Runs `jobkit ARGS...` and, at exit, writes every imported module's name to a file.
-PROBE = """
-import atexit, json, sys
-modules_file = sys.argv[1]
-atexit.register(lambda: json.dump(sorted(sys.modules), open(modules_file, "w")))
-sys.argv = ["jobkit", *sys.argv[2:]]
-from jobkit.cli.main import main
-main()
-"""
+from tests.support.cli import Jobkit, base_env, imported_modules
 
 #: What no client command may import: the server, the PKI's crypto, the web stack.
 SERVER_SIDE = ("jobkit.server", "cryptography", "bottle", "cheroot")
-
-
-def imported(tmp_path: Path, env: dict[str, str], *args: str) -> tuple[int, set[str]]:
-    modules_file = tmp_path / "modules.json"
-    done = subprocess.run([sys.executable, "-c", PROBE, str(modules_file), *args],
-                          capture_output=True, env=env, timeout=60, check=False)
-    return done.returncode, set(json.loads(modules_file.read_text()))
 
 
 def loaded(modules: set[str], *prefixes: str) -> list[str]:
@@ -52,7 +34,7 @@ def job_id(jobkit: Jobkit) -> str:
 ], ids=lambda args: " ".join(args))
 def test_client_commands_import_no_server_code_and_no_rich(
         tmp_path: Path, env: dict[str, str], job_id: str, args: list[str]) -> None:
-    code, modules = imported(tmp_path, env, *(a.format(id=job_id) for a in args))
+    code, modules = imported_modules(tmp_path, env, *(a.format(id=job_id) for a in args))
     assert code in (0, 3), code
     assert loaded(modules, *SERVER_SIDE) == []
     # Not a terminal: plain text, so rich is not needed at all.
@@ -61,7 +43,7 @@ def test_client_commands_import_no_server_code_and_no_rich(
 
 def test_errors_import_no_server_code(tmp_path: Path, certs: Path) -> None:
     env = base_env(JOBKIT_SERVER="127.0.0.1:1", JOBKIT_CERTS=str(certs))
-    code, modules = imported(tmp_path, env, "status", "1")
+    code, modules = imported_modules(tmp_path, env, "status", "1")
     assert code == 4
     assert loaded(modules, *SERVER_SIDE, "rich") == []
 
@@ -69,7 +51,7 @@ def test_errors_import_no_server_code(tmp_path: Path, certs: Path) -> None:
 def test_status_imports_only_what_it_uses(tmp_path: Path, env: dict[str, str],
                                           job_id: str) -> None:
     # The CLI renders the server's JSON: it needs neither the library nor attrs.
-    code, modules = imported(tmp_path, env, "status", job_id)
+    code, modules = imported_modules(tmp_path, env, "status", job_id)
     assert code == 0
     assert loaded(modules, "jobkit.core.pool", "jobkit.core.supervisor", "jobkit.backends",
                   "jobkit.core.models", "pluggy", "importlib.metadata", "attr", "attrs",
@@ -78,7 +60,7 @@ def test_status_imports_only_what_it_uses(tmp_path: Path, env: dict[str, str],
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["exec", "--help"]])
 def test_help_and_version_import_no_command_modules(tmp_path: Path, args: list[str]) -> None:
-    code, modules = imported(tmp_path, base_env(), *args)
+    code, modules = imported_modules(tmp_path, base_env(), *args)
     assert code == 0
     assert loaded(modules, *SERVER_SIDE, "rich", "ssl", "http.client", "jobkit.client",
                   "jobkit.cli.certs", "jobkit.cli.serve") == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -26,8 +25,10 @@ from jobkit import (
     StreamInfo,
 )
 from jobkit.client import Client, RemoteFollower, transport
-from tests.client.live_server import new_client
-from tests.conftest import wait_until
+from jobkit.server.serve import JobServer
+from tests.support.fifos import release
+from tests.support.pki import forge, new_client
+from tests.support.waiting import wait_until
 
 ALL_BYTES = bytes(range(256)) * 3
 WRITE_BYTES = "import sys; sys.stdout.buffer.write(bytes(range(256)) * 3); " \
@@ -45,33 +46,6 @@ def jobs(request: pytest.FixtureRequest) -> Iterator[Any]:
             yield pool
     else:
         yield request.getfixturevalue("client")
-
-
-def release(fifo: Path, data: bytes = b"go\n") -> None:
-    """Write to ``fifo`` once the job opened it for reading (no sleeping)."""
-    holder: list[int] = []
-
-    def opened() -> bool:
-        try:
-            holder.append(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError as error:
-            if error.errno != errno.ENXIO:  # ENXIO: no reader yet
-                raise
-            return False
-        return True
-
-    wait_until(opened, what=f"a reader on {fifo}")
-    try:
-        os.write(holder[0], data)
-    finally:
-        os.close(holder[0])
-
-
-@pytest.fixture
-def fifo(tmp_path: Path) -> Path:
-    path = tmp_path / "fifo"
-    os.mkfifo(path)
-    return path
 
 
 def test_create_wait_status(jobs: Any) -> None:
@@ -237,6 +211,18 @@ def test_unsupported_create_options(client: Client) -> None:
         client.create("true", backend_options={"size": 1})
 
 
+def test_text_only_travels_as_utf8(client: Client) -> None:
+    undecodable = os.fsdecode(b"\xff\xfe")  # what argv gives for non-UTF-8 bytes
+    for kwargs in ({"args": [undecodable]}, {"env": {"A": undecodable}},
+                   {"cwd": "/tmp/" + undecodable}):
+        with pytest.raises(ValueError, match="not valid UTF-8"):
+            client.create("echo", **kwargs)
+    assert client.list() == []
+    for bad_id in ("", undecodable):
+        with pytest.raises(JobNotFound):
+            client.status(bad_id)
+
+
 def test_jobs_in_one_request(client: Client) -> None:
     first = client.create("true")
     second = client.create("sh", ["-c", "exit 4"])
@@ -320,6 +306,27 @@ def test_threads_share_a_client(client: Client) -> None:
     assert len(client._transport._idle) <= transport.MAX_IDLE
 
 
+def test_following_a_quiet_job_outlasts_the_client_timeout(server: str, certs: Path) -> None:
+    # The job itself is quiet for 2.5 s; the client's read timeout is 1 s.
+    with Client(server, certs, timeout=1) as client:
+        job = client.create("sh", ["-c", "sleep 2.5; echo done"])
+        assert b"".join(client.follow(job, "stdout")) == b"done\n"
+        assert client.status(job).exit_code == 0  # the pooled connection works again
+
+
+def test_a_server_stopping_is_not_the_end_of_the_stream(pki_root: Path) -> None:
+    server = JobServer(pki_root / "server", port=0)
+    server.start()
+    host, port = server.address
+    with Client(f"{host}:{port}", new_client(pki_root), timeout=5) as client:
+        job = client.create("sh", ["-c", "echo start; sleep 1000"])
+        follower = client.follow(job, "stdout")
+        assert next(follower) == b"start\n"
+        server.stop()  # ends the response cleanly, and kills the job
+        with pytest.raises(ConnectionFailed):
+            list(follower)
+
+
 def test_follower_context_manager_releases_connection(client: Client, fifo: Path) -> None:
     job_id = client.create("sh", ["-c", f"echo one; cat {fifo}"])
     with client.follow(job_id, "stdout") as follower:
@@ -363,25 +370,12 @@ def test_server_from_another_ca_is_refused(server: str, tmp_path: Path) -> None:
         remote.list()
 
 
-def _forged_folder(tmp_path: Path, pki_root: Path, **issue: Any) -> Path:
-    """A client folder trusting our CA, with a certificate made by ``issue``."""
-    from jobkit import pki
-
-    folder = tmp_path / "forged"
-    folder.mkdir()
-    ca_cert, ca_key = pki.load_ca(pki_root)
-    signer_cert, signer_key = issue.pop("signer", (ca_cert, ca_key))
-    cert, key = pki.issue_certificate(signer_cert, signer_key, **issue)
-    pki.write_bundle(folder, cert, key, ca_cert)
-    return folder
-
-
 def test_client_certificate_from_another_ca_is_refused(server: str, pki_root: Path,
                                                        tmp_path: Path) -> None:
     from jobkit import pki
 
     signer = pki.make_ca()
-    folder = _forged_folder(tmp_path, pki_root, common_names=["mallory"], signer=signer)
+    folder = forge(pki_root, tmp_path / "forged", ca=signer, common_names=["mallory"])
     for _ in range(5):  # the alert races the reset: it must be found every time
         with Client(server, folder, timeout=5) as remote, \
                 pytest.raises(AuthenticationFailed, match="refused our client certificate"):
@@ -393,9 +387,9 @@ def test_expired_client_certificate_is_refused(server: str, pki_root: Path,
     import datetime as dt
 
     now = dt.datetime.now(dt.timezone.utc)
-    folder = _forged_folder(tmp_path, pki_root, common_names=["late"],
-                            not_before=now - dt.timedelta(days=10),
-                            not_after=now - dt.timedelta(days=1))
+    folder = forge(pki_root, tmp_path / "forged", common_names=["late"],
+                   not_before=now - dt.timedelta(days=10),
+                   not_after=now - dt.timedelta(days=1))
     with Client(server, folder, timeout=5) as remote, \
             pytest.raises(AuthenticationFailed, match=r"refused our client certificate.*expired"):
         remote.list()
@@ -424,6 +418,13 @@ def test_unusable_files_are_named(tmp_path: Path, certs: Path) -> None:
     (folder / "ca.pem").write_text("not a certificate\n")
     with pytest.raises(ValueError, match=r"ca\.pem"):
         Client("127.0.0.1:1", folder)
+
+
+def test_a_tilde_in_the_certs_folder_is_the_home(server: str, certs: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(certs.parent))
+    with Client(server, f"~/{certs.name}") as client:
+        assert client.list() == []
 
 
 def test_context_is_tls13_only_and_trusts_only_our_ca(certs: Path) -> None:
