@@ -126,6 +126,10 @@ def _is_optional_str(value: object) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_optional_number(value: object) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 def _is_str_or_int(value: object) -> bool:
     return isinstance(value, str) or _is_int(value)
 
@@ -181,6 +185,8 @@ FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "limits": ("the job's limits: name -> a scalar, or null", _is_limits),
     "method": ("the HTTP method", _is_str),
     "ok": ("whether it worked", _is_bool),
+    "older_than": ("seconds: only jobs that ended this long ago, or null",
+                   _is_optional_number),
     "owner": ("the CN of the client whose job it is", _is_str),
     "peer": ("the peer's address, HOST:PORT", _is_str),
     "pid": ("the server's process id", _is_int),
@@ -188,6 +194,7 @@ FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "route": ("the route template, e.g. /jobs/<id>", _is_str),
     "signal": ("a signal, by name or number", _is_str_or_int),
     "state": ("the job's final state", _is_str),
+    "states": ("job states, a list of strings", _is_str_list),
     "trigger": ("what started it: 'SIGHUP', 'crl changed'...", _is_str),
     "version": ("jobkit's version", _is_str),
 }
@@ -221,6 +228,10 @@ EVENTS: dict[str, EventSpec] = {
     ),
     "job.deleted": EventSpec(
         "a client (or an admin: owner) deleted a job", ("cn", "job", "peer"), ("owner",)
+    ),
+    "jobs.cleaned": EventSpec(
+        "a client (or an admin: owner) deleted its finished jobs, all or those matching "
+        "older_than and states", ("cn", "peer"), ("owner", "older_than", "states"),
     ),
     "job.finished": EventSpec(
         "a job ended; cn is its owner", ("cn", "job", "state"),

@@ -178,9 +178,12 @@ def test_every_event_of_the_vocabulary_is_accepted(log: AuditLog, path: Path) ->
               "command": "ls", "config": {"listen": "127.0.0.1:8443", "admins": ["root"],
                                           "max_jobs": 10, "cgroups": None},
               "cwd": None, "exit_code": 3, "files": ["/x/cert.pem"], "job": "7",
-              "limits": {"memory": 1}, "method": "GET", "ok": True, "owner": "bob",
+              "limits": {"memory": 1}, "method": "GET", "ok": True, "older_than": 3600.0,
+              "owner": "bob",
               "peer": "127.0.0.1:1", "pid": 42, "reason": "why", "route": "/jobs/<id>",
-              "signal": "SIGTERM", "state": "killed", "trigger": "SIGHUP", "version": "1.0"}
+              "signal": "SIGTERM", "state": "killed", "states": ["completed"],
+              "trigger": "SIGHUP",
+              "version": "1.0"}
     assert set(values) == set(audit.FIELDS)
     for event, spec in audit.EVENTS.items():
         log.record(event, **{name: values[name] for name in (*spec.required, *spec.optional)})

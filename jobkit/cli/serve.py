@@ -11,6 +11,8 @@ import click
 from jobkit.cli.errors import EXIT_USAGE, CliError, OneLineCommand
 from jobkit.core.durations import parse_duration
 from jobkit.core.sizes import format_size, parse_size
+from jobkit.server.log_format import LOG_FORMATS
+from jobkit.server.metrics import DEFAULT_METRICS_PORT
 from jobkit.server.serve import DEFAULT_THREADS
 from jobkit.server.tenants import (
     DEFAULT_KEEP_BYTES,
@@ -25,6 +27,16 @@ __all__ = ["serve"]
 
 
 def _listen(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, int]:
+    try:
+        return parse_address(value, listen=True)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _metrics_listen(ctx: click.Context, param: click.Parameter,
+                    value: str | None) -> tuple[str, int] | None:
+    if value is None:
+        return None
     try:
         return parse_address(value, listen=True)
     except ValueError as error:
@@ -93,30 +105,50 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="Give each job its own cgroup v2 (so setsid() cannot escape stop/delete). "
          "Default: where this process may create cgroups.",
 )
+@click.option(
+    "--audit-log", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    metavar="FILE",
+    help="Where the audit log goes (hash-chained JSON lines; 'jobkit audit'). "
+         "Default: audit.log in the state folder.",
+)
+@click.option(
+    "--metrics-listen", default=None, callback=_metrics_listen, metavar="HOST:PORT",
+    help=f"Also serve the Prometheus metrics over plain HTTP there, e.g. "
+         f"127.0.0.1:{DEFAULT_METRICS_PORT} (keep it on loopback). Default: no such "
+         f"listener; admins read GET /metrics over mutual TLS.",
+)
+@click.option("--metrics-per-client", is_flag=True,
+              help="Label the per-job metrics with the client's CN (for a few known clients).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="plain",
+              show_default=True,
+              help="The access log and warnings on stderr: plain lines, or one JSON object "
+                   "per line.")
 @click.option("--quiet", "-q", is_flag=True, help="No access log; warnings and errors only.")
 def serve(certs: Path | None, listen: tuple[str, int], backend: str,
           allowed: tuple[str, ...], max_output: int, keep_jobs: int, keep_bytes: int,
           keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
-          state_dir: Path | None, cgroups: bool | None, quiet: bool) -> None:
+          state_dir: Path | None, cgroups: bool | None, audit_log: Path | None,
+          metrics_listen: tuple[str, int] | None, metrics_per_client: bool,
+          log_format: str, quiet: bool) -> None:
     """Serve the jobkit HTTPS API with mutual TLS 1.3 until Ctrl-C or SIGTERM.
 
     Every client authenticates with a certificate from the server's CA; the
     certificate's CN is its identity, and it sees only its own jobs. Jobs and
     their output are kept in the state folder across restarts; on exit, every
-    running job is killed.
+    running job is killed. Every security-relevant act is in the audit log.
+    SIGHUP reloads the certificate, key, CA and CRL (so does a change of the
+    CRL file).
     """
     from jobkit.core.errors import JobkitError
     from jobkit.core.plugins import backend_names
     from jobkit.core.retention import Retention
     from jobkit.locations import default_state_dir
     from jobkit.pki import PkiError, ensure_default_pki
+    from jobkit.server.log_format import configure_logging
     from jobkit.server.serve import JobServer
     from jobkit.server.tenants import StoragePolicy
 
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(log_format, logging.WARNING if quiet else logging.INFO)
     # The format uses none of these, and the access log makes a record per
     # request: skip collecting them (the logging HOWTO's "Optimization").
     logging.logThreads = False
@@ -149,7 +181,9 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
             state_dir = default_state_dir(host, port)
         server = JobServer(certs, host=host, port=port, storage=storage, threads=threads,
                            admins=admins, max_jobs=max_jobs, cgroups=cgroups,
-                           state_dir=state_dir)
+                           state_dir=state_dir, audit_log=audit_log,
+                           metrics_listen=metrics_listen,
+                           metrics_per_client=metrics_per_client)
         click.echo(f"Keeping jobs in {server.state.root}: {storage.describe()}")
         if server.recovered:
             click.echo(f"Killed {len(server.recovered)} job(s) left running by a previous "
@@ -157,13 +191,21 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
     except (PkiError, JobkitError, ValueError) as error:
         raise CliError(str(error)) from None
     except OSError as error:
-        raise CliError(f"cannot read the certificates: {error}") from None
+        where = f" {error.filename}" if error.filename else ""
+        raise CliError(f"cannot read the certificates or open the audit log{where}: "
+                       f"{error.strerror or error}") from None
     try:
         server.start()
     except OSError as error:
+        where = (f"{listen[0]}:{listen[1]}" if metrics_listen is None
+                 else f"{listen[0]}:{listen[1]} or {metrics_listen[0]}:{metrics_listen[1]}")
         raise CliError(
-            f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror or error}"
+            f"cannot listen on {where}, or write the audit log: {error.strerror or error}"
         ) from None
+    click.echo(f"Audit log: {server.audit.path}")
+    if server.metrics_address is not None:
+        host, port = server.metrics_address
+        click.echo(f"Metrics on http://{host}:{port}/metrics")
     click.echo(f"Serving on {server.url} (certificates: {server.certs}); Ctrl-C to stop")
     sys.stdout.flush()
     signum = server.run_until_signalled()

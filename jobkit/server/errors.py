@@ -28,6 +28,7 @@ from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind, problem_json
 
 __all__ = [
     "CLOSE",
+    "REFUSAL_ENVIRON_KEY",
     "ApiError",
     "bottle_error",
     "encode_json",
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("jobkit.server")
+
+#: The environ key where a refusal's detail (``detail`` of the problem) waits for the
+#: audit log (a 403 is recorded once the answer was sent).
+REFUSAL_ENVIRON_KEY = "jobkit.refusal"
 
 #: For errors after which the rest of the request cannot be found in the byte stream.
 CLOSE = {"Connection": "close"}
@@ -150,6 +155,7 @@ def _unknown_backend(error: BackendNotFound) -> ApiError:
 
 
 def _http_error(error: ApiError) -> Any:
+    bottle.request.environ[REFUSAL_ENVIRON_KEY] = error.detail
     response = bottle.HTTPResponse(problem_body(error.kind, error.detail, **error.members),
                                    error.status, headers=error.headers)
     response.content_type = PROBLEM_MEDIA_TYPE

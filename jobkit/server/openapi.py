@@ -283,6 +283,19 @@ def openapi_document() -> dict[str, Any]:
                 },
             },
             **job_paths,
+            "/metrics": {
+                "get": {
+                    "summary": "The server's metrics in Prometheus's text format "
+                               "(admins only).",
+                    "operationId": "getMetrics",
+                    "responses": {
+                        "200": {"description": "Prometheus text exposition format",
+                                "content": {"text/plain": {"schema": {"type": "string"}}}},
+                        "403": _error("The caller is not an admin (--admin), or its "
+                                      "certificate names no single CN."),
+                    },
+                },
+            },
             "/openapi.json": {
                 "get": {
                     "summary": "This document.",

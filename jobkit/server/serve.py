@@ -11,10 +11,15 @@ Shutdown order matters, and `JobServer.stop` owns it:
    have their connections cut;
 4. every client's pool is closed: every running job is killed and reaped,
    and recorded as killed by the close;
-5. the state folder is let go (a temporary one is removed).
+5. ``server.stopped`` is audited, the metrics listener stops, and the state
+   folder is let go (a temporary one is removed).
 
 Every client's jobs live in its own durable pool under the state folder
 (`jobkit.server.state`), so a restarted server sees every job it recorded.
+The audit log (`jobkit.server.auditing`) is ``audit.log`` in that folder
+unless told otherwise; the certificates are reloaded on `reload_certificates`
+(``jobkit serve``: SIGHUP) and when the CRL file changes
+(`jobkit.server.certificates`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,20 @@ from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
-from jobkit.core.pool import JobPool
+from jobkit._version import __version__
+from jobkit.audit import AUDIT_FILE, AuditLog
+from jobkit.core.models import JobStatus
+from jobkit.core.pool import LOST_MESSAGE, JobPool
+from jobkit.core.signals import signal_name
 from jobkit.pki.layout import CA_FILE, CERT_FILE, KEY_FILE, server_dir
 from jobkit.server.app import JobApi
+from jobkit.server.auditing import ServerAudit
+from jobkit.server.certificates import Reload, ServerCertificates
 from jobkit.server.connection import CherootServer, TLS13Adapter
+from jobkit.server.metrics import MetricsListener, ServerMetrics
 from jobkit.server.state import ServerState
 from jobkit.server.tenants import DEFAULT_MAX_JOBS, StoragePolicy, TenantLimits
-from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, Peer
 from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = [
@@ -74,6 +86,12 @@ class JobServer:
             say) are killed now and recorded as lost.  Only one live server
             may use a folder (`StateDirInUse` otherwise).  None: a temporary
             folder, removed at `stop`.
+        audit_log: The audit log file (see `jobkit.server.auditing`);
+            default: ``audit.log`` in the state folder.
+        metrics_listen: ``(host, port)`` of a plain-HTTP listener serving
+            only the metrics (port 0: a free one, see `metrics_address`);
+            None: none (admins still read ``GET /metrics``).
+        metrics_per_client: Label the per-job metrics with the client's CN.
 
     Use `start` / `stop` (or ``with``), or `run_until_signalled`.
     """
@@ -92,35 +110,72 @@ class JobServer:
         connection_timeout: int = CONNECTION_TIMEOUT,
         cgroups: bool | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        audit_log: str | os.PathLike[str] | None = None,
+        metrics_listen: tuple[str, int] | None = None,
+        metrics_per_client: bool = False,
     ) -> None:
         if threads < 2:
             raise ValueError("a server needs at least 2 worker threads")
         folder = server_dir(certs)
         self.certs = folder
+        self.metrics = ServerMetrics(per_client=metrics_per_client)
+        self.certificates = ServerCertificates(folder, on_reload=self._reloaded)
         self.adapter = TLS13Adapter(
             folder / CERT_FILE, folder / KEY_FILE, folder / CA_FILE,
-            handshake_timeout=handshake_timeout,
+            handshake_timeout=handshake_timeout, context_source=self.certificates.current,
+            on_refused=self._refused,
         )
         # After the certificates were read, so that bad --certs neither kill
         # anything nor hold the folder.
         self.state = ServerState(state_dir)
+        try:
+            audit_file = self.state.root / AUDIT_FILE if audit_log is None else audit_log
+            self.audit = ServerAudit(AuditLog(audit_file))
+        except BaseException:
+            self.state.close()
+            raise
         policy = StoragePolicy() if storage is None else storage
         state = self.state
+        #: The settings ``server.started`` and ``server.stopped`` record.
+        self.config: dict[str, Any] = dict(
+            listen=f"{host}:{port}", certs=str(folder), state_dir=str(state.root),
+            state_temporary=state.temporary, audit_log=str(self.audit.path),
+            backend=policy.backend, allowed_backends=sorted(policy.allowed),
+            max_output=policy.max_output, keep_jobs=policy.retention.max_jobs,
+            keep_bytes=policy.retention.max_bytes, keep_for=policy.retention.max_age,
+            threads=threads, admins=sorted(admins), max_jobs=max_jobs, cgroups=cgroups,
+            handshake_timeout=handshake_timeout, connection_timeout=connection_timeout,
+            metrics_listen=(None if metrics_listen is None
+                            else f"{metrics_listen[0]}:{metrics_listen[1]}"),
+            metrics_per_client=metrics_per_client,
+            crl=self.certificates.checks_revocation,
+        )
 
         def pool_for(name: str) -> JobPool:
+            def finished(status: JobStatus) -> None:
+                self.api.job_finished(name, status)
+
             return JobPool(policy.backend, policy.options(policy.backend), cgroups=cgroups,
-                           state_dir=state.client_dir(name), retention=policy.retention)
+                           state_dir=state.client_dir(name), retention=policy.retention,
+                           on_finished=finished)
 
         self.api = JobApi(policy, admins=admins,
                           limits=TenantLimits.for_threads(threads, max_jobs=max_jobs),
-                          pool_factory=pool_for)
+                          pool_factory=pool_for, audit=self.audit, metrics=self.metrics)
         try:
             #: Jobs (``CN/ID``) a previous server left running, now killed and lost.
             self.recovered = self.api.open_tenants(self.state.client_names())
         except BaseException:
             self.api.close()
+            self.audit.close()
             self.state.close()
             raise
+        for lost in self.recovered:
+            owner, _, job_id = lost.rpartition("/")
+            self.audit.event("job.finished", cn=owner, job=job_id, state="lost",
+                             reason=LOST_MESSAGE)
+        self._metrics_listen = metrics_listen
+        self._metrics_listener: MetricsListener | None = None
         if self.recovered:
             log.warning("killed %d job(s) left running by a previous server: %s",
                         len(self.recovered), ", ".join(self.recovered))
@@ -150,9 +205,33 @@ class JobServer:
         host, port = self.address
         return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where the metrics listener listens, once started (None without one)."""
+        return None if self._metrics_listener is None else self._metrics_listener.address
+
     def start(self) -> None:
-        """Bind, listen and serve in a background thread; return once listening."""
+        """Bind, listen and serve in a background thread; return once listening.
+
+        Raises ``OSError`` when an address cannot be bound or the audit log
+        cannot be written (then nothing is served).
+        """
         self._server.prepare()  # binds: raises OSError (address in use, ...) here
+        try:
+            if self._metrics_listen is not None:
+                self._metrics_listener = MetricsListener(self.metrics, *self._metrics_listen)
+                host, port = self._metrics_listener.address
+                self.config["metrics_listen"] = f"{host}:{port}"
+            host, port = self.address
+            self.config["listen"] = f"{host}:{port}"
+            if self.audit.log is not None:
+                self.audit.log.record("server.started", config=self.config,
+                                      version=__version__, pid=os.getpid())
+        except BaseException:
+            self._server.stop()
+            if self._metrics_listener is not None:
+                self._metrics_listener.stop()
+            raise
         self._thread = threading.Thread(target=self._serve, name="jobkit-server", daemon=True)
         self._thread.start()
         # The shutdown's watchdog is started now, not at shutdown: a server
@@ -177,8 +256,29 @@ class JobServer:
         except Exception:
             log.exception("the server stopped on an error")
 
-    def stop(self) -> None:
-        """Stop serving and kill every job; see the module docstring for the order."""
+    def reload_certificates(self, trigger: str = "api") -> Reload:
+        """Read the certificate, key, CA bundle and CRL again; keep the old ones on failure.
+
+        New connections use the new ones; established connections and jobs
+        are not touched.  Audited as ``certs.reloaded``.
+        """
+        return self.certificates.reload(trigger)
+
+    def _reloaded(self, result: Reload) -> None:
+        self.metrics.certificates_reloaded(result.ok)
+        fields = {} if result.reason is None else {"reason": result.reason}
+        self.audit.event("certs.reloaded", trigger=result.trigger, ok=result.ok,
+                         files=list(result.files), **fields)
+
+    def _refused(self, reason: str, peer: Peer) -> None:
+        self.metrics.handshake_refused(reason)
+        self.audit.event("auth.refused", reason=reason, peer=peer.address)
+
+    def stop(self, reason: str | None = None) -> None:
+        """Stop serving and kill every job; see the module docstring for the order.
+
+        ``reason`` (``SIGTERM``...) goes to the audit log's ``server.stopped``.
+        """
         with self._stop_lock:
             if self._stopped:
                 return
@@ -191,6 +291,11 @@ class JobServer:
         finally:
             self._stopped_serving.set()
             self.api.close()  # whatever happened above: every job is killed
+            if self._metrics_listener is not None:
+                self._metrics_listener.stop()
+            self.audit.event("server.stopped", config=self.config,
+                             **({} if reason is None else {"reason": reason}))
+            self.audit.close()
             self.state.close()
         if self._thread is not None:
             self._thread.join(SHUTDOWN_TIMEOUT + CONNECTION_TIMEOUT)
@@ -202,32 +307,43 @@ class JobServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def run_until_signalled(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM)
-                            ) -> int:
+    def run_until_signalled(self, signals: Iterable[int] = (signal.SIGINT, signal.SIGTERM),
+                            reload: Iterable[int] = (signal.SIGHUP,)) -> int:
         """Serve until one of ``signals`` arrives, then `stop`; return that signal.
 
-        Must be called from the main thread (signal handlers live there).  A
-        second signal while stopping is left to its default action, so a
-        second Ctrl-C ends a shutdown that hangs.
+        Each of ``reload`` reloads the certificates (`reload_certificates`)
+        and serving goes on.  Must be called from the main thread (signal
+        handlers live there).  A second stop signal while stopping is left
+        to its default action, so a second Ctrl-C ends a shutdown that hangs.
         """
         received: list[int] = []
+        reloads: list[int] = []
         wake = threading.Event()
 
         def handler(signum: int, frame: FrameType | None) -> None:
             received.append(signum)
             wake.set()
 
-        wanted = list(signals)
-        previous = {signum: signal.signal(signum, handler) for signum in wanted}
+        def reload_handler(signum: int, frame: FrameType | None) -> None:
+            reloads.append(signum)  # done by the loop below, not in the handler
+            wake.set()
+
+        previous = {signum: signal.signal(signum, handler) for signum in signals}
+        previous.update({signum: signal.signal(signum, reload_handler) for signum in reload})
         try:
             if self._thread is None:
                 self.start()
-            while not wake.wait(1.0):
+            while not received:
+                if wake.wait(1.0):
+                    wake.clear()
+                while reloads:
+                    self.reload_certificates(signal_name(reloads.pop()))
                 if self._thread is not None and not self._thread.is_alive():
                     break  # serving ended on its own (an error, logged)
         finally:
             for signum, old in previous.items():
                 signal.signal(signum, old)
-            self.stop()
+            self.stop(signal_name(received[0]) if received else "serving ended")
         return received[0] if received else 0
+
 

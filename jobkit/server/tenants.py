@@ -266,6 +266,11 @@ class AccessRules:
                            "only an admin may act on another client's jobs (client=...)")
         return other
 
+    def check_admin(self, caller: str, what: str) -> None:
+        """Refuse (403) anyone but an admin: only an admin may ``what``."""
+        if caller not in self.admins:
+            raise ApiError(ProblemKind.NOT_ALLOWED, f"only an admin may {what}")
+
     def check_list_all(self, caller: str) -> None:
         """Refuse ``?all=true`` to anyone but an admin."""
         if caller not in self.admins:

@@ -21,11 +21,14 @@ import socket
 import ssl
 import time
 import weakref
+from collections.abc import Callable
 
 import attrs
 from cheroot import errors as cheroot_errors
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from jobkit.pki.trust import apply_crl
 
 __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
@@ -35,6 +38,7 @@ __all__ = [
     "UnacceptableCertificate",
     "common_name",
     "make_server_context",
+    "refusal_reason",
 ]
 
 log = logging.getLogger("jobkit.server.tls")
@@ -165,6 +169,8 @@ class TLSSocket(ssl.SSLSocket):
     jobkit_peer: Peer
     jobkit_handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     jobkit_handshake_done: bool = False
+    #: Told ``(reason, peer)`` when the connection is refused (audit log, metrics).
+    jobkit_refused: Callable[[str, Peer], None] | None = None
 
     def abort(self) -> None:
         """``shutdown(SHUT_RDWR)`` on the TCP socket, safe from any thread.
@@ -203,8 +209,9 @@ class TLSSocket(ssl.SSLSocket):
         if failure is not None:
             # Failed handshakes are routine (scanners, wrong certificates,
             # TLS 1.2 clients); log them for the operator, quietly.
-            log.info("TLS handshake with %s failed: %s", self.jobkit_peer.address,
-                     _describe(failure))
+            reason = refusal_reason(failure)
+            log.info("TLS handshake with %s failed: %s", self.jobkit_peer.address, reason)
+            self._refused(reason)
             raise cheroot_errors.FatalSSLAlert(str(failure))
         self._identify_peer()
         return True
@@ -220,24 +227,49 @@ class TLSSocket(ssl.SSLSocket):
             except UnacceptableCertificate as error:
                 peer.refusal = str(error)
                 log.info("refusing %s: %s", peer.address, error)
+                self._refused(str(error))
         self.jobkit_handshake_done = True
 
+    def _refused(self, reason: str) -> None:
+        if self.jobkit_refused is not None:
+            try:
+                self.jobkit_refused(reason, self.jobkit_peer)
+            except Exception:  # an observer must never break the connection's handling
+                log.exception("reporting a refused connection failed")
 
-def _describe(error: BaseException) -> str:
+
+def refusal_reason(error: BaseException) -> str:
+    """Why a handshake failed, in a few words from a small set (a log, a metric's label).
+
+    What OpenSSL said about the client's certificate (``certificate
+    revoked``, ``certificate has expired``, ``unable to get local issuer
+    certificate``), else the TLS error's reason (``tlsv13 alert certificate
+    required``, ``wrong version number``), ``timed out``, or the system's
+    words for a socket error (``connection reset by peer``).
+    """
     if isinstance(error, TimeoutError):
         return "timed out"
-    if isinstance(error, ssl.SSLError) and error.reason:
-        return error.reason.lower().replace("_", " ")
-    return str(error) or type(error).__name__
+    if isinstance(error, ssl.SSLCertVerificationError) and error.verify_message:
+        return str(error.verify_message)
+    if isinstance(error, ssl.SSLError):
+        if error.reason:
+            return str(error.reason).lower().replace("_", " ")
+        return type(error).__name__
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno).lower()
+    return type(error).__name__
 
 
 def make_server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str],
-                        ca: str | os.PathLike[str]) -> ssl.SSLContext:
+                        ca: str | os.PathLike[str],
+                        crl: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
     """The server's ``SSLContext``: TLS 1.3 only, client certificates from ``ca`` required.
 
     Only ``ca`` is trusted (``load_verify_locations``); the system store is
     never loaded.  OpenSSL checks the client certificate's chain, validity
-    dates and extended key usage (clientAuth) during the handshake.
+    dates and extended key usage (clientAuth) during the handshake, and,
+    given a ``crl`` file, that the certificate is not revoked
+    (`jobkit.pki.trust.apply_crl`; check the CRL first, see there).
     """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
@@ -248,4 +280,6 @@ def make_server_context(cert: str | os.PathLike[str], key: str | os.PathLike[str
     # again, and the server keeps no resumption state.
     context.num_tickets = 0
     context.sslsocket_class = TLSSocket
+    if crl is not None:
+        apply_crl(context, crl)
     return context
