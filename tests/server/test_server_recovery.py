@@ -51,7 +51,7 @@ def test_the_next_start_kills_what_a_crashed_server_left(certs: Path, tmp_path: 
     else:
         os.kill(escapee, signal.SIGKILL)
     second.stop()
-    assert sorted(p.name for p in state.iterdir()) == ["clients", "lock"]
+    assert sorted(p.name for p in state.iterdir()) == ["audit.log", "clients", "lock"]
     assert [p.name for p in (state / "clients").iterdir()] == ["alice"]
 
 
