@@ -75,8 +75,9 @@ class Job:
 
     ``outcome`` is None while the main process runs.  Only the supervisor
     thread sets it (or `JobPool.create` for a job that never started); the
-    pool's ``on_end`` records it, and ``ended`` is set right after, so that
-    whoever waits for the job finds it recorded.
+    waiters are woken (``ended``) first, and then the pool's ``on_end``
+    records it: a waiter reads the live object, which the pool keeps until
+    the record is written, so recording costs the waiter no latency.
 
     The main process is reaped as soon as it exits, so a finished job holds
     no zombie and no pidfd.  ``lock`` orders that reaping with `signal_group`:
@@ -148,12 +149,12 @@ class Job:
 
     def finish(self, outcome: Outcome) -> None:
         self.outcome = outcome
+        self.ended.set()
         if self.on_end is not None:
             try:
                 self.on_end(self)
-            except Exception:  # a full disk must not leave waiters hanging
+            except Exception:  # a plugin's callback, say: the job has ended anyway
                 log.exception("job %s: cannot record its end", self.id)
-        self.ended.set()
 
     @property
     def lingering(self) -> bool:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from threading import TIMEOUT_MAX
-from typing import Any
+from typing import Any, TypeGuard
 
 import attrs
 
@@ -466,7 +466,7 @@ class JobPool:
             with self._lock:
                 self._kept += _kept(status) - _kept(recorded)
                 job.recorded = status
-        durable = isinstance(self._backend_of(job.backend), DurableBackend)
+        durable = _durable(self._backend_of(job.backend))
         if durable and (job.groups is None or job.groups.remove(wait=0)):
             for stream in job.streams.values():
                 try:
@@ -672,7 +672,7 @@ class JobPool:
     def _remove(self, job_id: str, status: JobStatus, *, counted: bool) -> None:
         """Remove a killed job's output, then its record (``counted``: in the totals)."""
         backend = self._backend_of(status.backend)
-        if isinstance(backend, DurableBackend):
+        if _durable(backend):
             backend.delete_output(job_id)
         self._records.remove([job_id])
         if counted:
@@ -748,7 +748,7 @@ class JobPool:
                 backend = self._backend_of(leftover.backend)
             except (JobkitError, TypeError, ValueError):
                 backend = None
-            if isinstance(backend, DurableBackend):
+            if _durable(backend):
                 stdout, stderr = (
                     _info(backend.reopen_store(leftover.id, name)) for name in STREAMS
                 )
@@ -796,7 +796,7 @@ class JobPool:
             return job.streams[stream]
         status = self._recorded(job_id)
         backend = self._backend_of(status.backend)
-        if isinstance(backend, DurableBackend):
+        if _durable(backend):
             store = backend.reopen_store(job_id, stream)
         else:  # its bytes lived in a process that has ended
             info = status.stdout if stream == "stdout" else status.stderr
@@ -816,7 +816,7 @@ class JobPool:
 
     def _make_backend(self, name: str, options: Mapping[str, Any] | None) -> OutputBackend:
         backend = _make_backend(name, options)
-        if isinstance(backend, DurableBackend):
+        if _durable(backend):
             backend.attach(self._state_dir)
         return backend
 
@@ -856,6 +856,19 @@ class _GoneStore(OutputStore):
     @property
     def dropped(self) -> int:
         return self._written
+
+
+_durable_types: dict[type, bool] = {}
+
+
+def _durable(backend: object) -> TypeGuard[DurableBackend]:
+    """Is ``backend`` a `DurableBackend`?  (Cached per class: a runtime check of a
+    Protocol walks its members each time, and this sits on every job's path.)"""
+    kind = type(backend)
+    known = _durable_types.get(kind)
+    if known is None:
+        known = _durable_types[kind] = isinstance(backend, DurableBackend)
+    return known
 
 
 def _kill_unrecorded(spawned: Spawned, groups: JobCgroups | None) -> None:
