@@ -89,8 +89,13 @@ main()
 
 def imported_modules(folder: Path, env: Mapping[str, str], *args: str,
                      cwd: Path | None = None) -> tuple[int, set[str]]:
-    """Run ``jobkit ARGS...``; its exit code and every module it imported."""
+    """Run ``jobkit ARGS...``; its exit code and every module it imported.
+
+    The probe runs unmeasured even under .ci/run's coverage: what coverage
+    imports (pathlib, json, sqlite3) would count as the command's.
+    """
     modules_file = folder / "modules.json"
+    unmeasured = {k: v for k, v in env.items() if k != "COVERAGE_PROCESS_START"}
     done = subprocess.run([sys.executable, "-c", PROBE, str(modules_file), *args],
-                          capture_output=True, env=dict(env), timeout=60, check=False, cwd=cwd)
+                          capture_output=True, env=unmeasured, timeout=60, check=False, cwd=cwd)
     return done.returncode, set(json.loads(modules_file.read_text()))
