@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from jobkit import JobPool, State
-from tests.conftest import open_fds, pool_for, wait_until
+from tests.support.pools import pool_for
+from tests.support.procs import open_fds
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
