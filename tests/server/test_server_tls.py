@@ -251,18 +251,6 @@ def test_a_silent_connection_is_closed_after_the_handshake_timeout(
         assert 0.2 < time.monotonic() - start < 5
 
 
-def test_even_more_silent_connections_than_threads_only_wait_for_the_timeout(
-    quick_handshake_server: JobServer, pki: Path,
-) -> None:
-    # 4 threads, 6 silent clients: a real client waits at most about one timeout.
-    silent = [socket.create_connection(quick_handshake_server.address) for _ in range(6)]
-    try:
-        assert _time_one_request(quick_handshake_server.address, pki) < 3
-    finally:
-        for sock in silent:
-            sock.close()
-
-
 def test_plain_http_on_the_tls_port_is_closed_quickly(server: JobServer,
                                                       client: ApiClient) -> None:
     with socket.create_connection(server.address, timeout=10) as sock:
