@@ -4,7 +4,7 @@ The server is a real ``jobkit serve`` (default settings: 64 threads, so 32
 follow streams at once) in a subprocess, so that its own threads, descriptors
 and children can be read from ``/proc``.  Every byte each job wrote is checked
 by SHA-256 as received through the follow stream, the raw streams and
-``/output`` (see `tests.security.load`).  Afterwards: zero errors, no process
+``/output`` (see `tests.support.load`).  Afterwards: zero errors, no process
 left under the server, and its descriptors and threads back to their baseline.
 
 The figures are printed (``pytest -s`` shows them); docs/security.md has the
