@@ -207,8 +207,9 @@ def revoke_command(directory: str, name: str | None, serial: str | None) -> None
     """Revoke client NAME's certificates (every one not yet revoked), or one by --serial.
 
     The CA in DIR signs a new CRL, written to DIR/ca/crl.pem and
-    DIR/server/crl.pem.  To let NAME in again, renew it: 'jobkit certs renew
-    DIR NAME'.
+    DIR/server/crl.pem; a running server refuses the revoked certificates from
+    its next connection on.  To let NAME in again, renew it: 'jobkit certs
+    renew DIR NAME'.
     """
     _one_target(name, serial, "--serial")
     number = None if serial is None else pki.parse_serial(serial)
@@ -254,6 +255,7 @@ def renew_command(directory: str, name: str | None, server: bool, revoke_old: bo
                    f"{_day(old.not_after)}: revoke it with 'jobkit certs revoke "
                    f"{_shown(Path(directory))} --serial {_serial(old.serial)}'")
     if server:
-        click.echo("The server uses the new certificate from its next start.")
+        click.echo("A running server uses it once reloaded ('kill -HUP' its process) "
+                   "or restarted.")
     else:
         click.echo(f"Give {_shown(done.folder)} to {name} again.")

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from jobkit.cli.connect import complete_job_ids, connect
-from jobkit.cli.errors import EXIT_USAGE, EXIT_WAIT_TIMEOUT, CliError, OneLineCommand, handle_errors
+from jobkit.cli.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    EXIT_WAIT_TIMEOUT,
+    CliError,
+    OneLineCommand,
+    handle_errors,
+    translate,
+)
 from jobkit.cli.render import (
     plain_table,
     rich_table,
@@ -47,6 +55,7 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 
     \b
     running                      yellow
+    pending                      cyan (waiting for a cluster)
     completed, exit status: 0    green (another exit status: red)
     killed, signal: SIGKILL      magenta
     error: <why it could not start>   red
@@ -62,7 +71,8 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.command(cls=OneLineCommand, context_settings=_CONTEXT)
 @_job_id()
 @click.option("--follow", "-f", is_flag=True,
-              help="Keep writing output as it comes, until the job's streams end.")
+              help="Keep writing output as it comes until the job ends; exit with its "
+                   "exit code.")
 @click.option("--stream", type=click.Choice(["stdout", "stderr"]),
               help="Only this stream, written to stdout.")
 @click.pass_context
@@ -71,28 +81,48 @@ def output(ctx: click.Context, job_id: str, follow: bool, stream: str | None) ->
     """Write job ID's stdout to stdout and its stderr to stderr, byte for byte.
 
     With --stream, only that stream is written, to stdout, so it can be piped.
+    With --follow, what the job writes next follows live, from its start or
+    from where it is (a job already running, or one that ended), and jobkit
+    exits with the job's exit code, like 'jobkit wait': 128 + N when signal
+    N killed it, 127 when it could not start, 255 when jobkit itself failed.
+    Ctrl-C stops following (the job keeps running; exit code 130).
     """
-    from jobkit.cli.relay import copy_to_end
-
+    if follow:
+        _follow_output(ctx, job_id, stream)
+        return
     client = connect(ctx)
     stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
     wanted = [(stream, stdout)] if stream else [("stdout", stdout), ("stderr", stderr)]
-    if not follow:
-        for name, out in wanted:
-            with client.chunks(job_id, name) as chunks:
-                for chunk in chunks:
-                    out.write(chunk)
-            out.flush()
-        return
-    followers = []
+    for name, out in wanted:
+        with client.chunks(job_id, name) as chunks:
+            for chunk in chunks:
+                out.write(chunk)
+        out.flush()
+
+
+@handle_errors(relay=True)
+def _follow_output(ctx: click.Context, job_id: str, stream: str | None) -> None:
+    from jobkit.cli.relay import copy_to_end, exit_code, follow_to_end
+    from jobkit.core.errors import ClientError
+
+    client = connect(ctx)
+    stdout, stderr = sys.stdout.buffer, sys.stderr.buffer
     try:
-        for name, out in wanted:
-            followers.append((client.follow(job_id, name), out))
-    except BaseException:
-        for follower, _ in followers:
-            follower.close()
-        raise
-    copy_to_end(followers)
+        if stream is None:
+            final = follow_to_end(client, job_id, stdout, stderr)
+        else:
+            copy_to_end([(client.follow(job_id, stream), stdout)])
+            final = client.status_record(client.wait_json(job_id))
+    except ClientError as error:
+        failure = translate(error)
+        assert failure is not None
+        raise CliError(failure.message, failure.exit_code) from None
+    except KeyboardInterrupt:
+        click.echo(f"\njobkit: stopped following job {job_id}; it may still be running",
+                   err=True)
+        raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+    report_unstarted(final)
+    ctx.exit(exit_code(final))
 
 
 #: Jobs `jobkit list` shows without --limit or --all: the newest page.
@@ -104,19 +134,43 @@ DEFAULT_LIST_LIMIT = 50
               help=f"Show the newest N jobs [default: {DEFAULT_LIST_LIMIT}].")
 @click.option("--all", "everything", is_flag=True, help="Show every job (page after page).")
 @click.option("--json", "as_json", is_flag=True, help="Print the server's JSON job list instead.")
+@click.option("--watch", "-w", is_flag=True,
+              help="Keep the table on screen, updated every second, until q or Ctrl-C.")
 @click.pass_context
 @handle_errors()
-def list_jobs(ctx: click.Context, limit: int | None, everything: bool, as_json: bool) -> None:
+def list_jobs(ctx: click.Context, limit: int | None, everything: bool, as_json: bool,
+              watch: bool) -> None:
     """List your newest jobs, oldest of them first: id, command, state, exit
     code or signal, start time and duration.
 
     A table in a terminal; aligned plain text (one line per job, after a
     header line) when stdout is not a terminal or NO_COLOR is set.  When
     there are more jobs than shown, a note on stderr says so.
+
+    With --watch, in a terminal, the table stays on screen and is updated
+    about once a second (durations tick, states change colour) until q or
+    Ctrl-C; when stdout is not a terminal it is printed once, as without it.
     """
     if everything and limit is not None:
         raise CliError("give --limit or --all, not both", EXIT_USAGE)
+    if watch and as_json:
+        raise CliError("give --watch or --json, not both", EXIT_USAGE)
     client = connect(ctx)
+    if watch and sys.stdout.isatty():
+        from jobkit.cli.watch import watch as watch_live
+
+        def fetch() -> tuple[list[StatusRecord], bool]:
+            if everything:
+                return [client.status_record(job) for job in client.jobs_json()], False
+            page = client.list_json(limit=limit or DEFAULT_LIST_LIMIT, newest_first=True)
+            jobs = [client.status_record(job) for job in page["jobs"][::-1]]
+            return jobs, page.get("next") is not None
+
+        try:
+            watch_live(fetch)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
+        return
     cursor = None  # where the newest-first listing would go on, if it were cut
     if everything:
         documents = client.jobs_json()

@@ -118,8 +118,8 @@ def test_renew_revoke_old_and_the_server(root: Path) -> None:
     assert server.stdout.startswith(
         f"Renewed the server certificate in {root}/server: serial "
         f"{serial_of(root / 'server' / 'cert.pem')}, valid until ")
-    assert server.stdout.splitlines()[-1] == ("The server uses the new certificate from its "
-                                              "next start.")
+    assert server.stdout.splitlines()[-1] == (
+        "A running server uses it once reloaded ('kill -HUP' its process) or restarted.")
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
