@@ -18,6 +18,7 @@ __all__ = [
     "cpu_quota_us",
     "io_max",
     "parse_blkio_bytes",
+    "parse_cpuacct_all",
     "parse_io_stat",
     "parse_keyed",
     "v1_limit_files",
@@ -118,6 +119,21 @@ def parse_keyed(text: str) -> dict[str, int]:
         except ValueError:
             continue  # not a number: a line of another kernel's format
     return values
+
+
+def parse_cpuacct_all(text: str) -> tuple[int, int]:
+    """cgroup v1 ``cpuacct.usage_all``: total (user, system) nanoseconds over every CPU.
+
+    Lines look like ``"0 1282537124441 636371209889"`` under a
+    ``"cpu user system"`` heading.
+    """
+    user = system = 0
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) == 3:
+            user += int(fields[1])
+            system += int(fields[2])
+    return user, system
 
 
 def parse_io_stat(text: str) -> tuple[int, int]:

@@ -45,6 +45,7 @@ from jobkit.core.cgroup_formats import (
     CONTROLLERS,
     Device,
     parse_blkio_bytes,
+    parse_cpuacct_all,
     parse_io_stat,
     parse_keyed,
     v1_limit_files,
@@ -146,6 +147,9 @@ class JobCgroups:
         written: ``(folder, file, text)`` of each limit written, undone
             before the folders serve another job.
         oom_base: OOM kills counted in the folders before this job (reused folders).
+        memory_limited: True once a memory limit is written: only then can
+            the OOM killer act on the job's own limit, and is it asked.
+        reused: True for folders that served an earlier job.
         owner: The tree that made the groups and takes them back.
     """
 
@@ -156,8 +160,11 @@ class JobCgroups:
     pids_max: int | None = None
     written: list[tuple[Path, str, str]] = attrs.Factory(list)
     oom_base: int = 0
+    memory_limited: bool = False
+    reused: bool = False
     owner: CgroupTree | None = None
     _released: bool = False
+    _tree: Path | None = None
     _lock: threading.Lock = attrs.Factory(threading.Lock)
 
     @property
@@ -168,12 +175,14 @@ class JobCgroups:
     @property
     def tree(self) -> Path:
         """The group whose ``cgroup.procs`` is the job's whole tree."""
-        if self.v2 is not None:
-            return self.v2
-        for controller in _TREE_ORDER:
-            if (path := self.v1_with(controller)) is not None:
-                return path
-        return next(iter(self.v1.values()))
+        if self._tree is None:
+            self._tree = self.v2
+            for controller in _TREE_ORDER:
+                if self._tree is None:
+                    self._tree = self.v1_with(controller)
+            if self._tree is None:
+                self._tree = next(iter(self.v1.values()))
+        return self._tree
 
     def paths(self) -> list[str]:
         """Every group's folder, for the crash-recovery record."""
@@ -274,9 +283,11 @@ class JobCgroups:
             time.sleep(0.001)  # dying processes; the kernel sends no event for v1
 
     def oom_kills(self) -> int:
-        """How many processes of the job the OOM killer killed (its memory limit's)."""
+        """How many processes of the job the OOM killer killed for its memory limit."""
         with self._lock:
-            return 0 if self._released else self._oom_count() - self.oom_base
+            if self._released or not self.memory_limited:
+                return 0
+            return self._oom_count() - self.oom_base
 
     def _oom_count(self) -> int:
         places = []
@@ -306,8 +317,7 @@ class JobCgroups:
         if cpuacct is None:
             return None
         try:
-            user = int(_read(cpuacct / "cpuacct.usage_user")) / 1e9
-            system = int(_read(cpuacct / "cpuacct.usage_sys")) / 1e9
+            user, system = parse_cpuacct_all(_read(cpuacct / "cpuacct.usage_all"))
         except (OSError, ValueError):
             return None
         peak = None
@@ -322,7 +332,7 @@ class JobCgroups:
                 read, written = parse_blkio_bytes(
                     _read(blkio / "blkio.throttle.io_service_bytes_recursive")
                 )
-        return Usage("cgroup", user, system, peak, read, written)
+        return Usage("cgroup", user / 1e9, system / 1e9, peak, read, written)
 
     # -- ending -------------------------------------------------------------
 
@@ -620,6 +630,10 @@ class CgroupTree:
             groups.written.append((group, file, text))
             if file == "pids.max" and group != groups.v2:
                 groups.pids_max = limits.pids  # `join` makes room for the spawning thread
+            if file in ("memory.max", "memory.limit_in_bytes"):
+                groups.memory_limited = True
+                if groups.reused:  # kills counted for earlier jobs are not this one's
+                    groups.oom_base = groups._oom_count()
         return refused
 
     def _create(self, v2: bool, v1: set[Hierarchy]) -> JobCgroups:
@@ -696,10 +710,9 @@ class CgroupTree:
             blkio = done.v1_with("blkio")
             if blkio is not None:
                 _write(blkio / "blkio.reset_stats", "1")
-            oom_base = done._oom_count()
             # Renamed, so that job-* folders are the groups of running jobs only.
             name = f"{SPARE_PREFIX}{next(iter(done.v1.values())).name.removeprefix(JOB_PREFIX)}"
-            spare = JobCgroups(None, _renamed(done.v1, name), owner=self, oom_base=oom_base)
+            spare = JobCgroups(None, _renamed(done.v1, name), owner=self, reused=True)
         except (OSError, ValueError) as exc:
             log.debug("not reusing %s: %s", done.paths(), exc)
             return False

@@ -138,6 +138,8 @@ def test_usage_files_are_parsed() -> None:
     blkio = "254:0 Read 4096\n254:0 Write 512\n254:0 Sync 0\n254:0 Total 4608\nTotal 4608\n"
     assert formats.parse_blkio_bytes(blkio) == (4096, 512)
     assert formats.parse_io_stat("") == (0, 0) and formats.parse_blkio_bytes("Total 0\n") == (0, 0)
+    usage_all = "cpu user system\n0 1000 20\n1 500 5\n"
+    assert formats.parse_cpuacct_all(usage_all) == (1500, 25)
 
 
 # -- where the hierarchies are ------------------------------------------------

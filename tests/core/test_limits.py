@@ -13,6 +13,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from jobkit import JobPool, Limits, State
-from jobkit.core import cgroups
+from jobkit.core import cgroups, records
 from jobkit.core.cgroups import JobCgroups
 from tests.support.procs import process_alive
 from tests.support.waiting import wait_until
@@ -49,6 +50,16 @@ def groups_of(pool: JobPool, job: str) -> JobCgroups:
 
 def read(path: Path) -> str:
     return path.read_text().strip()
+
+
+def start_time(pid: int) -> int | None:
+    """When a live process started (clock ticks since boot), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == b"Z" else int(fields[19])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -140,15 +151,15 @@ def fork_bomb_held(pool: JobPool, script: str) -> None:
         return int(read(pids / "pids.current")) >= 50
 
     wait_until(at_limit, timeout=30, what="the bomb to reach its limit")
-    seen: set[int] = set()
+    seen: set[tuple[int, int]] = set()  # (pid, start time): a bomb recycles pids fast
     for _ in range(20):
         members = groups_of(pool, job).members()
         assert int(read(pids / "pids.current")) <= 50
         assert len(members) <= 50
-        seen.update(members)
+        seen.update((pid, start) for pid in members if (start := start_time(pid)) is not None)
     assert pool.status(job).running  # its tree lives on, whatever its first process did
     pool.delete(job)
-    assert not [pid for pid in seen if process_alive(pid)]
+    assert not [pid for pid, start in seen if start_time(pid) == start]
     assert not pids.exists() or not read(pids / "cgroup.procs")
 
 
@@ -487,3 +498,36 @@ def test_groups_kept_for_the_next_job_carry_nothing_over() -> None:
         assert (status.state, status.exit_code, status.oom_killed) == (State.COMPLETED, 0, False)
         assert status.usage is not None and status.usage.peak_memory is not None
         assert 100 * MIB <= status.usage.peak_memory < 120 * MIB
+
+
+def test_a_store_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
+    # A jobs.db as the jobkit before limits wrote it: one finished job, one
+    # running (with its one v2 cgroup in the old column).
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    records.MIGRATIONS[0](db)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO jobs (command, args, backend, created_at, state, ended_at, exit_code)"
+        " VALUES ('echo', '[\"old\"]', 'memory', 1.0, 'completed', 2.0, 0)"
+    )
+    db.execute(
+        "INSERT INTO jobs (command, args, backend, created_at, state, pid, pid_start,"
+        " pid_start_max, boot_id, cgroup) VALUES ('sleep', '[\"9\"]', 'memory', 1.0,"
+        " 'running', 999999, 1, 2, 'another-boot', '/sys/fs/cgroup/jobkit-1/job-2')"
+    )
+    db.commit()
+    db.close()
+    with JobPool(state_dir=tmp_path, backend="memory") as pool:
+        old = pool.status("1")
+        assert (old.state, old.exit_code, old.limits, old.usage) == (
+            State.COMPLETED, 0, None, None
+        )
+        assert (old.network, old.enforced_by, old.unenforced, old.oom_killed) == (
+            True, None, (), False
+        )
+        assert pool.status("2").state is State.LOST
+        new = pool.create("true", limits=Limits(pids=10, strict=False))
+        assert pool.wait(new, 10).limits == Limits(pids=10, strict=False)
+    db = sqlite3.connect(tmp_path / "jobs.db")
+    assert db.execute("PRAGMA user_version").fetchone() == (records.SCHEMA_VERSION,)
+    db.close()
