@@ -19,6 +19,7 @@ own (`MetricsListener`), meant for loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
@@ -134,7 +135,7 @@ class ServerMetrics:
                 self._labels(self.output_dropped, client, stream=stream).inc(info.dropped)
 
     def quota_refused(self, client: str, quota: str) -> None:
-        """A request of ``client`` went over ``quota`` (``live_jobs``, ``follow_streams``)."""
+        """A request of ``client`` went over ``quota`` (``live_jobs``, ``output_streams``)."""
         self._labels(self.quota_refusals, client, quota=quota).inc()
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -155,6 +156,13 @@ class ServerMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 class MetricsListener:
     """``prometheus_client``'s plain-HTTP server for one registry, on its own thread.
 
@@ -166,6 +174,10 @@ class MetricsListener:
     def __init__(self, metrics: ServerMetrics, host: str, port: int) -> None:
         self._server, self._thread = start_http_server(port, host, registry=metrics.registry)
         self._stopped = threading.Event()
+        if not _loopback(host):
+            log.warning("the metrics listener on %s:%d is plain HTTP with no authentication, "
+                        "and not on a loopback address: anyone who reaches it reads the "
+                        "metrics", host, self.address[1])
 
     @property
     def address(self) -> tuple[str, int]:
