@@ -19,6 +19,8 @@ if TYPE_CHECKING:
         BackendNotFound,
         ClientError,
         ConnectionFailed,
+        ExecutorNotFound,
+        ExecutorUnavailable,
         JobkitError,
         JobNotFound,
         PoolClosed,
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
         StorageFailed,
         StoreVersionError,
     )
+    from jobkit.core.executor import Executor
     from jobkit.core.hookspecs import hookimpl
     from jobkit.core.limits import Limits
     from jobkit.core.models import JobOutput, JobStatus, State, StreamInfo, Usage
@@ -40,6 +43,9 @@ __all__ = [
     "CleanResult",
     "ClientError",
     "ConnectionFailed",
+    "Executor",
+    "ExecutorNotFound",
+    "ExecutorUnavailable",
     "Follower",
     "JobNotFound",
     "JobOutput",
@@ -69,6 +75,9 @@ _EXPORTS = {
     "CleanResult": "jobkit.core.retention",
     "ClientError": "jobkit.core.errors",
     "ConnectionFailed": "jobkit.core.errors",
+    "Executor": "jobkit.core.executor",
+    "ExecutorNotFound": "jobkit.core.errors",
+    "ExecutorUnavailable": "jobkit.core.errors",
     "Follower": "jobkit.core.stream",
     "JobNotFound": "jobkit.core.errors",
     "JobOutput": "jobkit.core.models",

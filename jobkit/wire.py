@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any, NamedTuple, Protocol
 
 __all__ = [
+    "ACTIVE_STATES",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
@@ -53,6 +54,9 @@ __all__ = [
     "status_to_json",
 ]
 
+#: The states that are not final: ``pending`` (waiting for a cluster's
+#: resources, see docs/executors.md) and ``running``.
+ACTIVE_STATES = ("pending", "running")
 #: The names of a job's two output streams, as they appear in paths and statuses.
 STREAMS = ("stdout", "stderr")
 #: The most jobs one ``GET /jobs`` page holds, and its size when ``limit`` is not given.
@@ -184,6 +188,10 @@ class StatusFields(Protocol):
     def stdout(self) -> StreamFields: ...
     @property
     def stderr(self) -> StreamFields: ...
+    @property
+    def executor(self) -> str: ...
+    @property
+    def handle(self) -> str | None: ...
 
 
 class StreamRecord(NamedTuple):
@@ -218,13 +226,15 @@ class StatusRecord(NamedTuple):
     output_error: str | None = None
     stdout: StreamRecord = StreamRecord()
     stderr: StreamRecord = StreamRecord()
+    executor: str = "local"
+    handle: str | None = None
     signal_name: str | None = None
     client: str | None = None
 
     @property
     def running(self) -> bool:
-        """True while the job's main process runs (the one state that is not final)."""
-        return self.state == "running"
+        """True while the job has not ended: it runs, or waits for a cluster (pending)."""
+        return self.state in ACTIVE_STATES
 
     def stream(self, name: str) -> StreamRecord:
         """``stdout`` or ``stderr`` by name (one of `STREAMS`)."""
@@ -255,6 +265,8 @@ def status_to_json(status: StatusFields, *,
         "output_error": status.output_error,
         "stdout": _stream_to_json(status.stdout),
         "stderr": _stream_to_json(status.stderr),
+        "executor": status.executor,
+        "handle": status.handle,
     }
     if status.error is not None:
         body["error_msg"] = status.error
@@ -300,6 +312,8 @@ def status_from_json(data: object) -> StatusRecord:
             output_error=_optional_str(data.get("output_error")),
             stdout=_stream_from_json(data.get("stdout")),
             stderr=_stream_from_json(data.get("stderr")),
+            executor=_str(data.get("executor", "local")),
+            handle=_optional_str(data.get("handle")),
             signal_name=_optional_str(data.get("signal_name")),
             client=_optional_str(data.get("client")),
         )
@@ -372,6 +386,8 @@ class ProblemKind(enum.Enum):
     NOT_IMPLEMENTED = ("not-implemented", 501, "Not implemented")
     SERVER_BUSY = ("server-busy", 503, "The server is too busy")
     SERVER_STOPPING = ("server-stopping", 503, "The server is shutting down")
+    EXECUTOR_UNAVAILABLE = ("executor-unavailable", 503,
+                            "The cluster that runs the jobs cannot be reached")
     STORAGE_FAILED = ("storage-failed", 507, "The server cannot store it")
     GENERIC = ("about:blank", 0, "")
 

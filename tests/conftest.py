@@ -29,6 +29,8 @@ pytest_plugins = [
     "tests.support.servers",
     "tests.support.processes",
     "tests.support.fifos",
+    "tests.support.ray",
+    "tests.support.executors",
 ]
 
 __all__ = [

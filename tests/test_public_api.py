@@ -29,13 +29,17 @@ def test_error_tree() -> None:
     assert issubclass(jobkit.JobNotFound, jobkit.JobkitError)
     assert issubclass(jobkit.JobNotFound, LookupError)
     assert issubclass(jobkit.BackendNotFound, LookupError)
+    assert issubclass(jobkit.ExecutorNotFound, LookupError)
+    assert issubclass(jobkit.ExecutorUnavailable, jobkit.JobkitError)
     assert issubclass(jobkit.PoolClosed, RuntimeError)
     for name in ("ConnectionFailed", "AuthenticationFailed", "ServerError"):
         assert issubclass(getattr(jobkit, name), jobkit.ClientError)
 
 
 def test_state_values() -> None:
-    assert [s.value for s in jobkit.State] == ["running", "error", "completed", "killed", "lost"]
+    assert [s.value for s in jobkit.State] == [
+        "pending", "running", "error", "completed", "killed", "lost"]
+    assert [s.value for s in jobkit.State if not s.final] == ["pending", "running"]
     assert jobkit.State("completed") is jobkit.State.COMPLETED
 
 
@@ -45,7 +49,7 @@ def test_core_imports_no_http_or_terminal_code() -> None:
 
     code = (
         "import sys, jobkit; from jobkit import JobPool; JobPool().close(); "
-        "heavy = ('bottle', 'cheroot', 'rich', 'click', 'cryptography'); "
+        "heavy = ('bottle', 'cheroot', 'rich', 'click', 'cryptography', 'ray'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "print(','.join(bad))"
     )

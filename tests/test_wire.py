@@ -105,13 +105,14 @@ def test_a_status_goes_to_json_and_back() -> None:
     document = status_to_json(status, signal_name=signal_name)
     assert list(document) == ["id", "status", "cmd", "args", "pid", "created_at", "ended_at",
                               "timed_out", "backend", "output_error", "stdout", "stderr",
-                              "signal", "signal_name"]
+                              "executor", "handle", "signal", "signal_name"]
     assert document["status"] == "killed" and document["signal_name"] == "SIGTERM"
     record = status_from_json(document)
     assert record.signal_name == "SIGTERM" and record.client is None
     # Every attribute the library's status has, the record has with the same value.
     for name in ("id", "command", "args", "pid", "created_at", "ended_at", "backend",
-                 "exit_code", "signal", "error", "timed_out", "output_error"):
+                 "exit_code", "signal", "error", "timed_out", "output_error", "executor",
+                 "handle"):
         assert getattr(record, name) == getattr(status, name), name
     assert record.state == status.state.value
     assert tuple(record.stdout) == (10, 4, True) and tuple(record.stderr) == (0, 0, False)

@@ -78,21 +78,26 @@ class FileStore(OutputStore):
     empty stream, after a restart too.
     """
 
-    def __init__(self, path: Path, max_bytes: int | None, *, writable: bool) -> None:
+    def __init__(self, path: Path, max_bytes: int | None, *, writable: bool,
+                 resume: bool = False) -> None:
         self.path = path
         self._max = max_bytes
         self._fd = -1
         self._writable = writable
+        self._resume = resume
         self._lock = threading.Lock()
         self._splice = _SPLICE is not None
         self._written = 0
         self._dropped = 0
-        if not writable:  # an existing file, read-only: it says what it holds
+        if resume or not writable:  # an existing file: it says what it holds
             with contextlib.suppress(FileNotFoundError):
                 self._measure()
 
     def _create(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        truncate = 0 if self._resume else os.O_TRUNC
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | truncate | os.O_CLOEXEC, 0o600)
+        if self._resume:
+            os.lseek(fd, self._written, os.SEEK_SET)  # appends go after what is kept
         with self._lock:
             self._fd = fd
 
@@ -239,6 +244,11 @@ class FileBackend:
     def reopen_store(self, job_id: str, stream: str) -> FileStore:
         """The store of a job whose output was written earlier (maybe by another process)."""
         return FileStore(self._path(job_id, stream), None, writable=False)
+
+    def resume_store(self, job_id: str, stream: str) -> FileStore:
+        """A store that appends to the output written earlier (a re-attached job's)."""
+        assert self.max_bytes is None or isinstance(self.max_bytes, int)
+        return FileStore(self._path(job_id, stream), self.max_bytes, writable=True, resume=True)
 
     def delete_output(self, job_id: str) -> None:
         """Remove a job's files."""

@@ -69,7 +69,8 @@ def _signal(job: StatusRecord) -> str:
 def status_line(job: StatusRecord) -> str:
     """``completed, exit status: 0``, ``killed, signal: SIGKILL``, ``error: <why>``...
 
-    Any other state (``running``, or one this version does not know) is its name.
+    Any other state (``running``, ``pending``, or one this version does not
+    know) is its name.
     """
     state = job.state
     if state == "completed":
@@ -87,10 +88,12 @@ def status_line(job: StatusRecord) -> str:
 
 
 def status_colour(job: StatusRecord) -> str:
-    """Running yellow; completed with 0 green; killed magenta; anything else red."""
+    """Running yellow; pending cyan; completed with 0 green; killed magenta; anything else red."""
     state = job.state
     if state == "running":
         return "yellow"
+    if state == "pending":
+        return "cyan"
     if state == "killed":
         return "magenta"
     if state == "completed" and job.exit_code == 0:

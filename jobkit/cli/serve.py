@@ -10,6 +10,7 @@ import click
 
 from jobkit.cli.errors import EXIT_USAGE, CliError, OneLineCommand
 from jobkit.core.durations import parse_duration
+from jobkit.core.pool import DEFAULT_EXECUTOR
 from jobkit.core.sizes import format_size, parse_size
 from jobkit.server.log_format import LOG_FORMATS
 from jobkit.server.metrics import DEFAULT_METRICS_PORT
@@ -55,6 +56,22 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         return None if value is None else parse_duration("--keep-for", value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
+
+
+def _executor_options(executor: str, ray_address: str | None,
+                      ray_python: str | None) -> dict[str, str] | None:
+    """``executor_options`` from the flags; a usage error for flags of another executor."""
+    if executor != "ray":
+        if ray_address is not None or ray_python is not None:
+            raise CliError("--ray-address and --ray-python go with --executor ray", EXIT_USAGE)
+        return None
+    if ray_address is None:
+        raise CliError("--executor ray needs --ray-address URL (e.g. http://10.0.0.5:8265)",
+                       EXIT_USAGE)
+    options = {"address": ray_address}
+    if ray_python is not None:
+        options["python"] = ray_python
+    return options
 
 
 @click.command(cls=OneLineCommand)
@@ -123,13 +140,23 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               show_default=True,
               help="The access log and warnings on stderr: plain lines, or one JSON object "
                    "per line.")
+@click.option("--executor", default=DEFAULT_EXECUTOR, show_default=True, metavar="NAME",
+              help="Where jobs run: local (this machine), ray (a Ray cluster: --ray-address), "
+                   "or a plugin's. See docs/executors.md.")
+@click.option("--ray-address", default=None, metavar="URL",
+              help="With --executor ray: the cluster's job submission address, e.g. "
+                   "http://10.0.0.5:8265 (keep Ray's dashboard on a private address).")
+@click.option("--ray-python", default=None, metavar="PATH",
+              help="With --executor ray: the Python with jobkit installed on Ray's nodes "
+                   "(default: python3).")
 @click.option("--quiet", "-q", is_flag=True, help="No access log; warnings and errors only.")
 def serve(certs: Path | None, listen: tuple[str, int], backend: str,
           allowed: tuple[str, ...], max_output: int, keep_jobs: int, keep_bytes: int,
           keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
           state_dir: Path | None, cgroups: bool | None, audit_log: Path | None,
           metrics_listen: tuple[str, int] | None, metrics_per_client: bool,
-          log_format: str, quiet: bool) -> None:
+          log_format: str, executor: str, ray_address: str | None, ray_python: str | None,
+          quiet: bool) -> None:
     """Serve the jobkit HTTPS API with mutual TLS 1.3 until Ctrl-C or SIGTERM.
 
     Every client authenticates with a certificate from the server's CA; the
@@ -160,6 +187,7 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
             raise CliError(
                 f"unknown backend {name!r} (known: {', '.join(sorted(known))})", EXIT_USAGE
             )
+    executor_options = _executor_options(executor, ray_address, ray_python)
     assert max_output is not None and keep_bytes is not None  # they have defaults
     storage = StoragePolicy(
         backend, frozenset(allowed), max_output,
@@ -183,7 +211,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
                            admins=admins, max_jobs=max_jobs, cgroups=cgroups,
                            state_dir=state_dir, audit_log=audit_log,
                            metrics_listen=metrics_listen,
-                           metrics_per_client=metrics_per_client)
+                           metrics_per_client=metrics_per_client, executor=executor,
+                           executor_options=executor_options)
         click.echo(f"Keeping jobs in {server.state.root}: {storage.describe()}")
         if server.recovered:
             click.echo(f"Killed {len(server.recovered)} job(s) left running by a previous "
@@ -211,4 +240,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
     signum = server.run_until_signalled()
     if signum:
         kept = "" if server.state.temporary else f"; every job is kept in {server.state.root}"
-        click.echo(f"Stopped: every running job was killed{kept}", err=True)
+        if executor == DEFAULT_EXECUTOR:
+            click.echo(f"Stopped: every running job was killed{kept}", err=True)
+        else:
+            click.echo(f"Stopped: running jobs run on ({executor}); a server on the same "
+                       f"state folder takes them over{kept}", err=True)

@@ -398,6 +398,7 @@ class Client:
             timed_out=record.timed_out, ended_at=record.ended_at,
             output_error=record.output_error,
             stdout=StreamInfo(*record.stdout), stderr=StreamInfo(*record.stderr),
+            executor=record.executor, handle=record.handle,
         )
 
     def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,

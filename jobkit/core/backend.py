@@ -8,8 +8,10 @@ choice) and opens one *store* per output stream of every job::
 
 Threading and ordering guarantees the pool gives a store:
 
-* ``append`` and ``fill_from`` are called by one thread only (the pool's
-  supervisor), one at a time, in the order the bytes were written.
+* ``append`` and ``fill_from`` are called by one thread at a time, in the
+  order the bytes were written: the pool's supervisor for a local job, the
+  executor's thread for a job another executor runs (``append`` only; see
+  `jobkit.core.executor`).
 * ``read``, ``written`` and ``dropped`` may be called from any number of other
   threads at any moment, concurrently with ``append``.  They must never block
   for long (a slow reader must not stall the supervisor, which serves every
@@ -32,6 +34,11 @@ when the job is deleted.  The pool closes a durable job's stores as soon as
 the job has ended and both streams are drained, so that a finished job costs
 the pool no descriptor and no memory.
 
+A durable backend that can also append to output written earlier
+(`ResumableBackend`, e.g. ``file``) lets a reopened pool carry on storing
+the output of a job its executor still runs (a ``ray`` job re-attached
+after a restart) without fetching what it kept again.
+
 Backends are registered through the ``jobkit_register_backends`` hook (see
 `jobkit.core.hookspecs`); a backend is any callable taking keyword options and
 returning an `OutputBackend`, usually the class itself.
@@ -44,7 +51,7 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["DurableBackend", "OutputBackend", "OutputStore"]
+__all__ = ["DurableBackend", "OutputBackend", "OutputStore", "ResumableBackend"]
 
 
 class OutputStore(abc.ABC):
@@ -127,4 +134,14 @@ class DurableBackend(OutputBackend, Protocol):
 
     def delete_output(self, job_id: str) -> None:
         """Remove both streams' output of a job; no error if there is none."""
+        ...
+
+
+@runtime_checkable
+class ResumableBackend(DurableBackend, Protocol):
+    """A durable backend that can append to output written earlier."""
+
+    def resume_store(self, job_id: str, stream: str) -> OutputStore:
+        """A writable store whose ``written`` and ``dropped`` say what is kept;
+        appends go after it.  An empty store if nothing was written."""
         ...

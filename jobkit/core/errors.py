@@ -5,6 +5,8 @@ The tree::
     JobkitError
     ├── JobNotFound        (also LookupError)  unknown or deleted job id
     ├── BackendNotFound    (also LookupError)  no output backend of that name
+    ├── ExecutorNotFound   (also LookupError)  no executor of that name
+    ├── ExecutorUnavailable                    the executor's cluster cannot be reached
     ├── PoolClosed         (also RuntimeError) the pool was closed
     ├── StateDirInUse                          another pool owns this state_dir
     ├── StoreVersionError                      the state_dir is from a newer jobkit
@@ -25,6 +27,8 @@ __all__ = [
     "BackendNotFound",
     "ClientError",
     "ConnectionFailed",
+    "ExecutorNotFound",
+    "ExecutorUnavailable",
     "JobNotFound",
     "JobkitError",
     "PoolClosed",
@@ -55,6 +59,21 @@ class BackendNotFound(JobkitError, LookupError):
             f"unknown output backend {name!r} (known: {', '.join(sorted(known)) or 'none'})"
         )
         self.name = name
+
+
+class ExecutorNotFound(JobkitError, LookupError):
+    """No executor is registered under this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(
+            f"unknown executor {name!r} (known: {', '.join(sorted(known)) or 'none'})"
+        )
+        self.name = name
+
+
+class ExecutorUnavailable(JobkitError):
+    """The executor cannot run jobs now: its cluster cannot be reached, or what it
+    needs is not installed.  Nothing was created; the message says what to fix."""
 
 
 class PoolClosed(JobkitError, RuntimeError):

@@ -19,6 +19,8 @@ hookimpl = pluggy.HookimplMarker("jobkit")
 
 #: The signature of the ``register`` callback handed to ``jobkit_register_backends``.
 RegisterBackend = Callable[[str, Callable[..., Any]], None]
+#: The signature of the ``register`` callback handed to ``jobkit_register_executors``.
+RegisterExecutor = Callable[[str, Callable[..., Any]], None]
 
 
 @hookspec
@@ -31,4 +33,19 @@ def jobkit_register_backends(register: RegisterBackend) -> None:
     ``TypeError`` or ``ValueError`` for options it does not accept.
     A name registered twice keeps its first factory (built-ins register
     first) and gives a ``RuntimeWarning``.
+    """
+
+
+@hookspec
+def jobkit_register_executors(register: RegisterExecutor) -> None:
+    """Register executors by calling ``register(name, factory)``.
+
+    Called once, the first time an executor is looked up by name.
+    ``factory`` is called with the executor's keyword options
+    (``executor_options``) and returns an `jobkit.core.executor.Executor`;
+    it should raise ``TypeError`` or ``ValueError`` for options it does not
+    accept, and `jobkit.core.errors.ExecutorUnavailable` when what it needs
+    (a package, a cluster) is missing.  It must not import heavy packages
+    before it is called.  A name registered twice keeps its first factory
+    (built-ins register first) and gives a ``RuntimeWarning``.
     """

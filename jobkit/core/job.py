@@ -133,6 +133,11 @@ class Job:
     on_end: Callable[[Job], None] | None = None
     #: Called (in the supervisor thread) once it has ended and both streams are drained.
     on_drained: Callable[[Job], None] | None = None
+    #: The executor that runs it (see jobkit.core.executor) and its handle there.
+    executor: str = "local"
+    handle: str | None = None
+    #: True while its executor says it waits for resources (`State.PENDING`).
+    pending: bool = False
 
     @property
     def pid(self) -> int | None:
@@ -211,7 +216,8 @@ class Job:
             usage = outcome.usage
         return JobStatus(
             id=self.id,
-            state=State.RUNNING if outcome is None else outcome.state,
+            state=(State.PENDING if self.pending else State.RUNNING) if outcome is None
+            else outcome.state,
             command=self.command,
             args=self.args,
             pid=self.pid,
@@ -231,4 +237,6 @@ class Job:
             unenforced=self.unenforced,
             oom_killed=outcome is not None and outcome.oom_killed,
             usage=usage,
+            executor=self.executor,
+            handle=self.handle,
         )

@@ -16,8 +16,11 @@ STREAMS = ("stdout", "stderr")
 
 
 class State(str, enum.Enum):
-    """Where a job is in its life. Only ``RUNNING`` is not final."""
+    """Where a job is in its life. Only ``PENDING`` and ``RUNNING`` are not final."""
 
+    #: Waiting for a cluster's resources before it starts (an executor such
+    #: as ``ray`` reports it; local jobs never are: they start at once).
+    PENDING = "pending"
     RUNNING = "running"
     #: The job could not be started; ``JobStatus.error`` says why.
     ERROR = "error"
@@ -34,6 +37,15 @@ class State(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+    @property
+    def final(self) -> bool:
+        """True for the states a job never leaves (all but pending and running)."""
+        return self not in _ACTIVE
+
+
+#: The states that change.
+_ACTIVE = frozenset({State.PENDING, State.RUNNING})
 
 
 @attrs.frozen
@@ -121,6 +133,10 @@ class JobStatus:
             the job because of its memory limit.
         usage: What the job used (see `Usage`): live while it runs where it
             has cgroups, final once it has ended; None while unknown.
+        executor: The name of the executor that ran it (``"local"``,
+            ``"ray"``, a plugin's; see docs/executors.md).
+        handle: The executor's name for the job (``ray``: its submission id);
+            None for local jobs, and for a job the executor never took.
     """
 
     id: str
@@ -144,10 +160,13 @@ class JobStatus:
     unenforced: tuple[str, ...] = ()
     oom_killed: bool = False
     usage: Usage | None = None
+    executor: str = "local"
+    handle: str | None = None
 
     @property
     def running(self) -> bool:
-        return self.state is State.RUNNING
+        """True while the job has not ended: running, or pending (see `State.final`)."""
+        return not self.state.final
 
 
 @attrs.frozen

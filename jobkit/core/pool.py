@@ -10,7 +10,7 @@ import os
 import signal as signals
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from pathlib import Path
 from threading import TIMEOUT_MAX
 from typing import Any, TypeGuard
@@ -18,28 +18,38 @@ from typing import Any, TypeGuard
 import attrs
 
 from jobkit.core import plugins, supervisor
-from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore
+from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore, ResumableBackend
 from jobkit.core.cgroups import JobCgroups, Unenforceable
 from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import (
+    ExecutorUnavailable,
     JobkitError,
     JobNotFound,
     PoolClosed,
     StateDirInUse,
     StorageFailed,
 )
-from jobkit.core.job import Job, Outcome, utcnow
+from jobkit.core.executor import CannotRun, Executor, ExecutorContext, JobSpec, LocalExecutor
+from jobkit.core.feed import JobFeed
+from jobkit.core.job import CLOSED_BY_POOL, Job, Outcome, utcnow
 from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
 from jobkit.core.limits import Limits
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
-from jobkit.core.records import DATABASE_NAME, JobRecords
+from jobkit.core.records import DATABASE_NAME, Incarnation, JobRecords
 from jobkit.core.retention import CleanResult, Retention
 from jobkit.core.signals import parse_signal
 from jobkit.core.spawn import Spawned, SpawnFailed, raise_fd_limit, spawn
 from jobkit.core.stream import Follower, OutputStream
 
-__all__ = ["DEFAULT_BACKEND", "DEFAULT_KILL_AFTER", "DURABLE_BACKEND", "JobPool"]
+__all__ = [
+    "DEFAULT_BACKEND",
+    "DEFAULT_EXECUTOR",
+    "DEFAULT_KILL_AFTER",
+    "DURABLE_BACKEND",
+    "JobPool",
+    "check_executor",
+]
 
 log = logging.getLogger("jobkit.pool")
 
@@ -47,6 +57,8 @@ log = logging.getLogger("jobkit.pool")
 DEFAULT_BACKEND = "memory"
 #: The backend of a pool with a ``state_dir``: output kept across restarts.
 DURABLE_BACKEND = "file"
+#: Where jobs run unless the pool says otherwise: processes of this machine.
+DEFAULT_EXECUTOR = "local"
 #: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
 DEFAULT_KILL_AFTER = 5.0
 #: How long `delete` and `close` wait for a SIGKILLed process to be reaped.
@@ -57,6 +69,8 @@ LOST_MESSAGE = (
     " what was left of it was killed when the pool was reopened"
 )
 _MEMORY_LOST = "the output was held in memory by a pool that has ended"
+#: ``JobStatus.error`` of a running job a pool deleted (whatever ran it).
+_DELETED = "deleted while it ran"
 
 #: Every pool not closed yet, held strongly: a pool with running jobs must not
 #: vanish with its last reference and leave them running after the exit.
@@ -112,11 +126,21 @@ class JobPool:
             `Retention`); default: never.
         on_finished: Called with a job's final status once it ended (its
             main process exited, or it could not start), once per job, in
-            the supervisor's thread: it must be quick and must not block.
-            Its exceptions are logged and ignored.
+            the supervisor's thread (the executor's, for another executor
+            than ``local``): it must be quick and must not block.  Its
+            exceptions are logged and ignored.
+        executor: Where jobs run: ``local`` (default: processes of this
+            machine), ``ray`` (a Ray cluster, with the ``jobkit[ray]``
+            extra), or a plugin's; see docs/executors.md.
+        executor_options: Keyword options for it, e.g.
+            ``{"address": "http://127.0.0.1:8265"}`` for ``ray``.
+        owner: Whose jobs these are (``jobkit serve``: the client's CN);
+            executors record it with each job (``ray``: in its metadata).
 
     Use it as a context manager, or call `close`; either kills and reaps every
-    job still running.  So does the interpreter's exit.
+    job still running.  So does the interpreter's exit.  (A durable pool's
+    jobs on another executor than ``local`` run on instead: the next pool on
+    its ``state_dir`` re-attaches them, see docs/executors.md.)
     """
 
     def __init__(
@@ -130,6 +154,9 @@ class JobPool:
         state_dir: str | os.PathLike[str] | None = None,
         retention: Retention | None = None,
         on_finished: Callable[[JobStatus], None] | None = None,
+        executor: str = DEFAULT_EXECUTOR,
+        executor_options: Mapping[str, Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         if backend is None:
             backend = DEFAULT_BACKEND if state_dir is None else DURABLE_BACKEND
@@ -140,6 +167,9 @@ class JobPool:
             raise TypeError(f"retention must be a Retention, not {type(retention).__name__}")
         self._retention = retention or Retention()
         self._on_finished = on_finished
+        self._executor_name = check_str("executor", executor, nonempty=True)
+        if owner is not None:
+            owner = check_str("owner", owner)
         self._state_dir = None if state_dir is None else Path(os.fspath(state_dir))
         self._lock_fd = -1 if self._state_dir is None else _claim(self._state_dir)
         try:
@@ -149,6 +179,16 @@ class JobPool:
                 None if self._state_dir is None else self._state_dir / DATABASE_NAME
             )
         except BaseException:
+            self._release_claim()
+            raise
+        try:
+            #: Who runs the jobs; None: the pool itself (``local``).
+            self._executor = _make_executor(self._executor_name, executor_options)
+            if self._executor is not None:
+                self._executor.open(ExecutorContext(
+                    self._records.pool_id(), owner, durable=self._state_dir is not None))
+        except BaseException:
+            self._records.close()
             self._release_claim()
             raise
         #: Jobs that hold something live: running ones, and finished ones
@@ -178,11 +218,19 @@ class JobPool:
         self._used_cgroups = False
         self._boot = boot_id()
         raise_fd_limit()
+        #: Jobs recorded as running that another executor still runs: watched again below.
+        reattached: list[Job] = []
         #: Ids of the jobs this pool found running from a dead previous owner (now lost).
-        self.recovered: tuple[str, ...] = self._recover()
+        self.recovered: tuple[str, ...] = self._recover(reattached)
+        #: Ids of the jobs an earlier pool left running on this pool's executor,
+        #: taken over by this one (their output continues).
+        self.reattached: tuple[str, ...] = tuple(job.id for job in reattached)
         self._finished, self._kept = self._records.finished_totals()
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
+        for job in reattached:
+            assert self._executor is not None
+            self._executor.watch(job.handle, JobFeed(job, self._drained))
         self._apply_retention()
 
     def __enter__(self) -> JobPool:
@@ -204,6 +252,11 @@ class JobPool:
     def state_dir(self) -> Path | None:
         """The folder the pool keeps its records in, or None."""
         return self._state_dir
+
+    @property
+    def executor(self) -> str:
+        """The name of the executor that runs the pool's jobs."""
+        return self._executor_name
 
     # -- jobs ---------------------------------------------------------------
 
@@ -251,7 +304,10 @@ class JobPool:
         """
         command = check_str("command", command, nonempty=True)
         arguments = tuple(check_args(args))
-        job_env = self._job_env(env, replace_env)
+        if self._executor is None:
+            job_env = self._job_env(env, replace_env)
+        else:  # variables over the executor's environment, never ours
+            job_env = {**(self._env or {}), **({} if env is None else check_env(env))}
         workdir = None if cwd is None else check_str("cwd", os.fspath(cwd), nonempty=True)
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
@@ -272,10 +328,19 @@ class JobPool:
         if unrecorded:
             self._flush()
         try:
-            job = self._start(
-                command, arguments, job_env, workdir, timeout, backend_name, output,
-                limits, network,
-            )
+            if self._executor is None:
+                job = self._start(
+                    command, arguments, job_env, workdir, timeout, backend_name, output,
+                    limits, network,
+                )
+            else:
+                assert job_env is not None
+                job = self._submit(
+                    self._executor,
+                    JobSpec("", command, arguments, job_env, replace_env, workdir, timeout,
+                            self._kill_after, limits, network),
+                    backend_name, output,
+                )
             with self._lock:
                 if not self._closed:
                     if job.id not in self._settled_early:
@@ -360,6 +425,73 @@ class JobPool:
         except Exception as exc:  # epoll's memory, say: still a job
             self._abandon(job, f"cannot watch the process: {exc}")
         return job
+
+    def _submit(
+        self, executor: Executor, spec: JobSpec, backend_name: str, output: OutputBackend
+    ) -> Job:
+        """Record a job, hand it to ``executor``, record its handle, and watch it.
+
+        Three transactions (the id is needed before the executor names the
+        job); nothing is left of the job if the executor cannot be reached.
+        """
+        created_at = utcnow()
+        job_id = self._records.add(
+            spec.command, spec.args, spec.cwd, spec.timeout, backend_name, created_at,
+            limits=spec.limits, network=spec.network, executor=self._executor_name,
+        )
+        spec = attrs.evolve(spec, job_id=job_id)
+        streams: dict[str, OutputStream] = {}
+        job = Job(job_id, spec.command, spec.args, backend_name, created_at, streams,
+                  timeout=spec.timeout, limits=spec.limits, network=spec.network,
+                  on_end=self._job_ended, on_drained=self._drained,
+                  executor=self._executor_name, pending=True)
+        failure = None
+        try:
+            for name in STREAMS:
+                streams[name] = OutputStream(name, output.open_store(job_id, name))
+            submission = executor.submit(spec)
+        except OSError as exc:
+            failure = f"cannot open output storage: {exc.strerror or exc}"
+        except CannotRun as exc:
+            failure = str(exc)
+        except BaseException:
+            self._forget_unsubmitted(job, output)
+            raise
+        if failure is not None:
+            streams.update((name, OutputStream(name, _GoneStore(0)))
+                           for name in STREAMS if name not in streams)
+            for stream in streams.values():
+                stream.mark_closed()
+            job.pending = False
+            job.finish(Outcome(State.ERROR, utcnow(), error=failure))
+            self._drained(job)
+            return job
+        job.handle = submission.handle
+        job.pending = submission.state is State.PENDING
+        job.enforced_by, job.unenforced = submission.enforced_by, submission.unenforced
+        try:
+            self._records.submitted(job_id, submission.handle, submission.enforced_by,
+                                    submission.unenforced)
+        except BaseException:
+            try:  # never a job nobody recorded
+                executor.delete(submission.handle)
+            finally:
+                self._forget_unsubmitted(job, output)
+            raise
+        executor.watch(submission.handle, JobFeed(job, self._drained))
+        return job
+
+    def _forget_unsubmitted(self, job: Job, output: OutputBackend) -> None:
+        """Remove all trace of a job its executor did not take (its id stays used)."""
+        for stream in job.streams.values():
+            stream.release()
+        try:
+            if _durable(output):
+                output.delete_output(job.id)
+            self._records.remove([job.id])
+        except (OSError, StorageFailed) as error:
+            # Left recorded as running: a reopened pool finds it gone and marks it lost.
+            log.warning("job %s: cannot remove the record of a job never run: %s", job.id, error)
 
     def _make_groups(
         self, limits: Limits | None, cwd: str | None
@@ -567,6 +699,11 @@ class JobPool:
         """
         number = parse_signal(signal)
         job = self._live(job_id)
+        if job is not None and job.handle is not None:
+            assert self._executor is not None
+            if job.running:
+                self._executor.stop(job.handle, number)
+            return job.status()
         if job is not None:
             job.signal_group(number)
             self._supervisor.recheck(job)
@@ -589,7 +726,18 @@ class JobPool:
             if job is None:
                 status = self._recorded(job_id)
                 self._signal_leftovers(job_id, signals.SIGKILL)
+                if status.handle is not None and status.executor == self._executor_name:
+                    self._forget_remote(status.handle)
                 counted = not status.running
+            elif job.handle is not None:
+                try:
+                    self._delete_remote(job)
+                except BaseException:
+                    with self._lock:  # still there: the caller may try again
+                        self._jobs.setdefault(job_id, job)
+                    raise
+                status = job.status()
+                counted = job.recorded is not None
             else:
                 self._destroy(job)
                 status = job.status()
@@ -638,6 +786,9 @@ class JobPool:
                 self._idle.wait()
             jobs = list(self._jobs.values())
             self._jobs.clear()
+        remote = [job for job in jobs if job.handle is not None]
+        jobs = [job for job in jobs if job.handle is None]
+        self._let_go_remote(remote)
         for job in jobs:  # signal all first, so they die in parallel
             if job.running:
                 job.closing = True
@@ -654,6 +805,62 @@ class JobPool:
         self._release_claim()
 
     # -- helpers ------------------------------------------------------------
+
+    def _delete_remote(self, job: Job) -> None:
+        """Delete a job another executor runs: on the cluster, then here.
+
+        Raises (`ExecutorUnavailable`) with nothing changed if the cluster
+        cannot be reached while the job may still run there.
+        """
+        assert self._executor is not None and job.handle is not None
+        if job.running:
+            self._executor.delete(job.handle)
+        else:
+            self._forget_remote(job.handle)
+        with job.lock:
+            job.forgotten = True  # its feed takes nothing more
+            if job.outcome is None:
+                job.pending = False
+                job.finish(Outcome(State.KILLED, utcnow(), signal=signals.SIGKILL,
+                                   error=_DELETED))
+        for stream in job.streams.values():
+            stream.release()
+
+    def _forget_remote(self, handle: str) -> None:
+        """Forget a finished job on its cluster; a cluster out of reach keeps it."""
+        if self._executor is None:
+            return
+        try:
+            self._executor.delete(handle)
+        except ExecutorUnavailable as error:
+            log.warning("job %s: not deleted on its cluster: %s", handle, error)
+
+    def _let_go_remote(self, jobs: Sequence[Job]) -> None:
+        """`close` for jobs another executor runs.
+
+        A durable pool lets them run on (the next pool re-attaches them);
+        one without a ``state_dir`` could never find them again, so it
+        stops them and records them killed by the close.
+        """
+        executor = self._executor
+        for job in jobs:
+            assert executor is not None and job.handle is not None
+            with job.lock:
+                job.forgotten = True
+            if job.running and self._state_dir is None:
+                try:
+                    executor.stop(job.handle, signals.SIGKILL)
+                except ExecutorUnavailable as error:
+                    log.warning("job %s: cannot stop it on its cluster: %s", job.id, error)
+            executor.detach(job.handle)
+            if job.running and self._state_dir is None:
+                with job.lock:
+                    job.pending = False
+                    job.finish(Outcome(State.KILLED, utcnow(), error=CLOSED_BY_POOL))
+            for stream in job.streams.values():
+                stream.release()
+        if executor is not None:
+            executor.close()
 
     def _destroy(self, job: Job) -> None:
         job.signal_group(signals.SIGKILL)
@@ -736,10 +943,22 @@ class JobPool:
                 if not self._prune([(job_id, kept)], reason).jobs:
                     return  # closed meanwhile, or deleted by someone else: look again later
 
-    def _recover(self) -> tuple[str, ...]:
-        """Kill and record as lost what a dead previous owner left running."""
+    def _recover(self, reattached: MutableSequence[Job]) -> tuple[str, ...]:
+        """Kill and record as lost what a dead previous owner left running.
+
+        Jobs this pool's executor runs are not lost: they are appended to
+        ``reattached``, to be watched again.  Jobs of another executor are
+        lost to this pool, but left running where they run.
+        """
         lost = []
         for leftover in self._records.incarnations():
+            if leftover.executor != DEFAULT_EXECUTOR:
+                if leftover.executor == self._executor_name:
+                    reattached.append(self._reattach(leftover))
+                    continue
+                self._lose_remote(leftover)
+                lost.append(leftover.id)
+                continue
             lost.append(leftover.id)
             kill_leftover(leftover.pid, leftover.start, leftover.boot_id, leftover.cgroups)
             stdout, stderr = StreamInfo(closed=True), StreamInfo(closed=True)
@@ -762,6 +981,46 @@ class JobPool:
             ))
             log.warning("job %s was lost: its previous pool ended while it ran", leftover.id)
         return tuple(lost)
+
+    def _reattach(self, leftover: Incarnation) -> Job:
+        """The live job of one recorded as running on this pool's executor."""
+        status = self._records.status(leftover.id)
+        assert status is not None
+        backend = self._backend_of(status.backend)
+        streams: dict[str, OutputStream] = {}
+        try:
+            for name in STREAMS:
+                # Where the backend cannot append to what it kept, the
+                # executor hands the stream over again from byte 0.
+                store = (backend.resume_store(leftover.id, name)
+                         if isinstance(backend, ResumableBackend)
+                         else backend.open_store(leftover.id, name))
+                streams[name] = OutputStream(name, store)
+        except OSError as error:
+            raise StorageFailed(f"cannot reopen the output of job {leftover.id}: "
+                                f"{error.strerror or error}") from None
+        job = Job(leftover.id, status.command, status.args, status.backend, status.created_at,
+                  streams, limits=status.limits, network=status.network,
+                  enforced_by=status.enforced_by, unenforced=status.unenforced,
+                  on_end=self._job_ended, on_drained=self._drained,
+                  executor=leftover.executor, handle=leftover.handle)
+        self._jobs[job.id] = job
+        log.info("job %s: re-attached on executor %s (%s)", job.id, job.executor, job.handle)
+        return job
+
+    def _lose_remote(self, leftover: Incarnation) -> None:
+        """Record as lost a job another executor than this pool's runs (it runs on)."""
+        recorded = self._records.status(leftover.id)
+        assert recorded is not None
+        self._records.finished(attrs.evolve(
+            recorded, state=State.LOST, ended_at=utcnow(),
+            error=(f"recorded as running on the executor {leftover.executor!r}, which this"
+                   f" pool does not use: left as it was there ({leftover.handle})"),
+            stdout=attrs.evolve(recorded.stdout, closed=True),
+            stderr=attrs.evolve(recorded.stderr, closed=True),
+        ))
+        log.warning("job %s was lost: it runs on executor %s, not this pool's",
+                    leftover.id, leftover.executor)
 
     def _done(self) -> None:
         """One `create` or `delete` less in flight (`close` waits for none)."""
@@ -921,3 +1180,27 @@ def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend
     if not isinstance(backend, OutputBackend):
         raise TypeError(f"backend {name!r} did not return an OutputBackend")
     return backend
+
+
+def check_executor(name: str, options: Mapping[str, Any] | None) -> None:
+    """Make the executor ``name`` once and let it go: raises what a pool would
+    (`ExecutorNotFound`, ``TypeError`` for bad options, `ExecutorUnavailable`)."""
+    executor = _make_executor(check_str("executor", name, nonempty=True), options)
+    if executor is not None:
+        executor.close()
+
+
+def _make_executor(name: str, options: Mapping[str, Any] | None) -> Executor | None:
+    """The executor ``name`` made with ``options``; None for ``local`` (the pool itself)."""
+    factory = plugins.executor_factory(name)
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"executor_options must be a mapping, not {type(options).__name__}")
+    try:
+        executor = factory(**dict(options or {}))
+    except TypeError as exc:
+        raise TypeError(f"bad options for executor {name!r}: {exc}") from None
+    if isinstance(executor, LocalExecutor):
+        return None
+    if not isinstance(executor, Executor):
+        raise TypeError(f"executor {name!r} did not return an Executor")
+    return executor

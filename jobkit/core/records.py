@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -124,8 +125,23 @@ def _schema_v2(db: sqlite3.Connection) -> None:
     )
 
 
+def _schema_v3(db: sqlite3.Connection) -> None:
+    """Executors (issue 13): what ran each job, its name there, and the pool's own name."""
+    _run_script(
+        db,
+        """
+        -- The executor's name ('local', 'ray', a plugin's) and its handle for the
+        -- job (ray: the submission id): what a reopened pool re-attaches by.
+        ALTER TABLE jobs ADD COLUMN executor TEXT NOT NULL DEFAULT 'local';
+        ALTER TABLE jobs ADD COLUMN handle TEXT;
+        -- Facts about the pool itself ('id': its name for executors).
+        CREATE TABLE pool (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+        """,
+    )
+
+
 #: Each step takes the database from version ``i`` to ``i + 1``, in one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1, _schema_v2, _schema_v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = (
@@ -133,11 +149,11 @@ _COLUMNS = (
     " signal, error, timed_out, output_error, stdout_written, stdout_dropped,"
     " stderr_written, stderr_dropped, pid, limits, network, enforced_by, unenforced,"
     " oom_killed, usage_source, cpu_user_s, cpu_system_s, peak_memory, io_read_bytes,"
-    " io_write_bytes"
+    " io_write_bytes, executor, handle"
 )
 
 
-_LEDGER = "id, pid, pid_start, pid_start_max, boot_id, cgroup, cgroups, backend"
+_LEDGER = "id, pid, pid_start, pid_start_max, boot_id, cgroup, cgroups, backend, executor, handle"
 
 
 def _time(value: float | None) -> datetime | None:
@@ -160,6 +176,9 @@ class Incarnation:
     #: Every cgroup folder of the job.
     cgroups: tuple[str, ...]
     backend: str
+    #: The executor that runs it, and its handle there (None for ``local``).
+    executor: str = "local"
+    handle: str | None = None
 
 
 class JobRecords:
@@ -256,13 +275,16 @@ class JobRecords:
         network: bool = True,
         enforced_by: str | None = None,
         unenforced: Sequence[str] = (),
+        executor: str = "local",
     ) -> str:
         """Record a new job; return its id, never used before in this store.
 
         ``process`` is what crash recovery needs of a running job: its
         leader's pid, the window of clock ticks it started in, the boot id
         and its cgroup folders; None for a job that never started (it ends
-        at once).  ``limits`` to ``unenforced``: see `JobStatus`.
+        at once), or one another ``executor`` than ``local`` runs (its
+        handle is recorded by `submitted`).  ``limits`` to ``unenforced``:
+        see `JobStatus`.
         """
         at = _stamp(created_at)
         pid, start, boot, cgroups = process or (None, (None, None), None, None)
@@ -270,13 +292,13 @@ class JobRecords:
             cursor = db.execute(
                 "INSERT INTO jobs (command, args, cwd, timeout, backend, created_at, state,"
                 " pid, pid_start, pid_start_max, boot_id, cgroups, limits, network,"
-                " enforced_by, unenforced)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " enforced_by, unenforced, executor)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (command, json.dumps(list(args)), cwd, timeout, backend, at,
                  State.RUNNING.value, pid, start[0], start[1], boot,
                  None if cgroups is None else json.dumps(list(cgroups)),
                  None if limits is None else json.dumps(limits.to_dict()), int(network),
-                 enforced_by, " ".join(unenforced)),
+                 enforced_by, " ".join(unenforced), executor),
             )
             job_id = cursor.lastrowid
             db.execute(
@@ -284,6 +306,25 @@ class JobRecords:
                 (job_id, at, State.RUNNING.value),
             )
         return str(job_id)
+
+    def submitted(self, job_id: str, handle: str, enforced_by: str | None,
+                  unenforced: Sequence[str]) -> None:
+        """Record the executor's handle of a job (and what enforces its limits)."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE jobs SET handle = ?, enforced_by = ?, unenforced = ? WHERE id = ?",
+                (handle, enforced_by, " ".join(unenforced), int(job_id)),
+            )
+
+    def pool_id(self) -> str:
+        """The pool's name for executors: made once, then the same for every reopening."""
+        with self._transaction() as db:
+            row = db.execute("SELECT value FROM pool WHERE key = 'id'").fetchone()
+            if row is not None:
+                return str(row[0])
+            value = secrets.token_hex(6)
+            db.execute("INSERT INTO pool (key, value) VALUES ('id', ?)", (value,))
+            return value
 
     def finished(self, status: JobStatus) -> None:
         """Record a job's final state, its end, what it used and its output sizes,
@@ -439,19 +480,20 @@ def _key(job_id: str) -> int | None:
 
 
 def _to_incarnation(r: tuple[object, ...]) -> Incarnation:
-    job_id, pid, low, high, boot, cgroup, cgroups, backend = r
+    job_id, pid, low, high, boot, cgroup, cgroups, backend, executor, handle = r
     start = None if low is None or high is None else (int(low), int(high))  # type: ignore[call-overload]
     folders = tuple(json.loads(str(cgroups))) if cgroups else ()
     if cgroup:  # a record of schema version 1
         folders += (str(cgroup),)
-    return Incarnation(str(job_id), pid, start, boot, folders, str(backend))  # type: ignore[arg-type]
+    return Incarnation(str(job_id), pid, start, boot, folders, str(backend),  # type: ignore[arg-type]
+                       str(executor), None if handle is None else str(handle))
 
 
 def _to_status(row: tuple[object, ...]) -> JobStatus:
     (job_id, command, args, _cwd, _timeout, backend, created_at, state, ended_at, exit_code,
      signal, error, timed_out, output_error, out_w, out_d, err_w, err_d, pid, limits, network,
      enforced_by, unenforced, oom_killed, source, cpu_user, cpu_system, peak, io_read,
-     io_write) = row
+     io_write, executor, handle) = row
     closed = state != State.RUNNING.value
     usage = None
     if source is not None:
@@ -481,4 +523,6 @@ def _to_status(row: tuple[object, ...]) -> JobStatus:
         unenforced=tuple(str(unenforced).split()),
         oom_killed=bool(oom_killed),
         usage=usage,
+        executor=str(executor),
+        handle=None if handle is None else str(handle),
     )

@@ -374,7 +374,7 @@ class JobApi:
                                "field 'older_than' must be a number of seconds from 0, "
                                f"not {json_type(older_than)}")
         states = body.get("states")
-        finished = [state.value for state in State if state is not State.RUNNING]
+        finished = [state.value for state in State if state.final]
         if states is not None and (
             not isinstance(states, list) or not all(s in finished for s in states)
         ):

@@ -22,7 +22,13 @@ from typing import Any
 
 import bottle  # type: ignore[import-untyped]
 
-from jobkit.core.errors import BackendNotFound, JobNotFound, PoolClosed, StorageFailed
+from jobkit.core.errors import (
+    BackendNotFound,
+    ExecutorUnavailable,
+    JobNotFound,
+    PoolClosed,
+    StorageFailed,
+)
 from jobkit.server.access_log import printable
 from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind, problem_json
 
@@ -130,6 +136,11 @@ def translate_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
             return _http_error(_unknown_backend(error))
         except PoolClosed:
             return _http_error(stopping())
+        except ExecutorUnavailable as error:
+            log.error("%s", error)  # the cluster's address is for the log, not for clients
+            return _http_error(ApiError(ProblemKind.EXECUTOR_UNAVAILABLE,
+                                        "the cluster that runs jobs cannot be reached now;"
+                                        " try again later"))
         except StorageFailed as error:
             log.error("%s", error)
             return _http_error(ApiError(ProblemKind.STORAGE_FAILED,

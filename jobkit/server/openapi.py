@@ -360,6 +360,11 @@ def openapi_document() -> dict[str, Any]:
                         "output_error": {"type": ["string", "null"]},
                         "stdout": _ref("StreamInfo"),
                         "stderr": _ref("StreamInfo"),
+                        "executor": {"type": "string",
+                                     "description": "Where the job runs: local, ray, ..."},
+                        "handle": {"type": ["string", "null"],
+                                   "description": "The executor's name for the job (Ray: its"
+                                                  " submission id); null for local jobs."},
                     },
                 },
                 "JobSummary": {

@@ -28,14 +28,14 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import FrameType
 from typing import Any
 
 from jobkit._version import __version__
 from jobkit.audit import AUDIT_FILE, AuditLog
 from jobkit.core.models import JobStatus
-from jobkit.core.pool import LOST_MESSAGE, JobPool
+from jobkit.core.pool import DEFAULT_EXECUTOR, LOST_MESSAGE, JobPool, check_executor
 from jobkit.core.signals import signal_name
 from jobkit.pki.layout import CA_FILE, CERT_FILE, KEY_FILE, server_dir
 from jobkit.server.app import JobApi
@@ -92,6 +92,10 @@ class JobServer:
             only the metrics (port 0: a free one, see `metrics_address`);
             None: none (admins still read ``GET /metrics``).
         metrics_per_client: Label the per-job metrics with the client's CN.
+        executor, executor_options: Where every client's jobs run (see
+            `JobPool`; ``ray`` with ``{"address": URL}``), each pool with
+            the client's CN as its owner.  Checked at once: an executor
+            that cannot reach its cluster raises `ExecutorUnavailable`.
 
     Use `start` / `stop` (or ``with``), or `run_until_signalled`.
     """
@@ -113,9 +117,12 @@ class JobServer:
         audit_log: str | os.PathLike[str] | None = None,
         metrics_listen: tuple[str, int] | None = None,
         metrics_per_client: bool = False,
+        executor: str = DEFAULT_EXECUTOR,
+        executor_options: Mapping[str, Any] | None = None,
     ) -> None:
         if threads < 2:
             raise ValueError("a server needs at least 2 worker threads")
+        check_executor(executor, executor_options)
         folder = server_dir(certs)
         self.certs = folder
         self.metrics = ServerMetrics(per_client=metrics_per_client)
@@ -148,7 +155,7 @@ class JobServer:
             metrics_listen=(None if metrics_listen is None
                             else f"{metrics_listen[0]}:{metrics_listen[1]}"),
             metrics_per_client=metrics_per_client,
-            crl=self.certificates.checks_revocation,
+            crl=self.certificates.checks_revocation, executor=executor,
         )
 
         def pool_for(name: str) -> JobPool:
@@ -157,7 +164,8 @@ class JobServer:
 
             return JobPool(policy.backend, policy.options(policy.backend), cgroups=cgroups,
                            state_dir=state.client_dir(name), retention=policy.retention,
-                           on_finished=finished)
+                           on_finished=finished, executor=executor,
+                           executor_options=executor_options, owner=name)
 
         self.api = JobApi(policy, admins=admins,
                           limits=TenantLimits.for_threads(threads, max_jobs=max_jobs),
