@@ -144,8 +144,9 @@ class JobCgroups:
         unenforced: Limits asked for but not enforced (best effort only).
         pids_max: The v1 pids limit, made one higher while the spawning
             thread is in the group (see `join`).
-        written: ``(folder, file, text)`` of each limit written, undone
-            before the folders serve another job.
+        written: ``(hierarchy, file, text)`` of each limit in force
+            (hierarchy None: the v2 group); a later job in the same folders
+            with the same limits writes nothing.
         oom_base: OOM kills counted in the folders before this job (reused folders).
         memory_limited: True once a memory limit is written: only then can
             the OOM killer act on the job's own limit, and is it asked.
@@ -158,7 +159,7 @@ class JobCgroups:
     enforced_by: str | None = None
     unenforced: tuple[str, ...] = ()
     pids_max: int | None = None
-    written: list[tuple[Path, str, str]] = attrs.Factory(list)
+    written: list[tuple[Hierarchy | None, str, str]] = attrs.Factory(list)
     oom_base: int = 0
     memory_limited: bool = False
     reused: bool = False
@@ -190,6 +191,12 @@ class JobCgroups:
 
     def _all(self) -> list[Path]:
         return ([] if self.v2 is None else [self.v2]) + list(self.v1.values())
+
+    def folder(self, hierarchy: Hierarchy | None) -> Path:
+        """The job's group in ``hierarchy`` (None: its v2 group)."""
+        group = self.v2 if hierarchy is None else self.v1[hierarchy]
+        assert group is not None
+        return group
 
     def v1_with(self, controller: str) -> Path | None:
         """The job's v1 group of ``controller``, if it has one."""
@@ -599,19 +606,27 @@ class CgroupTree:
 
         Raise `Unenforceable` if it refused a strict one.
         """
-        if limits is None:
-            return []
-        writes: list[tuple[Path, str, str, str]] = []  # (group, file, text, controller)
-        if groups.v2 is not None:
+        # (hierarchy, file, text, controller); hierarchy None: the v2 group
+        writes: list[tuple[Hierarchy | None, str, str, str]] = []
+        if limits is not None and groups.v2 is not None:
             for controller, file, text in v2_limit_files(limits, device):
                 if controller in self._v2_controllers:
-                    writes.append((groups.v2, file, text, controller))
-        for controller, file, text in v1_limit_files(limits, device):
+                    writes.append((None, file, text, controller))
+        for controller, file, text in [] if limits is None else v1_limit_files(limits, device):
             hierarchy = self._v1_of(controller)
             if hierarchy is not None and hierarchy in groups.v1:
-                writes.append((groups.v1[hierarchy], file, text, controller))
+                writes.append((hierarchy, file, text, controller))
+        if [(h, f, t) for h, f, t, _ in writes] != groups.written:
+            # Reused folders with other limits: back to none first (memsw before
+            # memory, so that memory never exceeds memory+swap).
+            for hierarchy, file, text in reversed(groups.written):
+                _write(groups.folder(hierarchy) / file, _UNLIMITED[file](text))
+            groups.written = []
+        else:
+            writes = []  # the same limits as the folders' last job: all in force
         refused: list[str] = []
-        for group, file, text, controller in writes:
+        for hierarchy, file, text, controller in writes:
+            group = groups.folder(hierarchy)
             try:
                 _write(group / file, text)
             except FileNotFoundError:
@@ -619,6 +634,7 @@ class CgroupTree:
                     continue  # no swap accounting in this kernel: no swap to escape to
                 raise
             except OSError as exc:
+                assert limits is not None
                 names = [n for n in _names_of(controller) if getattr(limits, n) is not None]
                 if limits.strict:
                     raise Unenforceable(
@@ -627,13 +643,13 @@ class CgroupTree:
                     ) from None
                 refused += names
                 continue
-            groups.written.append((group, file, text))
-            if file == "pids.max" and group != groups.v2:
+            groups.written.append((hierarchy, file, text))
+        for hierarchy, file, _ in groups.written:
+            if file == "pids.max" and hierarchy is not None:
+                assert limits is not None
                 groups.pids_max = limits.pids  # `join` makes room for the spawning thread
             if file in ("memory.max", "memory.limit_in_bytes"):
                 groups.memory_limited = True
-                if groups.reused:  # kills counted for earlier jobs are not this one's
-                    groups.oom_base = groups._oom_count()
         return refused
 
     def _create(self, v2: bool, v1: set[Hierarchy]) -> JobCgroups:
@@ -687,9 +703,11 @@ class CgroupTree:
     def take_back(self, done: JobCgroups) -> bool:
         """Keep the folders of an ended job for a later one; False if they must go.
 
-        Only v1 folders are kept (v2 counters cannot be reset).  Limits are
-        undone, counters reset, and a new `JobCgroups` holds the folders, so
-        that the ended job's object can reach nothing of the next job.
+        Only v1 folders are kept (v2 counters cannot be reset).  Counters are
+        reset (the OOM kill count, which cannot be, is noted), the limits
+        stay until a job with others comes (`_apply`), and a new
+        `JobCgroups` holds the folders, so that the ended job's object can
+        reach nothing of the next job.
         """
         if done.v2 is not None:
             return False
@@ -702,8 +720,6 @@ class CgroupTree:
                 if int(_read(memory / "memory.usage_in_bytes")) > self.REUSE_MAX_MEMORY:
                     return False
                 _write(memory / "memory.max_usage_in_bytes", "0")  # peak := now
-            for group, file, text in reversed(done.written):
-                _write(group / file, _UNLIMITED[file](text))
             cpuacct = done.v1_with("cpuacct")
             if cpuacct is not None:
                 _write(cpuacct / "cpuacct.usage", "0")
@@ -712,7 +728,8 @@ class CgroupTree:
                 _write(blkio / "blkio.reset_stats", "1")
             # Renamed, so that job-* folders are the groups of running jobs only.
             name = f"{SPARE_PREFIX}{next(iter(done.v1.values())).name.removeprefix(JOB_PREFIX)}"
-            spare = JobCgroups(None, _renamed(done.v1, name), owner=self, reused=True)
+            spare = JobCgroups(None, _renamed(done.v1, name), owner=self, reused=True,
+                               written=list(done.written), oom_base=done._oom_count())
         except (OSError, ValueError) as exc:
             log.debug("not reusing %s: %s", done.paths(), exc)
             return False
@@ -750,7 +767,7 @@ def _no_device_rule(text: str) -> str:
     return f"{text.split()[0]} 0"  # "MAJ:MIN 0" deletes the device's rule
 
 
-#: What undoes each v1 limit file (given the text written), before reuse.
+#: What undoes each v1 limit file (given the text written), for reuse.
 _UNLIMITED = {
     "cpu.cfs_period_us": lambda text: text,  # the period stays: no quota is set
     "cpu.cfs_quota_us": lambda text: "-1",

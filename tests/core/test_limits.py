@@ -498,6 +498,19 @@ def test_groups_kept_for_the_next_job_carry_nothing_over() -> None:
         assert (status.state, status.exit_code, status.oom_killed) == (State.COMPLETED, 0, False)
         assert status.usage is not None and status.usage.peak_memory is not None
         assert 100 * MIB <= status.usage.peak_memory < 120 * MIB
+        # Each job gets its own limit, whatever the folders' last job had.
+        for size in ("128M", "128M", "96M", "256M"):
+            if ENFORCED["memory"] == "cgroup1":
+                wait_until(lambda: any(TREE._spares.values()), what="groups kept for reuse")
+            job = pool.create("sh", ["-c", "echo up; exec sleep 1000"], limits=Limits(memory=size))
+            next(iter(pool.follow(job, "stdout")))
+            memory = groups_of(pool, job).v1_with("memory")
+            if memory is not None:
+                wanted = str(Limits(memory=size).memory)
+                assert read(memory / "memory.limit_in_bytes") == wanted
+                memsw = memory / "memory.memsw.limit_in_bytes"
+                assert not memsw.exists() or read(memsw) == wanted
+            pool.delete(job)
 
 
 def test_a_store_of_schema_1_is_migrated_in_place(tmp_path: Path) -> None:
