@@ -55,7 +55,12 @@ from jobkit.server.requests import (
     read_json,
 )
 from jobkit.server.state import encode_name
-from jobkit.server.streams import ByteStream, FollowRegistry, passthrough_file_wrapper
+from jobkit.server.streams import (
+    ByteStream,
+    CountedBody,
+    StreamRegistry,
+    passthrough_file_wrapper,
+)
 from jobkit.server.tenants import (
     CLIENT_ENVIRON_KEY,
     AccessRules,
@@ -129,8 +134,8 @@ class JobApi:
             lambda name: JobPool(policy.backend, policy.options(policy.backend),
                                  on_finished=lambda status: self.job_finished(name, status))
         ))
-        self._follows = FollowRegistry()
-        self.metrics.count_follow_streams(self._follows.count)
+        self._follows = StreamRegistry()
+        self.metrics.count_follow_streams(self._follows.count_follows)
         self._openapi = encode_json(openapi_document()).encode()
         self.bottle = self._make_bottle()
 
@@ -152,6 +157,11 @@ class JobApi:
     @property
     def open_follow_streams(self) -> int:
         """How many follow streams are open now."""
+        return self._follows.count_follows()
+
+    @property
+    def open_streams(self) -> int:
+        """How many output streams of any kind (follows, downloads, documents) are open now."""
         return self._follows.count()
 
     def job_finished(self, owner: str, status: Any) -> None:
@@ -408,11 +418,29 @@ class JobApi:
         status = self._tenant_for(job_id).pool.status(job_id)
         return _json_body(200, encode_json(status_json(status)).encode())
 
-    def job_output(self, job_id: str) -> Iterator[bytes]:
+    def job_output(self, job_id: str) -> CountedBody:
+        caller = bottle.request.environ[CLIENT_ENVIRON_KEY]
         pool = self._tenant_for(job_id).pool
         status = pool.status(job_id)  # before the headers: an unknown job is still a 404
+        registry = self._follows
+        peer = bottle.request.environ.get(PEER_ENVIRON_KEY)
+        body = CountedBody(
+            _output_document(pool, job_id, status.stdout.written, status.stderr.written),
+            on_close=lambda b: registry.remove(b, caller, follow=False),
+            peer=peer if isinstance(peer, Peer) else None,
+        )
+        self._count_stream(body, caller, follow=False)
         bottle.response.content_type = JSON_MEDIA_TYPE
-        return _output_document(pool, job_id, status.stdout.written, status.stderr.written)
+        return body
+
+    def _count_stream(self, body: Any, caller: str, *, follow: bool) -> None:
+        """Take an output-stream slot for ``body``, or refuse (429, 503) naming the limit."""
+        try:
+            self._follows.add(body, caller, self.limits, follow=follow)
+        except ApiError as error:
+            if error.kind is ProblemKind.QUOTA_EXCEEDED:
+                self.metrics.quota_refused(caller, "output_streams")
+            raise
 
     def _stream_route(self, stream: str) -> Callable[[str], Any]:
         def route(job_id: str) -> Any:
@@ -434,22 +462,21 @@ class JobApi:
         follower = tenant.pool.follow(job_id, stream, offset)
         peer = environ.get(PEER_ENVIRON_KEY)
         registry = self._follows
-        # The follow limits count only follow streams: a plain read ends by itself.
-        counted = environ[CLIENT_ENVIRON_KEY] if follow else None
+        # Every stream counts against the caller, downloads too: a client that
+        # stops reading holds the thread writing to it until the write times out.
+        caller = environ[CLIENT_ENVIRON_KEY]
         body = ByteStream(
             follower,
             until=None if follow else info.written,
             peer=peer if isinstance(peer, Peer) else None,
-            on_close=lambda s: registry.remove(s, counted),
+            on_close=lambda s: registry.remove(s, caller, follow=follow),
+            idle_timeout=self.limits.stream_idle_timeout,
         )
-        if follow:
-            try:
-                registry.add(body, counted, self.limits)
-            except ApiError as error:
-                follower.cancel()
-                if error.kind is ProblemKind.QUOTA_EXCEEDED:
-                    self.metrics.quota_refused(environ[CLIENT_ENVIRON_KEY], "follow_streams")
-                raise
+        try:
+            self._count_stream(body, caller, follow=follow)
+        except ApiError:
+            follower.cancel()
+            raise
         response = bottle.response
         response.content_type = "application/octet-stream"
         response.set_header("X-Content-Type-Options", "nosniff")

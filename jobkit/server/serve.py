@@ -44,7 +44,12 @@ from jobkit.server.certificates import Reload, ServerCertificates
 from jobkit.server.connection import CherootServer, TLS13Adapter
 from jobkit.server.metrics import MetricsListener, ServerMetrics
 from jobkit.server.state import ServerState
-from jobkit.server.tenants import DEFAULT_MAX_JOBS, StoragePolicy, TenantLimits
+from jobkit.server.tenants import (
+    DEFAULT_MAX_JOBS,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+    StoragePolicy,
+    TenantLimits,
+)
 from jobkit.server.tls import DEFAULT_HANDSHAKE_TIMEOUT, Peer
 from jobkit.wire import DEFAULT_HOST, DEFAULT_PORT
 
@@ -75,6 +80,8 @@ class JobServer:
         threads: Worker threads (fixed).  Half may serve follow streams.
         admins: CNs that may act on every client's jobs.
         max_jobs: Live jobs per client (0: no limit).
+        stream_idle_timeout: Seconds a follow stream may send nothing before it
+            is ended cleanly (clients resume at their offset); 0: never.
         handshake_timeout: Seconds a new connection has to finish its TLS handshake.
         connection_timeout: Seconds a connection may idle, or stall a read or write.
         cgroups: For every client's pool: None (default) gives each job its
@@ -110,6 +117,7 @@ class JobServer:
         threads: int = DEFAULT_THREADS,
         admins: Iterable[str] = (),
         max_jobs: int = DEFAULT_MAX_JOBS,
+        stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         connection_timeout: int = CONNECTION_TIMEOUT,
         cgroups: bool | None = None,
@@ -168,7 +176,9 @@ class JobServer:
                            executor_options=executor_options, owner=name)
 
         self.api = JobApi(policy, admins=admins,
-                          limits=TenantLimits.for_threads(threads, max_jobs=max_jobs),
+                          limits=TenantLimits.for_threads(
+                              threads, max_jobs=max_jobs,
+                              stream_idle_timeout=stream_idle_timeout),
                           pool_factory=pool_for, audit=self.audit, metrics=self.metrics)
         try:
             #: Jobs (``CN/ID``) a previous server left running, now killed and lost.

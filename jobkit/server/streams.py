@@ -1,7 +1,10 @@
-"""Raw output responses: the body of ``GET /jobs/<id>/stdout|stderr`` and the open follows.
+"""Long responses: the bodies of ``GET /jobs/<id>/stdout|stderr`` and ``/output``.
 
-A follow stream is a response that lasts as long as the job writes: the
-`FollowRegistry` counts them against the limits and ends them at shutdown
+Each holds a worker thread while it is written, for as long as the client
+takes to read it (a follow stream: as long as the job writes).  The
+`StreamRegistry` counts every one of them, follows, downloads and output
+documents alike, against a whole-server and a per-client limit, so that a
+few clients can never hold every thread; it also ends them at shutdown
 (cheroot's ``stop()`` would otherwise wait for them for ever).
 """
 
@@ -20,56 +23,70 @@ from jobkit.wire import ProblemKind
 if TYPE_CHECKING:
     from jobkit.server.tenants import TenantLimits
 
-__all__ = ["FOLLOW_POLL_INTERVAL", "ByteStream", "FollowRegistry", "passthrough_file_wrapper"]
+__all__ = [
+    "FOLLOW_POLL_INTERVAL",
+    "ByteStream",
+    "CountedBody",
+    "StreamRegistry",
+    "passthrough_file_wrapper",
+]
 
 #: How often an idle follow stream wakes up to notice shutdown or a dead client.
 FOLLOW_POLL_INTERVAL = 0.5
 
 
-class FollowRegistry:
-    """The follow streams open now, so that limits and shutdown can see them."""
+class StreamRegistry:
+    """The long responses open now, so that limits and shutdown can see them."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
-        self._open: set[ByteStream] = set()
-        # Open follow streams per caller CN: an admin following another
-        # client's job spends the admin's allowance, not its owner's.
+        self._open: set[Any] = set()
+        self._follows = 0
+        # Open streams per caller CN: an admin reading another client's job
+        # spends the admin's allowance, not its owner's.
         self._by_caller: dict[str, int] = {}
         self.shutting_down = False
 
-    def add(self, stream: ByteStream, caller: str | None, limits: TenantLimits) -> None:
-        """Count ``stream`` for ``caller``; `ApiError` (503, 429) if over a limit."""
+    def add(self, stream: Any, caller: str, limits: TenantLimits, *, follow: bool) -> None:
+        """Count ``stream`` for ``caller``; `ApiError` (503, 429) naming the limit if over."""
         with self._lock:
             if self.shutting_down:
                 raise stopping()
-            if len(self._open) >= limits.max_follows:
+            if self._by_caller.get(caller, 0) >= limits.max_client_streams:
+                raise ApiError(ProblemKind.QUOTA_EXCEEDED,
+                               f"too many output streams open for client {caller!r} "
+                               f"(limit {limits.max_client_streams} follows, downloads and "
+                               f"/output documents together); close one first")
+            if len(self._open) >= limits.max_streams:
                 raise ApiError(ProblemKind.SERVER_BUSY,
-                               f"too many follow streams open on this server "
-                               f"(limit {limits.max_follows}); try again later",
+                               f"too many output streams open on this server (limit "
+                               f"{limits.max_streams} follows, downloads and /output "
+                               f"documents together); try again later",
                                {"Retry-After": "1"})
-            if caller is not None:
-                if self._by_caller.get(caller, 0) >= limits.max_client_follows:
-                    raise ApiError(ProblemKind.QUOTA_EXCEEDED,
-                                   f"too many follow streams open for client "
-                                   f"{caller!r} (limit {limits.max_client_follows})")
-                self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
+            self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
             self._open.add(stream)
+            self._follows += follow
 
-    def remove(self, stream: ByteStream, caller: str | None) -> None:
+    def remove(self, stream: Any, caller: str, *, follow: bool) -> None:
         """Forget ``stream`` (once; later calls do nothing)."""
         with self._lock:
             if stream in self._open:
                 self._open.discard(stream)
-                if caller is not None:
-                    left = self._by_caller[caller] - 1
-                    if left:
-                        self._by_caller[caller] = left
-                    else:
-                        del self._by_caller[caller]
+                self._follows -= follow
+                left = self._by_caller[caller] - 1
+                if left:
+                    self._by_caller[caller] = left
+                else:
+                    del self._by_caller[caller]
                 self._lock.notify_all()
 
-    def count(self) -> int:
+    def count_follows(self) -> int:
         """How many follow streams are open now."""
+        with self._lock:
+            return self._follows
+
+    def count(self) -> int:
+        """How many streams of any kind are open now."""
         with self._lock:
             return len(self._open)
 
@@ -108,12 +125,14 @@ class ByteStream:
     """
 
     def __init__(self, follower: Follower, *, until: int | None, peer: Peer | None,
-                 on_close: Callable[[ByteStream], None]) -> None:
+                 on_close: Callable[[ByteStream], None], idle_timeout: float = 0) -> None:
         self._follower = follower
         self._until = until
         self.follow = until is None
         self._peer = peer
         self._on_close = on_close
+        self._idle_timeout = idle_timeout
+        self._moved = time.monotonic()
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -149,9 +168,15 @@ class ByteStream:
                 if not data:
                     if self._peer is not None and self._peer.connection_gone():
                         break
+                    if (self._idle_timeout
+                            and time.monotonic() - self._moved > self._idle_timeout):
+                        # Quiet for too long: end cleanly, freeing the thread and
+                        # the slot; a client resumes from its offset when it likes.
+                        break
                     continue
             if follower.offset - len(data) != expected:
                 break  # a gap: see the docstring
+            self._moved = time.monotonic()
             return data
         self.close()
         return b""
@@ -171,6 +196,48 @@ class ByteStream:
         if not self._done:
             self._done = True
             self._follower.cancel()
+            self._on_close(self)
+
+
+class CountedBody:
+    """A response body of chunks that keeps its place in the registry until it is closed."""
+
+    def __init__(self, chunks: Iterator[bytes], on_close: Callable[[CountedBody], None],
+                 peer: Peer | None = None) -> None:
+        self._chunks = chunks
+        self._on_close = on_close
+        self._peer = peer
+        self._cancelled = False
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            if self._cancelled:
+                raise StopIteration
+            return next(self._chunks)
+        except StopIteration:
+            self.close()
+            raise
+
+    def cancel(self) -> None:
+        """End the body before its next chunk (from any thread: at shutdown)."""
+        self._cancelled = True
+
+    def abort(self) -> None:
+        """End the body and cut its connection (a client that stopped reading)."""
+        self._cancelled = True
+        if self._peer is not None:
+            self._peer.abort()
+
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
             self._on_close(self)
 
 

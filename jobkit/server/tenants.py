@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_OUTPUT",
     "DEFAULT_SERVER_BACKEND",
+    "DEFAULT_STREAM_IDLE_TIMEOUT",
     "AccessRules",
     "StoragePolicy",
     "Tenant",
@@ -40,6 +41,8 @@ __all__ = [
 DEFAULT_MAX_JOBS = 256
 #: The environ key under which the app finds the caller's CN.
 CLIENT_ENVIRON_KEY = "jobkit.client"
+#: Seconds a follow stream may stay quiet before it is ended (the client resumes).
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 #: The server's output backend: on disk, kept across restarts.
 DEFAULT_SERVER_BACKEND = DURABLE_BACKEND
 #: Bytes of each stream of each job the server keeps (the newest, with ``file``).
@@ -110,28 +113,36 @@ class TenantLimits:
     Attributes:
         max_jobs: Live (running) jobs one tenant may have; 0 means no limit.
             Another ``PUT /jobs`` over it gets 429.
-        max_follows: Follow streams open at once, all tenants together.  Each
-            holds a worker thread, so this must stay below the thread count to
-            leave threads for other requests; more get 503.
-        max_client_follows: Follow streams one tenant may hold; more get 429.
+        max_streams: Output streams (follows, raw downloads and ``/output``
+            documents) open at once, all tenants together.  Each holds a
+            worker thread while it is written, so this must stay below the
+            thread count to leave threads for other requests; more get 503.
+        max_client_streams: Output streams one tenant may hold; more get 429.
+        stream_idle_timeout: Seconds a follow stream may send nothing before
+            it is ended cleanly (the client resumes at its offset); 0: never.
         max_body: The largest request body, in bytes; larger ones get 413.
     """
 
     max_jobs: int = DEFAULT_MAX_JOBS
-    max_follows: int = 32
-    max_client_follows: int = 16
+    max_streams: int = 32
+    max_client_streams: int = 4
+    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
     max_body: int = MAX_BODY
 
     @classmethod
-    def for_threads(cls, threads: int, *, max_jobs: int = DEFAULT_MAX_JOBS) -> TenantLimits:
+    def for_threads(cls, threads: int, *, max_jobs: int = DEFAULT_MAX_JOBS,
+                    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT) -> TenantLimits:
         """Limits for a server with ``threads`` worker threads.
 
-        Half the threads may follow streams (a quarter for one tenant), so the
-        other half always serves ordinary requests.
+        Half the threads may serve output streams, so the other half always
+        serves ordinary requests; one tenant may hold an eighth of those (at
+        least 2, always fewer than all), so it takes eight clients, not two,
+        to hold every stream slot.
         """
-        follows = max(1, threads // 2)
-        return cls(max_jobs=max_jobs, max_follows=follows,
-                   max_client_follows=max(1, follows // 2))
+        streams = max(1, threads // 2)
+        per_client = max(1, min(streams - 1, max(2, streams // 8)))
+        return cls(max_jobs=max_jobs, max_streams=streams, max_client_streams=per_client,
+                   stream_idle_timeout=stream_idle_timeout)
 
 
 @attrs.define(eq=False)

@@ -43,10 +43,13 @@ class Follow:
 
 
 def test_several_followers_see_the_same_bytes_as_they_come(
-    server: JobServer, client: ApiClient, fifo: Path
+    server: JobServer, client: ApiClient, admin: ApiClient, fifo: Path
 ) -> None:
     job_id = client.create("cat", str(fifo))
-    followers = [Follow(client, f"/jobs/{job_id}/stdout?follow=true") for _ in range(4)]
+    # Two of the owner's (its allowance on this 16-thread server) and two of an admin's.
+    followers = [Follow(client, f"/jobs/{job_id}/stdout?follow=true") for _ in range(2)]
+    followers += [Follow(admin, f"/jobs/{job_id}/stdout?follow=true&client={client.name}")
+                  for _ in range(2)]
     try:
         assert all(f.response.status == 200 for f in followers)
         assert all(f.response.headers["Transfer-Encoding"] == "chunked" for f in followers)
@@ -164,7 +167,7 @@ def test_a_client_leaving_mid_stream_is_not_a_warning(
 
 @pytest.fixture
 def small_server(pki: Path) -> Iterator[JobServer]:
-    # 2 follow streams in all, 1 per client
+    # 2 output streams in all, 1 per client
     with running_server(pki, storage=ALL_BACKENDS, threads=4) as server:
         yield server
 
@@ -173,24 +176,28 @@ def test_follow_limits_keep_threads_for_other_requests(
     small_server: JobServer, make_client: Callable[..., ApiClient]
 ) -> None:
     limits = small_server.api.limits
-    assert (limits.max_follows, limits.max_client_follows) == (2, 1)
+    assert (limits.max_streams, limits.max_client_streams) == (2, 1)
     x, y, z = (make_client(target=small_server) for _ in range(3))
     jobs = {client.name: client.create("sleep", "600") for client in (x, y, z)}
 
     first = Follow(x, f"/jobs/{jobs[x.name]}/stdout?follow=true")
     assert first.response.status == 200
     again = x.get(f"/jobs/{jobs[x.name]}/stderr?follow=true")
-    assert again.status == 429 and "follow streams" in again.problem()["detail"]
+    assert again.status == 429 and "output streams" in again.problem()["detail"]
+    assert f"for client {x.name!r} (limit 1 " in again.problem()["detail"]
     second = Follow(y, f"/jobs/{jobs[y.name]}/stdout?follow=true")
     assert second.response.status == 200
     full = z.get(f"/jobs/{jobs[z.name]}/stdout?follow=true")
-    assert full.status == 503 and "follow streams" in full.problem()["detail"]
+    assert full.status == 503 and "on this server (limit 2 " in full.problem()["detail"]
     assert full.headers["Retry-After"] == "1"
 
-    # With every follow slot taken, ordinary requests still get threads.
+    # With every stream slot taken, ordinary requests still get threads; a
+    # download is a stream too (it holds a thread while the client reads).
     for client in (x, y, z):
         assert client.get("/jobs").status == 200
-        assert client.get(f"/jobs/{jobs[client.name]}/stdout").status == 200  # not a follow
+        assert client.get(f"/jobs/{jobs[client.name]}/status").status == 200
+    assert x.get(f"/jobs/{jobs[x.name]}/stdout").status == 429
+    assert z.get(f"/jobs/{jobs[z.name]}/stdout").status == 503
 
     first.close()
     wait_until(lambda: small_server.api.open_follow_streams == 1, timeout=5,
