@@ -83,7 +83,7 @@ class Unenforceable(Exception):
     """A strict job asked for a limit this machine cannot enforce; the message says why."""
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str | Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())
@@ -91,7 +91,7 @@ def _write(path: Path, text: str) -> None:
         os.close(fd)
 
 
-def _read(path: Path) -> str:
+def _read(path: str | Path) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
@@ -167,6 +167,10 @@ class JobCgroups:
     _released: bool = False
     _tree: Path | None = None
     _lock: threading.Lock = attrs.Factory(threading.Lock)
+    #: Files by (controller, name), as strings: these are read for every job.
+    _files: dict[tuple[str, str], str | None] = attrs.Factory(dict)
+    #: (hierarchy, its tasks file) in the order the spawning thread joins them.
+    _order: list[tuple[Hierarchy, str]] | None = None
 
     @property
     def key(self) -> tuple[bool, frozenset[Hierarchy]]:
@@ -205,6 +209,14 @@ class JobCgroups:
                 return path
         return None
 
+    def _file(self, controller: str, name: str) -> str | None:
+        """The v1 ``controller``'s file ``name`` of the job, if it has that group."""
+        key = (controller, name)
+        if key not in self._files:
+            group = self.v1_with(controller)
+            self._files[key] = None if group is None else f"{group}/{name}"
+        return self._files[key]
+
     # -- starting: see jobkit.core.spawn ----------------------------------
 
     def start_argv(self, argv: list[str]) -> list[str]:
@@ -213,7 +225,7 @@ class JobCgroups:
             return argv
         return [_SH, "-c", _V2_START, str(self.v2 / "cgroup.procs"), *argv]
 
-    def join(self) -> list[tuple[Path, Path]]:
+    def join(self) -> list[tuple[str, str]]:
         """Move the calling thread into the job's v1 groups; return where it came from.
 
         The child it forks next starts in them.  With a pids limit the
@@ -222,36 +234,37 @@ class JobCgroups:
         """
         if not self.v1:
             return []
-        tid = str(threading.get_native_id())
-        mine = _read(Path("/proc/thread-self/cgroup"))
-        moved: list[tuple[Path, Path]] = []
-        try:
-            if self.pids_max is not None:
-                pids = self.v1_with("pids")
-                if pids is not None:
-                    _write(pids / "pids.max", str(self.pids_max + 1))
+        if self._order is None:
             # cpu last (and first out): a small quota must not throttle us.
-            for hierarchy, path in sorted(self.v1.items(), key=lambda i: "cpu" in i[0].controllers):
-                origin = hierarchy.of(mine) or hierarchy.own
-                _write(path / "tasks", tid)
-                moved.append((origin, path))
+            ordered = sorted(self.v1.items(), key=lambda item: "cpu" in item[0].controllers)
+            self._order = [(hierarchy, f"{path}/tasks") for hierarchy, path in ordered]
+        tid = str(threading.get_native_id())
+        mine = _read("/proc/thread-self/cgroup")
+        moved: list[tuple[str, str]] = []
+        try:
+            pids = self._file("pids", "pids.max")
+            if self.pids_max is not None and pids is not None:
+                _write(pids, str(self.pids_max + 1))
+            for hierarchy, tasks in self._order:
+                origin = _tasks_of(hierarchy, mine)
+                _write(tasks, tid)
+                moved.append((origin, tasks))
         except OSError:
             self.leave(moved)
             raise
         return moved
 
-    def leave(self, moved: list[tuple[Path, Path]]) -> None:
+    def leave(self, moved: list[tuple[str, str]]) -> None:
         """Move the calling thread back to where `join` found it."""
         tid = str(threading.get_native_id())
-        if self.pids_max is not None and moved:
-            pids = self.v1_with("pids")
-            if pids is not None:
-                with contextlib.suppress(OSError):
-                    # Below the count is allowed: forks fail until it is reached.
-                    _write(pids / "pids.max", str(self.pids_max))
+        pids = self._file("pids", "pids.max")
+        if self.pids_max is not None and moved and pids is not None:
+            with contextlib.suppress(OSError):
+                # Below the count is allowed: forks fail until it is reached.
+                _write(pids, str(self.pids_max))
         for origin, _ in reversed(moved):
             try:
-                _write(origin / "tasks", tid)
+                _write(origin, tid)
             except OSError as exc:  # our own cgroup vanished: keep working from where we are
                 log.error("cannot move thread %s back to %s: %s", tid, origin, exc)
 
@@ -259,8 +272,18 @@ class JobCgroups:
 
     def populated(self) -> bool:
         """True while any process of the job's tree is alive (zombies excluded)."""
+        key = ("", "populated")
+        if key not in self._files:  # v2: its events; v1: its list of processes
+            self._files[key] = (f"{self.v2}/cgroup.events" if self.v2 is not None
+                                else f"{self.tree}/cgroup.procs")
         with self._lock:
-            return not self._released and _populated(self.tree, self.tree == self.v2)
+            if self._released:
+                return False
+            try:
+                text = _read(self._files[key] or "")
+            except OSError:
+                return False  # removed: nothing can be in it
+            return "populated 1" in text if self.v2 is not None else bool(text.strip())
 
     def members(self) -> list[int]:
         """The pids of the job's live processes."""
@@ -297,17 +320,15 @@ class JobCgroups:
             return self._oom_count() - self.oom_base
 
     def _oom_count(self) -> int:
-        places = []
+        places = [self._file("memory", "memory.oom_control")]
         if self.v2 is not None:
-            places.append(self.v2 / "memory.events")
-        memory = self.v1_with("memory")
-        if memory is not None:
-            places.append(memory / "memory.oom_control")
+            places.insert(0, f"{self.v2}/memory.events")
         for path in places:
-            try:
-                return parse_keyed(_read(path)).get("oom_kill", 0)
-            except OSError:
-                continue
+            if path is not None:
+                try:
+                    return parse_keyed(_read(path)).get("oom_kill", 0)
+                except OSError:
+                    continue
         return 0
 
     def usage(self) -> Usage | None:
@@ -320,25 +341,23 @@ class JobCgroups:
             return self._usage_v1()
 
     def _usage_v1(self) -> Usage | None:
-        cpuacct = self.v1_with("cpuacct")
+        cpuacct = self._file("cpuacct", "cpuacct.usage_all")
         if cpuacct is None:
             return None
         try:
-            user, system = parse_cpuacct_all(_read(cpuacct / "cpuacct.usage_all"))
+            user, system = parse_cpuacct_all(_read(cpuacct))
         except (OSError, ValueError):
             return None
         peak = None
-        memory = self.v1_with("memory")
+        memory = self._file("memory", "memory.max_usage_in_bytes")
         if memory is not None:
             with contextlib.suppress(OSError, ValueError):
-                peak = int(_read(memory / "memory.max_usage_in_bytes"))
+                peak = int(_read(memory))
         read = written = None
-        blkio = self.v1_with("blkio")
+        blkio = self._file("blkio", "blkio.throttle.io_service_bytes_recursive")
         if blkio is not None:
             with contextlib.suppress(OSError):
-                read, written = parse_blkio_bytes(
-                    _read(blkio / "blkio.throttle.io_service_bytes_recursive")
-                )
+                read, written = parse_blkio_bytes(_read(blkio))
         return Usage("cgroup", user / 1e9, system / 1e9, peak, read, written)
 
     # -- ending -------------------------------------------------------------
@@ -364,13 +383,22 @@ class JobCgroups:
             return done
 
 
-def _populated(path: Path, v2: bool) -> bool:
-    try:
-        if v2:
-            return "populated 1" in _read(path / "cgroup.events")
-        return bool(_read(path / "cgroup.procs").strip())
-    except OSError:
-        return False  # removed: nothing can be in it
+#: The tasks file of a hierarchy's cgroup, by (hierarchy, cgroup path as /proc names it).
+_TASKS: dict[tuple[Hierarchy, str], str] = {}
+
+
+def _tasks_of(hierarchy: Hierarchy, proc_cgroup: str) -> str:
+    """The tasks file of the cgroup a ``/proc/.../cgroup`` text puts its thread in."""
+    for line in proc_cgroup.splitlines():
+        _, _, rest = line.partition(":")
+        listed, _, path = rest.partition(":")
+        if listed == hierarchy.key:
+            found = _TASKS.get((hierarchy, path))
+            if found is None:
+                folder = hierarchy.folder(path) or hierarchy.own
+                found = _TASKS[(hierarchy, path)] = f"{folder}/tasks"
+            return found
+    return f"{hierarchy.own}/tasks"
 
 
 def _usage_v2(path: Path) -> Usage | None:
@@ -715,21 +743,17 @@ class CgroupTree:
             if len(self._spares.get(done.key, ())) >= self.MAX_SPARES:
                 return False
         try:
-            memory = done.v1_with("memory")
-            if memory is not None:
-                if int(_read(memory / "memory.usage_in_bytes")) > self.REUSE_MAX_MEMORY:
-                    return False
-                _write(memory / "memory.max_usage_in_bytes", "0")  # peak := now
-            cpuacct = done.v1_with("cpuacct")
-            if cpuacct is not None:
-                _write(cpuacct / "cpuacct.usage", "0")
-            blkio = done.v1_with("blkio")
-            if blkio is not None:
-                _write(blkio / "blkio.reset_stats", "1")
+            usage = done._file("memory", "memory.usage_in_bytes")
+            if usage is not None and int(_read(usage)) > self.REUSE_MAX_MEMORY:
+                return False
+            for controller, file, text in _RESETS:
+                if (path := done._file(controller, file)) is not None:
+                    _write(path, text)
+            oom_base = done._oom_count()
             # Renamed, so that job-* folders are the groups of running jobs only.
             name = f"{SPARE_PREFIX}{next(iter(done.v1.values())).name.removeprefix(JOB_PREFIX)}"
             spare = JobCgroups(None, _renamed(done.v1, name), owner=self, reused=True,
-                               written=list(done.written), oom_base=done._oom_count())
+                               written=list(done.written), oom_base=oom_base)
         except (OSError, ValueError) as exc:
             log.debug("not reusing %s: %s", done.paths(), exc)
             return False
@@ -751,16 +775,28 @@ class CgroupTree:
 
 def _renamed(groups: dict[Hierarchy, Path], name: str) -> dict[Hierarchy, Path]:
     """Rename each folder to ``name``; all of them, or none (``OSError``)."""
-    done: dict[Hierarchy, Path] = {}
+    done: dict[Hierarchy, str] = {}
     try:
         for hierarchy, path in groups.items():
-            done[hierarchy] = path.rename(path.with_name(name))
+            old = str(path)
+            new = f"{old.rpartition('/')[0]}/{name}"
+            os.rename(old, new)
+            done[hierarchy] = new
     except OSError:
-        for hierarchy, path in done.items():
+        for hierarchy, new in done.items():
             with contextlib.suppress(OSError):
-                path.rename(groups[hierarchy])
+                os.rename(new, str(groups[hierarchy]))
         raise
-    return done
+    return {hierarchy: Path(new) for hierarchy, new in done.items()}
+
+
+#: Counters set back to zero before a later job uses the folders: cpuacct's
+#: time, memory's peak (to what is charged now), blkio's bytes.
+_RESETS = (
+    ("cpuacct", "cpuacct.usage", "0"),
+    ("memory", "memory.max_usage_in_bytes", "0"),
+    ("blkio", "blkio.reset_stats", "1"),
+)
 
 
 def _no_device_rule(text: str) -> str:

@@ -24,7 +24,6 @@ import signal
 import subprocess
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 
 import attrs
 
@@ -153,7 +152,7 @@ def spawn(
     return Spawned(process, pidfd, out_r, err_r)
 
 
-def _join(groups: JobCgroups) -> list[tuple[Path, Path]]:
+def _join(groups: JobCgroups) -> list[tuple[str, str]]:
     try:
         return groups.join()
     except OSError as exc:
