@@ -49,8 +49,46 @@ def test_the_readme_has_exactly_the_two_commands() -> None:
     assert "\n.venv/bin/python -m pytest\n" in ci  # the same test command
 
 
+class ReadmeServer:
+    """The README's ``jobkit serve``, which the tour stops and starts again."""
+
+    def __init__(self, command: str, cwd: Path, env: dict[str, str]) -> None:
+        self.command, self.cwd, self.env = command, cwd, env
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["sh", "-c", self.command], cwd=self.cwd, env=self.env, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        assert self.process.stdout is not None
+        seen = []
+        for line in self.process.stdout:  # bounded by the pytest timeout if it never serves
+            seen.append(line)
+            if line.startswith("Serving on"):
+                return
+        pytest.fail("the README's serve command ended:\n" + "".join(seen[-30:]))
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop it as a person does in its terminal: Ctrl-C."""
+        process = self.process
+        if process is None:
+            return
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+        self.process = None
+
+
 @pytest.fixture(scope="module")
-def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict]]:
+def readme_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Path, dict, ReadmeServer]]:
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8443)) == 0:
             pytest.skip("something already listens on 127.0.0.1:8443, the README's default")
@@ -78,37 +116,17 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pa
     else:
         env["PIP_CACHE_DIR"] = str(Path.home() / ".cache" / "pip")
     serve, _ = shell_blocks()
-    server = subprocess.Popen(
-        ["sh", "-c", serve],
-        cwd=checkout,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen = []
+    server = ReadmeServer(serve, checkout, env)
     try:
-        for line in server.stdout:  # bounded by the pytest timeout if it never serves
-            seen.append(line)
-            if line.startswith("Serving on"):
-                break
-        else:
-            pytest.fail("the README's serve command ended:\n" + "".join(seen[-30:]))
-        yield checkout, env
+        server.start()
+        yield checkout, env, server
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        server.stdout.close()
+        server.stop(signal.SIGTERM)
 
 
 @pytest.mark.timeout(600)
-def test_the_quick_start_and_the_tour(readme_server: tuple[Path, dict]) -> None:
-    checkout, env = readme_server
+def test_the_quick_start_and_the_tour(readme_server: tuple[Path, dict, ReadmeServer]) -> None:
+    checkout, env, server = readme_server
     # As for a new user: the server made the default PKI, where the CLI finds it.
     assert (Path(env["XDG_DATA_HOME"]) / "jobkit" / "pki" / "server" / "cert.pem").is_file()
     jobkit = str(checkout / ".venv" / "bin")
@@ -117,6 +135,10 @@ def test_the_quick_start_and_the_tour(readme_server: tuple[Path, dict]) -> None:
     for command, expected in tour():
         if command == "echo $?":
             assert [str(last_code)] == expected
+            continue
+        if command.startswith("# Ctrl-C in the server's terminal"):
+            server.stop()  # what the tour then shows must have survived this
+            server.start()
             continue
         if command in ("jobkit output 1", "jobkit status 1"):
             # A person types this a moment later; wait for job 1 to end first.
