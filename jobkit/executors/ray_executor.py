@@ -9,9 +9,12 @@ log (`jobkit.executors.frames`); the executor reads that log as Ray serves
 it and hands the bytes to the pool, which stores them in its own backend.
 
 One thread (``jobkit-ray``, an asyncio loop) serves every job of every
-``ray`` executor of the process: per job, one websocket on the log and,
-while the job is pending, a poll of its state.  docs/executors.md tells
-what maps to what, what the cluster needs, and what differs from ``local``.
+``ray`` executor of the process: per job, one websocket on its log.  A job
+is pending until the wrapper's first line arrives (Ray starts the wrapper as
+soon as it stops saying PENDING): no poll of its state, which on a busy
+cluster would cost Ray's dashboard a request per job several times a second.
+docs/executors.md tells what maps to what, what the cluster needs, and what
+differs from ``local``.
 """
 
 from __future__ import annotations
@@ -49,8 +52,6 @@ T = TypeVar("T")
 
 #: The Python that runs the wrapper on Ray's nodes (it needs jobkit installed).
 DEFAULT_PYTHON = "python3"
-#: Seconds between looks at a pending job's state.
-DEFAULT_POLL = 0.25
 #: How long `RayExecutor.delete` waits for a stopped job to end on the cluster.
 _DELETE_WAIT = 30.0
 #: How long a stopped job may stay pending before `RayExecutor.delete` leaves it
@@ -132,24 +133,21 @@ class RayExecutor(Executor):
         python: The Python on Ray's nodes that runs jobkit's wrapper
             (jobkit must be installed for it); looked up in the ``PATH``
             of Ray's job processes.
-        poll: Seconds between looks at the state of a pending job.
 
     Raises `ExecutorUnavailable` at once when Ray is not installed or the
     cluster cannot be reached.
     """
 
-    def __init__(self, address: str, python: str = DEFAULT_PYTHON,
-                 poll: float = DEFAULT_POLL) -> None:
+    def __init__(self, address: str, python: str = DEFAULT_PYTHON) -> None:
         if not isinstance(address, str) or not address:
             raise TypeError(f"address must be a non-empty string such as "
                             f"'http://127.0.0.1:8265', not {address!r}")
         if not isinstance(python, str) or not python:
             raise TypeError(f"python must be a non-empty string, not {python!r}")
-        if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0 < poll <= 60:
-            raise ValueError(f"poll must be a number of seconds in (0, 60], not {poll!r}")
         self._ray = RayJobs(address)
         self._python = python
-        self._poll = float(poll)
+        #: Handles this executor submitted: known to be ours, and pending.
+        self._submitted: set[str] = set()
         self._context = ExecutorContext("", None, durable=False)
         self._shared = _Loop.acquire()
         #: The watching task of each job, touched only in the loop's thread.
@@ -190,6 +188,7 @@ class RayExecutor(Executor):
             )
         except RayRefused as error:
             raise CannotRun(f"the Ray cluster refused the job: {error}") from None
+        self._submitted.add(handle)
         return Submission(handle, State.PENDING, "none" if asked else None, asked)
 
     def watch(self, handle: str | None, sink: JobSink) -> None:
@@ -203,6 +202,7 @@ class RayExecutor(Executor):
             log.info("job %s: not stopped on the Ray cluster: %s", handle, error)
 
     def delete(self, handle: str) -> None:
+        self._submitted.discard(handle)
         self.detach(handle)
         if self._shared.here():
             # Only finished jobs are deleted from the loop's thread (retention,
@@ -318,17 +318,14 @@ class RayExecutor(Executor):
         sink.ended(ending)
 
     async def _run(self, handle: str, sink: JobSink) -> Ending:
-        first = await self._first_look(handle)
-        if isinstance(first, Ending):
-            return first
-        sink.state(State.PENDING if first.status == "PENDING" else State.RUNNING)
-        pending = (asyncio.get_running_loop().create_task(self._until_running(handle, sink))
-                   if first.status == "PENDING" else None)
-        try:
-            return await self._read_log(handle, sink)
-        finally:
-            if pending is not None:
-                pending.cancel()
+        if handle in self._submitted:  # just submitted: ours, and pending
+            self._submitted.discard(handle)
+        else:  # taken over from an earlier pool: see what Ray says first
+            first = await self._first_look(handle)
+            if isinstance(first, Ending):
+                return first
+            sink.state(State.PENDING if first.status == "PENDING" else State.RUNNING)
+        return await self._read_log(handle, sink)
 
     async def _info(self, handle: str) -> RayJob:
         """Ray's word on the job, as soon as the cluster answers; `JobGone` if it has none."""
@@ -354,19 +351,6 @@ class RayExecutor(Executor):
             return Ending(State.LOST, error=f"the Ray job {handle} belongs to another"
                                             f" pool or owner: not followed")
         return job
-
-    async def _until_running(self, handle: str, sink: JobSink) -> None:
-        """Tell the sink when Ray stops saying PENDING."""
-        while True:
-            await asyncio.sleep(self._poll)
-            try:
-                job: RayJob = await self._blocking(self._ray.info, handle)
-            except (JobGone, RayRefused, ExecutorUnavailable):
-                continue  # the log's end says how it went
-            if job.status != "PENDING":
-                if not job.terminal:
-                    sink.state(State.RUNNING)
-                return
 
     async def _read_log(self, handle: str, sink: JobSink) -> Ending:
         """Follow the log to the ``end`` frame (or the log's end), reconnecting as needed."""

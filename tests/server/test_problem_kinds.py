@@ -28,6 +28,7 @@ from jobkit.server.serve import JobServer
 from jobkit.server.tenants import Tenants
 from jobkit.wire import Problem, ProblemKind, problem_from_json
 from tests.support.api import ApiClient, problem_document, raw_tls, read_until_closed
+from tests.support.forwarder import Forwarder
 
 K = ProblemKind
 #: What each kind becomes in the client, and then the CLI's exit code.
@@ -49,6 +50,7 @@ EXPECTED: dict[ProblemKind, tuple[type[Exception], int]] = {
     K.SERVER_BUSY: (ServerError, 1),
     K.SERVER_STOPPING: (ServerError, 1),
     K.STORAGE_FAILED: (ServerError, 1),
+    K.EXECUTOR_UNAVAILABLE: (ServerError, 1),
     K.GENERIC: (ServerError, 1),
 }
 JSON = {"Content-Type": "application/json"}
@@ -61,10 +63,12 @@ def test_every_kind_is_covered() -> None:
 class Lab:
     """The servers and clients the provocations need, made once for the module."""
 
-    def __init__(self, pki: Path, server: JobServer, make_client: Callable[..., ApiClient]):
+    def __init__(self, pki: Path, server: JobServer, make_client: Callable[..., ApiClient],
+                 request: pytest.FixtureRequest):
         self.pki = pki
         self.server = server
         self.make_client = make_client
+        self.request = request
 
     def client(self, target: JobServer | None = None) -> ApiClient:
         return self.make_client(target=target)
@@ -176,6 +180,23 @@ def _storage_full(lab: Lab) -> Answer:
         mount.rmdir()
 
 
+def _cluster_gone(lab: Lab) -> Answer:
+    # A real Ray cluster that the server reached at start, then cannot.
+    cluster = lab.request.getfixturevalue("ray_cluster")
+    host, _, port = cluster.address.removeprefix("http://").partition(":")
+    forwarder = Forwarder((host, int(port)))
+    try:
+        server = _start(lab, threads=4, executor="ray",
+                        executor_options={"address": f"http://127.0.0.1:{forwarder.port}"})
+        try:
+            forwarder.close()
+            return _answer(lab.client(server).request("PUT", "/jobs", {"cmd": "true"}))
+        finally:
+            server.stop()
+    finally:
+        forwarder.close()
+
+
 def _start(lab: Lab, **options: Any) -> JobServer:
     server = JobServer(lab.pki, port=0, **options)
     server.start()
@@ -205,17 +226,21 @@ PROVOKE: dict[ProblemKind, Callable[[Lab], Answer]] = {
     K.SERVER_BUSY: _busy,
     K.SERVER_STOPPING: _stopping,
     K.STORAGE_FAILED: _storage_full,
+    K.EXECUTOR_UNAVAILABLE: _cluster_gone,
     # An HTTP version cheroot does not speak: it refuses with a kind of nothing.
     K.GENERIC: lambda lab: lab.raw(b"GET /jobs HTTP/2.0\r\nHost: x\r\n\r\n"),
 }
 
 
 @pytest.fixture
-def lab(pki: Path, server: JobServer, make_client: Callable[..., ApiClient]) -> Iterator[Lab]:
-    yield Lab(pki, server, make_client)
+def lab(pki: Path, server: JobServer, make_client: Callable[..., ApiClient],
+        request: pytest.FixtureRequest) -> Iterator[Lab]:
+    yield Lab(pki, server, make_client, request)
 
 
-@pytest.mark.parametrize("kind", list(ProblemKind), ids=lambda kind: kind.slug)
+@pytest.mark.parametrize("kind", [
+    pytest.param(kind, marks=[pytest.mark.ray] if kind is K.EXECUTOR_UNAVAILABLE else [])
+    for kind in ProblemKind], ids=lambda kind: kind.slug)
 def test_a_kind_goes_from_the_server_to_an_exception_to_an_exit_code(
         lab: Lab, kind: ProblemKind) -> None:
     status, content_type, body = PROVOKE[kind](lab)
