@@ -43,9 +43,9 @@ def tour() -> list[tuple[str, list[str]]]:
 def test_the_readme_has_exactly_the_two_commands() -> None:
     serve, test = shell_blocks()
     assert serve.endswith("jobkit serve") and "pip install ." in serve
-    assert test.endswith("python -m pytest") and "pip install -e '.[test]'" in test
+    assert test.endswith("python -m pytest") and "pip install -e '.[test,ray]'" in test
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ".venv/bin/pip install --quiet -e '.[test]'" in ci
+    assert ".venv/bin/pip install --quiet -e '.[test,ray]'" in ci
     assert "\n.venv/bin/python -m pytest\n" in ci  # the same test command
 
 
