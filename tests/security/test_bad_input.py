@@ -5,8 +5,9 @@ Bodies: huge (16 MiB), deeply nested (100,000 levels), integers of 5,000 digits,
 huge argument lists, a backend named by a path, timeouts, signals, offsets and
 headers out of any range.  Connections: slowloris clients that send a header one
 byte a second, and 1,000 idle or silent connections.  (What each ordinary bad
-field or body is answered, status and detail, is the contract: tests/server.)  Timing checks wait for conditions with
-deadlines; only the slowloris paces itself (that is the attack).
+field or body is answered, status and detail, is the contract: tests/server.)
+Timing checks wait for conditions with deadlines; only the slowloris paces itself
+(that is the attack).
 """
 
 from __future__ import annotations
