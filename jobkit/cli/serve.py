@@ -21,6 +21,7 @@ from jobkit.server.tenants import (
     DEFAULT_MAX_JOBS,
     DEFAULT_MAX_OUTPUT,
     DEFAULT_SERVER_BACKEND,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
 )
 from jobkit.wire import DEFAULT_SERVER, parse_address
 
@@ -112,6 +113,10 @@ def _executor_options(executor: str, ray_address: str | None,
 @click.option("--max-jobs", type=click.IntRange(min=0), default=DEFAULT_MAX_JOBS,
               show_default=True,
               help="Live jobs one client may have at once (0: no limit).")
+@click.option("--stream-idle-timeout", type=click.FloatRange(min=0),
+              default=DEFAULT_STREAM_IDLE_TIMEOUT, show_default=True, metavar="SECONDS",
+              help="End a follow stream that sent nothing for this long (clients resume "
+                   "at their offset); 0: never.")
 @click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
     help="Where every client's jobs and output are kept across restarts. Default: "
@@ -153,6 +158,7 @@ def _executor_options(executor: str, ray_address: str | None,
 def serve(certs: Path | None, listen: tuple[str, int], backend: str,
           allowed: tuple[str, ...], max_output: int, keep_jobs: int, keep_bytes: int,
           keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
+          stream_idle_timeout: float,
           state_dir: Path | None, cgroups: bool | None, audit_log: Path | None,
           metrics_listen: tuple[str, int] | None, metrics_per_client: bool,
           log_format: str, executor: str, ray_address: str | None, ray_python: str | None,
@@ -209,6 +215,7 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
             state_dir = default_state_dir(host, port)
         server = JobServer(certs, host=host, port=port, storage=storage, threads=threads,
                            admins=admins, max_jobs=max_jobs, cgroups=cgroups,
+                           stream_idle_timeout=stream_idle_timeout,
                            state_dir=state_dir, audit_log=audit_log,
                            metrics_listen=metrics_listen,
                            metrics_per_client=metrics_per_client, executor=executor,
@@ -231,11 +238,12 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
         raise CliError(
             f"cannot listen on {where}, or write the audit log: {error.strerror or error}"
         ) from None
-    click.echo(f"Audit log: {server.audit.path}")
+    # One line: scripts wait for it (and read no further).
+    where = [f"certificates: {server.certs}", f"audit log: {server.audit.path}"]
     if server.metrics_address is not None:
         host, port = server.metrics_address
-        click.echo(f"Metrics on http://{host}:{port}/metrics")
-    click.echo(f"Serving on {server.url} (certificates: {server.certs}); Ctrl-C to stop")
+        where.append(f"metrics: http://{host}:{port}/metrics")
+    click.echo(f"Serving on {server.url} ({'; '.join(where)}); Ctrl-C to stop")
     sys.stdout.flush()
     signum = server.run_until_signalled()
     if signum:

@@ -34,12 +34,15 @@ class Terminal:
         return done.stdout
 
     def start(self, *command: str) -> None:
+        """Run ``command`` in the terminal; bash prints its exit status after it
+        (``exit status: N``: tmux's own record of it is not always there)."""
         env = [f"{name}={value}" for name, value in self.env.items()
                if name.startswith(("JOBKIT_", "NO_COLOR"))]
         self.tmux("new-session", "-d", "-x", "100", "-y", "30", "-s", "t")
-        # Keep the pane after the command exits, to read its last screen and status.
+        # Keep the pane after the command exits, to read its last screen.
         self.tmux("set-option", "-t", "t", "remain-on-exit", "on")
-        self.tmux("respawn-pane", "-k", "-t", "t", shlex.join(["env", *env, *command]))
+        script = f'{shlex.join(["env", *env, *command])}; echo "exit status: $?"'
+        self.tmux("respawn-pane", "-k", "-t", "t", shlex.join(["bash", "-c", script]))
 
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p", "-t", "t")
@@ -48,16 +51,9 @@ class Terminal:
         self.tmux("send-keys", "-t", "t", *keys)
 
     def exited(self) -> int | None:
-        """The command's exit status once it ended (128 + N for signal N), else None."""
-        dead, status, signum = (self.tmux(
-            "display-message", "-p", "-t", "t",
-            "#{pane_dead},#{pane_dead_status},#{pane_dead_signal}").strip().split(","))
-        if dead != "1":
-            return None
-        if signum:
-            return 128 + int(signum)
-        # tmux sees the pane's terminal close before it reaps the process.
-        return int(status) if status else None
+        """The command's exit status once it ended, else None."""
+        found = re.findall(r"^exit status: (\d+)$", self.screen(), re.M)
+        return int(found[-1]) if found else None
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True,

@@ -27,10 +27,10 @@ def test_json_logs_audit_file_metrics_listener_and_sighup(pki: Path, tmp_path: P
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log)
         try:
             address, printed = wait_for_address(process, log, 30)
-            assert f"Audit log: {audit_file}\n" in printed
-            [metrics_line] = [line for line in printed if line.startswith("Metrics on ")]
-            metrics_url = metrics_line.split()[-1]
-            assert metrics_url.startswith("http://127.0.0.1:")
+            [serving] = [line for line in printed if line.startswith("Serving on ")]
+            assert f"; audit log: {audit_file}; metrics: http://127.0.0.1:" in serving
+            metrics_url = serving.split("; metrics: ")[1].split(")")[0]
+            assert metrics_url.endswith("/metrics")
 
             api = ApiClient(address, pki / "clients" / "bob", "bob")
             job = api.create("true")
