@@ -5,7 +5,8 @@ The one home of every fact both ends of the HTTP API must agree on:
 * the names of a job's output streams and the ``X-Jobkit-Offset`` header;
 * the default address (`DEFAULT_HOST`, `DEFAULT_PORT`) and `parse_address`,
   which reads both ``jobkit serve --listen`` and the client's ``--server``;
-* the JSON form of a job's status: `status_to_json` for the server,
+* the JSON form of a job's status (its limits and usage included):
+  `status_to_json` for the server,
   `status_from_json` for the client and the CLI, which read it as a
   `StatusRecord`, never as a raw dict;
 * the time format (`format_time`, `parse_time`);
@@ -34,17 +35,21 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
     "JSON_MEDIA_TYPE",
+    "LIMIT_KEYS",
     "MAX_PAGE",
     "OFFSET_HEADER",
     "PROBLEM_MEDIA_TYPE",
     "PROBLEM_TYPE_PREFIX",
     "STREAMS",
+    "USAGE_KEYS",
+    "LimitsRecord",
     "Problem",
     "ProblemKind",
     "StatusFields",
     "StatusRecord",
     "StreamFields",
     "StreamRecord",
+    "UsageRecord",
     "format_time",
     "parse_address",
     "parse_time",
@@ -151,6 +156,40 @@ class StreamFields(Protocol):
     def closed(self) -> bool: ...
 
 
+class LimitsFields(Protocol):
+    """What `status_to_json` reads of a job's limits (the library's `Limits`)."""
+
+    @property
+    def cpu(self) -> float | None: ...
+    @property
+    def memory(self) -> int | None: ...
+    @property
+    def pids(self) -> int | None: ...
+    @property
+    def io_read_bps(self) -> int | None: ...
+    @property
+    def io_write_bps(self) -> int | None: ...
+    @property
+    def strict(self) -> bool: ...
+
+
+class UsageFields(Protocol):
+    """What `status_to_json` reads of a job's usage (the library's `Usage`)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def cpu_user_s(self) -> float: ...
+    @property
+    def cpu_system_s(self) -> float: ...
+    @property
+    def peak_memory(self) -> int | None: ...
+    @property
+    def io_read_bytes(self) -> int | None: ...
+    @property
+    def io_write_bytes(self) -> int | None: ...
+
+
 class StatusFields(Protocol):
     """What `status_to_json` reads of a status: the attributes of the library's `JobStatus`.
 
@@ -192,6 +231,18 @@ class StatusFields(Protocol):
     def executor(self) -> str: ...
     @property
     def handle(self) -> str | None: ...
+    @property
+    def limits(self) -> LimitsFields | None: ...
+    @property
+    def network(self) -> bool: ...
+    @property
+    def enforced_by(self) -> str | None: ...
+    @property
+    def unenforced(self) -> tuple[str, ...]: ...
+    @property
+    def oom_killed(self) -> bool: ...
+    @property
+    def usage(self) -> UsageFields | None: ...
 
 
 class StreamRecord(NamedTuple):
@@ -200,6 +251,43 @@ class StreamRecord(NamedTuple):
     written: int = 0
     dropped: int = 0
     closed: bool = False
+
+
+#: The keys of a job's ``limits`` object, in order (the fields of the library's `Limits`).
+LIMIT_KEYS = ("cpu", "memory", "pids", "io_read_bps", "io_write_bps", "strict")
+#: The keys of a job's ``usage`` object, in order (the fields of the library's `Usage`).
+USAGE_KEYS = ("source", "cpu_user_s", "cpu_system_s", "peak_memory", "io_read_bytes",
+              "io_write_bytes")
+
+
+class LimitsRecord(NamedTuple):
+    """A job's limits as the server sent them (the fields of the library's `Limits`).
+
+    Sizes are bytes, ``cpu`` CPUs; None is no limit.
+    """
+
+    cpu: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+    io_read_bps: int | None = None
+    io_write_bps: int | None = None
+    strict: bool = True
+
+
+class UsageRecord(NamedTuple):
+    """What a job used, as the server sent it (the fields of the library's `Usage`)."""
+
+    source: str
+    cpu_user_s: float = 0.0
+    cpu_system_s: float = 0.0
+    peak_memory: int | None = None
+    io_read_bytes: int | None = None
+    io_write_bytes: int | None = None
+
+    @property
+    def cpu_s(self) -> float:
+        """User and system CPU seconds together."""
+        return self.cpu_user_s + self.cpu_system_s
 
 
 class StatusRecord(NamedTuple):
@@ -228,6 +316,12 @@ class StatusRecord(NamedTuple):
     stderr: StreamRecord = StreamRecord()
     executor: str = "local"
     handle: str | None = None
+    limits: LimitsRecord | None = None
+    network: bool = True
+    enforced_by: str | None = None
+    unenforced: tuple[str, ...] = ()
+    oom_killed: bool = False
+    usage: UsageRecord | None = None
     signal_name: str | None = None
     client: str | None = None
 
@@ -267,6 +361,12 @@ def status_to_json(status: StatusFields, *,
         "stderr": _stream_to_json(status.stderr),
         "executor": status.executor,
         "handle": status.handle,
+        "limits": _fields_to_json(status.limits, LIMIT_KEYS),
+        "network": status.network,
+        "enforced_by": status.enforced_by,
+        "unenforced": list(status.unenforced),
+        "oom_killed": status.oom_killed,
+        "usage": _fields_to_json(status.usage, USAGE_KEYS),
     }
     if status.error is not None:
         body["error_msg"] = status.error
@@ -281,6 +381,10 @@ def status_to_json(status: StatusFields, *,
 def _value(state: object) -> str:
     # An enum member (the library's State) or already its value.
     return str(getattr(state, "value", state))
+
+
+def _fields_to_json(value: object, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    return None if value is None else {key: getattr(value, key) for key in keys}
 
 
 def _stream_to_json(info: StreamFields) -> dict[str, Any]:
@@ -314,6 +418,12 @@ def status_from_json(data: object) -> StatusRecord:
             stderr=_stream_from_json(data.get("stderr")),
             executor=_str(data.get("executor", "local")),
             handle=_optional_str(data.get("handle")),
+            limits=_limits_from_json(data.get("limits")),
+            network=data.get("network") is not False,
+            enforced_by=_optional_str(data.get("enforced_by")),
+            unenforced=tuple(_str(name) for name in data.get("unenforced") or ()),
+            oom_killed=data.get("oom_killed") is True,
+            usage=_usage_from_json(data.get("usage")),
             signal_name=_optional_str(data.get("signal_name")),
             client=_optional_str(data.get("client")),
         )
@@ -339,6 +449,44 @@ def _optional_int(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"expected an integer, got {value!r}")
     return value
+
+
+def _optional_number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _limits_from_json(value: object) -> LimitsRecord | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"limits: expected an object, got {value!r}")
+    return LimitsRecord(
+        cpu=_optional_number(value.get("cpu")),
+        memory=_optional_int(value.get("memory")),
+        pids=_optional_int(value.get("pids")),
+        io_read_bps=_optional_int(value.get("io_read_bps")),
+        io_write_bps=_optional_int(value.get("io_write_bps")),
+        strict=value.get("strict") is not False,
+    )
+
+
+def _usage_from_json(value: object) -> UsageRecord | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise TypeError(f"usage: expected an object, got {value!r}")
+    return UsageRecord(
+        source=_str(value.get("source", "")),
+        cpu_user_s=_optional_number(value.get("cpu_user_s")) or 0.0,
+        cpu_system_s=_optional_number(value.get("cpu_system_s")) or 0.0,
+        peak_memory=_optional_int(value.get("peak_memory")),
+        io_read_bytes=_optional_int(value.get("io_read_bytes")),
+        io_write_bytes=_optional_int(value.get("io_write_bytes")),
+    )
 
 
 def _stream_from_json(value: object) -> StreamRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -105,7 +106,8 @@ def test_a_status_goes_to_json_and_back() -> None:
     document = status_to_json(status, signal_name=signal_name)
     assert list(document) == ["id", "status", "cmd", "args", "pid", "created_at", "ended_at",
                               "timed_out", "backend", "output_error", "stdout", "stderr",
-                              "executor", "handle", "signal", "signal_name"]
+                              "executor", "handle", "limits", "network", "enforced_by",
+                              "unenforced", "oom_killed", "usage", "signal", "signal_name"]
     assert document["status"] == "killed" and document["signal_name"] == "SIGTERM"
     record = status_from_json(document)
     assert record.signal_name == "SIGTERM" and record.client is None
@@ -125,6 +127,31 @@ def test_every_field_of_the_library_status_is_on_the_wire() -> None:
 
     library = {field.name for field in attrs.fields(JobStatus)}
     assert library <= set(StatusRecord._fields)
+
+
+def test_limits_and_usage_go_to_json_and_back() -> None:
+    from jobkit.core.limits import Limits
+    from jobkit.core.models import Usage
+
+    limits = Limits(cpu=0.5, memory="256M", pids=100, strict=False)
+    usage = Usage("cgroup", cpu_user_s=1.0, cpu_system_s=0.25, peak_memory=41 << 20)
+    status = _status(limits=limits, network=False, enforced_by="cgroup1",
+                     unenforced=("io_read_bps",), oom_killed=True, usage=usage)
+    document = json.loads(json.dumps(status_to_json(status, signal_name=signal_name)))
+    assert document["limits"]["memory"] == 256 << 20 and document["usage"]["source"] == "cgroup"
+    record = status_from_json(document)
+    assert Limits(**record.limits._asdict()) == limits  # type: ignore[union-attr]
+    assert Usage(**record.usage._asdict()) == usage  # type: ignore[union-attr]
+    assert record.usage is not None and record.usage.cpu_s == 1.25
+    for name in ("network", "enforced_by", "unenforced", "oom_killed"):
+        assert getattr(record, name) == getattr(status, name), name
+    # A server that predates limits sends none of these keys.
+    for key in ("limits", "network", "enforced_by", "unenforced", "oom_killed", "usage"):
+        del document[key]
+    old = status_from_json(document)
+    assert (old.limits, old.network, old.usage, old.oom_killed) == (None, True, None, False)
+    with pytest.raises(ValueError):
+        status_from_json({**document, "limits": {"memory": "lots"}})
 
 
 def test_optional_keys_appear_only_when_they_apply() -> None:

@@ -37,6 +37,7 @@ from jobkit.wire import (
 if TYPE_CHECKING:
     # Imported when first needed: the CLI reads statuses as the wire's
     # records and starts faster without attrs (see docs/cli.md, "Start-up").
+    from jobkit.core.limits import Limits
     from jobkit.core.models import JobOutput, JobStatus
     from jobkit.core.retention import CleanResult
 
@@ -122,6 +123,8 @@ class Client:
         timeout: float | None = None,
         backend: str | None = None,
         backend_options: Any = None,
+        limits: Limits | None = None,
+        network: bool = True,
     ) -> str:
         """Start ``command`` with ``args`` on the server; return the new job's id.
 
@@ -129,7 +132,10 @@ class Client:
         state.  ``env`` is added to the server's environment (or replaces it,
         with ``replace_env``) and ``cwd`` is a path on the server.
         ``backend_options`` are the server's to choose (``jobkit serve``):
-        setting them raises ``ValueError``.
+        setting them raises ``ValueError``.  ``limits`` (a `Limits`) and
+        ``network`` as for `JobPool.create`, within the server's policy: a
+        limit over the server's maximum raises `ServerError` (403), and a job
+        over this client's quota `ServerError` (429), each naming which.
         """
         body: dict[str, Any] = {
             "cmd": _check_text("command", check_str("command", command, nonempty=True)),
@@ -148,6 +154,16 @@ class Client:
             body["backend"] = check_str("backend", backend, nonempty=True)
         if replace_env:
             body["replace_env"] = True
+        if limits is not None:
+            from jobkit.core.limits import Limits
+
+            if not isinstance(limits, Limits):
+                raise TypeError(f"limits must be a Limits, not {type(limits).__name__}")
+            body["limits"] = limits.to_dict()
+        if not isinstance(network, bool):
+            raise TypeError(f"network must be True or False, not {type(network).__name__}")
+        if not network:
+            body["network"] = False
         if backend_options is not None:
             raise ValueError("backend_options are not supported by the jobkit server")
         data = self._json("PUT", "/jobs", body=body, backend=backend)
@@ -383,7 +399,8 @@ class Client:
                               f"{error}", 200) from None
 
     def _decode(self, data: Any) -> JobStatus:
-        from jobkit.core.models import JobStatus, State, StreamInfo
+        from jobkit.core.limits import Limits
+        from jobkit.core.models import JobStatus, State, StreamInfo, Usage
 
         record = self.status_record(data)
         try:
@@ -399,6 +416,10 @@ class Client:
             output_error=record.output_error,
             stdout=StreamInfo(*record.stdout), stderr=StreamInfo(*record.stderr),
             executor=record.executor, handle=record.handle,
+            limits=None if record.limits is None else Limits(**record.limits._asdict()),
+            network=record.network, enforced_by=record.enforced_by,
+            unenforced=record.unenforced, oom_killed=record.oom_killed,
+            usage=None if record.usage is None else Usage(**record.usage._asdict()),
         )
 
     def _json(self, method: str, path: str, *, body: dict[str, Any] | None = None,

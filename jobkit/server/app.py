@@ -40,11 +40,14 @@ from jobkit.server.errors import (
 )
 from jobkit.server.metrics import UNMATCHED, ServerMetrics
 from jobkit.server.openapi import openapi_document
+from jobkit.server.policy import ClientPolicy, QuotaLedger, ServerPolicy
 from jobkit.server.requests import (
     buffer_chunked_body,
     check_fields,
     count_parameter,
+    field_bool,
     field_env,
+    field_limits,
     field_optional_str,
     field_str,
     field_str_list,
@@ -83,7 +86,8 @@ __all__ = ["JobApi", "status_json"]
 
 log = logging.getLogger("jobkit.server")
 
-_CREATE_FIELDS = frozenset({"cmd", "args", "env", "replace_env", "cwd", "timeout", "backend"})
+_CREATE_FIELDS = frozenset({"cmd", "args", "env", "replace_env", "cwd", "timeout", "backend",
+                            "limits", "network"})
 _STOP_FIELDS = frozenset({"signal"})
 _CLEAN_FIELDS = frozenset({"older_than", "states"})
 #: Bytes of output read at once while streaming ``GET /jobs/<id>/output``.
@@ -109,6 +113,8 @@ class JobApi:
         audit: Where security-relevant acts are recorded (see
             `jobkit.server.auditing`); default: nowhere.
         metrics: The server's metrics; default: a registry of its own.
+        resources: Default and maximum limits of jobs, and quotas of clients
+            (`jobkit.server.policy`); default: ``limits``' ``max_jobs`` only.
 
     Call `begin_shutdown` when the server stops accepting requests (follow
     streams end) and `close` after it stopped (every job is killed and reaped).
@@ -123,15 +129,19 @@ class JobApi:
         pool_factory: Callable[[str], JobPool] | None = None,
         audit: ServerAudit | None = None,
         metrics: ServerMetrics | None = None,
+        resources: ServerPolicy | None = None,
     ) -> None:
         self.storage = StoragePolicy(backend=DEFAULT_BACKEND) if storage is None else storage
         self.access = AccessRules(frozenset(admins))
         self.limits = TenantLimits() if limits is None else limits
         self.audit = ServerAudit(None) if audit is None else audit
         self.metrics = ServerMetrics() if metrics is None else metrics
-        policy = self.storage
+        self.resources = (ServerPolicy(ClientPolicy(max_jobs=self.limits.max_jobs))
+                          if resources is None else resources)
+        self._quotas = QuotaLedger()
+        storage = self.storage
         self._tenants = Tenants(pool_factory or (
-            lambda name: JobPool(policy.backend, policy.options(policy.backend),
+            lambda name: JobPool(storage.backend, storage.options(storage.backend),
                                  on_finished=lambda status: self.job_finished(name, status))
         ))
         self._follows = StreamRegistry()
@@ -285,13 +295,24 @@ class JobApi:
             self.storage.check(backend)
             options = self.storage.options(backend)
         timeout = field_timeout(body)
+        network = field_bool(body, "network", True)
+        rules = self.resources.for_client(caller)
+        limits = rules.limits_for(field_limits(body))  # 403 over a maximum
+        share = rules.share(limits)
 
         tenant = self._tenants.get_or_create(caller)
         try:
-            tenant.reserve(self.limits.max_jobs)
+            tenant.reserve(rules.max_jobs)
         except ApiError as error:
             if error.kind is ProblemKind.QUOTA_EXCEEDED:
                 self.metrics.quota_refused(caller, "live_jobs")
+            raise
+        try:
+            self._quotas.reserve(caller, rules, share,
+                                 lambda job_id: _still_running(tenant.pool, job_id))
+        except ApiError as error:
+            tenant.created(None, counted=False)
+            self.metrics.quota_refused(caller, str(error.members.get("quota")))
             raise
         job_id = None
         started = time.perf_counter()
@@ -299,9 +320,11 @@ class JobApi:
         try:
             job_id = tenant.pool.create(cmd, args, env=env, replace_env=replace_env, cwd=cwd,
                                         timeout=timeout, backend=backend,
-                                        backend_options=options)
+                                        backend_options=options, limits=limits,
+                                        network=network)
         finally:
-            tenant.created(job_id, counted=bool(self.limits.max_jobs))
+            self._quotas.created(caller, share, job_id)
+            tenant.created(job_id, counted=bool(rules.max_jobs))
             if job_id is None:
                 self.audit.created(caller, None)
         self.metrics.job_started(caller, time.perf_counter() - started)
@@ -309,7 +332,7 @@ class JobApi:
             # Environment values are never recorded (jobkit.audit): only the command line.
             self.audit.created(caller, job_id, command=cmd, args=args, peer=_peer(environ),
                                cwd=cwd, backend=backend or self.storage.backend,
-                               limits=None if timeout is None else {"timeout_s": timeout})
+                               limits=_audited_limits(timeout, limits, network))
         except ApiError:
             # A job nobody may learn was created: it must not run unrecorded.
             tenant.pool.delete(job_id)
@@ -412,6 +435,7 @@ class JobApi:
                                  **_owner_field(caller, tenant.name))
         tenant.pool.delete(job_id)
         tenant.forget(job_id)
+        self._quotas.forget(tenant.name, job_id)
         return _json_body(200, encode_json({"id": job_id, "deleted": True}).encode())
 
     def job_status(self, job_id: str) -> bytes:
@@ -534,6 +558,26 @@ class JobApi:
             self.audit.request_event("admin.acted", cn=caller, owner=owner, action=action,
                                      job=job_id, peer=_peer(environ))
         return tenant
+
+
+def _still_running(pool: JobPool, job_id: str) -> bool:
+    try:
+        return pool.status(job_id).running
+    except (JobNotFound, PoolClosed):
+        return False
+
+
+def _audited_limits(timeout: float | None, limits: Any,
+                    network: bool) -> dict[str, Any] | None:
+    """What the audit log's ``job.created`` records of a job's limits."""
+    fields: dict[str, Any] = {} if limits is None else {
+        name: value for name, value in limits.to_dict().items()
+        if value is not None and name != "strict"}
+    if timeout is not None:
+        fields["timeout_s"] = timeout
+    if not network:
+        fields["network"] = False
+    return fields or None
 
 
 def _peer(environ: Mapping[str, Any]) -> str:

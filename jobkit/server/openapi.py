@@ -201,11 +201,17 @@ def openapi_document() -> dict[str, Any]:
                         "400": _error("Malformed JSON, a missing or unknown field, a field "
                                       "of the wrong type (the message names it), an unknown "
                                       "backend."),
-                        "403": _error("As for every route, or a backend this server does "
-                                      "not let clients choose (--allow-backend)."),
+                        "403": _error("As for every route, a backend this server does "
+                                      "not let clients choose (--allow-backend), or a limit "
+                                      "over this server's maximum for the client "
+                                      "(--max-limits; the problem's limit and maximum "
+                                      "members name it)."),
                         "413": _error("Body larger than 1 MiB."),
                         "415": _error("Body is not application/json."),
-                        "429": _error("This client has too many live jobs."),
+                        "429": _error("This client is over a quota: too many running "
+                                      "jobs, or the CPUs or memory of its running jobs "
+                                      "(the problem's quota member says which: cpu, "
+                                      "memory; none for running jobs)."),
                         "503": _error("The server is stopping."),
                     },
                 },
@@ -330,6 +336,54 @@ def openapi_document() -> dict[str, Any]:
                         "backend": {"type": "string",
                                     "description": "Output backend: memory, tempfile, ring, "
                                                    "or a plugin's."},
+                        "limits": _ref("Limits"),
+                        "network": {"type": "boolean", "default": True,
+                                    "description": "false: the job runs in a network "
+                                                   "namespace of its own with only "
+                                                   "loopback (the job ends in error where "
+                                                   "the server cannot make one)."},
+                    },
+                },
+                "Limits": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "What the job's whole process tree may use; a limit "
+                                   "left out gets the server's default, else its maximum "
+                                   "(docs/limits.md). Sizes are bytes or strings such as "
+                                   "'256M', '1.5GiB' (binary units).",
+                    "properties": {
+                        "cpu": {"type": ["number", "null"], "minimum": 0.01,
+                                "maximum": 4096, "description": "CPUs (0.5: half a core)."},
+                        "memory": {"oneOf": [{"type": "integer", "minimum": 1 << 20},
+                                             {"type": "string"}, {"type": "null"}],
+                                   "description": "RAM without swap; over it the OOM "
+                                                  "killer kills the job."},
+                        "pids": {"type": ["integer", "null"], "minimum": 1,
+                                 "description": "Processes and threads of the tree."},
+                        "io_read_bps": {"oneOf": [{"type": "integer", "minimum": 1},
+                                                  {"type": "string"}, {"type": "null"}],
+                                        "description": "Bytes per second read from the "
+                                                       "disk of the working directory."},
+                        "io_write_bps": {"oneOf": [{"type": "integer", "minimum": 1},
+                                                   {"type": "string"}, {"type": "null"}],
+                                         "description": "Bytes per second written to it."},
+                        "strict": {"type": "boolean", "default": True,
+                                   "description": "false: run with the limits this server "
+                                                  "can enforce (see unenforced)."},
+                    },
+                },
+                "Usage": {
+                    "type": "object",
+                    "required": ["source", "cpu_user_s", "cpu_system_s", "peak_memory",
+                                 "io_read_bytes", "io_write_bytes"],
+                    "properties": {
+                        "source": {"enum": ["cgroup", "rusage"],
+                                   "description": "cgroup: the whole tree, live; rusage: "
+                                                  "the main process, once ended."},
+                        "cpu_user_s": {"type": "number"},
+                        "cpu_system_s": {"type": "number"},
+                        "peak_memory": {"type": ["integer", "null"]},
+                        "io_read_bytes": {"type": ["integer", "null"]},
+                        "io_write_bytes": {"type": ["integer", "null"]},
                     },
                 },
                 "StreamInfo": {
@@ -365,6 +419,23 @@ def openapi_document() -> dict[str, Any]:
                         "handle": {"type": ["string", "null"],
                                    "description": "The executor's name for the job (Ray: its"
                                                   " submission id); null for local jobs."},
+                        "limits": {"oneOf": [_ref("Limits"), {"type": "null"}],
+                                   "description": "The limits the job runs with (sizes in "
+                                                  "bytes), defaults included; null: none."},
+                        "network": {"type": "boolean",
+                                    "description": "false: only loopback."},
+                        "enforced_by": {
+                            "type": ["string", "null"],
+                            "description": "cgroup2, cgroup1, cgroup1+cgroup2 or none; "
+                                           "null for a job without limits."},
+                        "unenforced": {"type": "array", "items": {"type": "string"},
+                                       "description": "Limits this server could not "
+                                                      "enforce (strict false only)."},
+                        "oom_killed": {"type": "boolean",
+                                       "description": "The OOM killer killed a process of "
+                                                      "the job (its memory limit)."},
+                        "usage": {"oneOf": [_ref("Usage"), {"type": "null"}],
+                                  "description": "What the job used; null while unknown."},
                     },
                 },
                 "JobSummary": {

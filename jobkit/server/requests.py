@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from urllib.parse import parse_qs
 
 from jobkit.core.checks import is_text
+from jobkit.core.limits import Limits
 from jobkit.server.connection import body_too_large, cap_chunked_body, finish_chunked_body
 from jobkit.server.errors import CLOSE, ApiError
 from jobkit.wire import JSON_MEDIA_TYPE, ProblemKind
@@ -23,7 +24,9 @@ __all__ = [
     "buffer_chunked_body",
     "check_fields",
     "count_parameter",
+    "field_bool",
     "field_env",
+    "field_limits",
     "field_optional_str",
     "field_str",
     "field_str_list",
@@ -302,3 +305,36 @@ def field_timeout(body: Mapping[str, Any]) -> float | None:
     if not seconds > 0 or seconds == float("inf"):
         raise _bad_field(f"field 'timeout' must be a positive number of seconds, not {value}")
     return seconds
+
+
+def field_bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
+    """A boolean field; absent or null is ``default``."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _bad_field(f"field {name!r} must be a boolean, not {json_type(value)}")
+    return value
+
+
+def field_limits(body: Mapping[str, Any]) -> Limits | None:
+    """The ``limits`` object (`Limits.from_dict`'s form), or None.
+
+    Sizes may be bytes or strings such as ``"256M"``; a bad value is refused
+    naming it (``field 'limits.memory': ...``).
+    """
+    value = body.get("limits")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad_field(f"field 'limits' must be an object, not {json_type(value)}")
+    unknown = sorted(set(value) - {*Limits.NAMES, "strict"})
+    if unknown:
+        raise _bad_field(f"field 'limits' has an unknown limit {unknown[0]!r} "
+                         f"(known: {', '.join((*Limits.NAMES, 'strict'))})")
+    for name, item in value.items():
+        try:
+            Limits(**{name: item})
+        except (TypeError, ValueError) as error:
+            raise _bad_field(f"field 'limits.{name}': {error}") from None
+    return Limits(**value)

@@ -43,6 +43,7 @@ from jobkit.server.auditing import ServerAudit
 from jobkit.server.certificates import Reload, ServerCertificates
 from jobkit.server.connection import CherootServer, TLS13Adapter
 from jobkit.server.metrics import MetricsListener, ServerMetrics
+from jobkit.server.policy import ClientPolicy, ServerPolicy
 from jobkit.server.state import ServerState
 from jobkit.server.tenants import (
     DEFAULT_MAX_JOBS,
@@ -79,7 +80,9 @@ class JobServer:
         storage: Backends, caps and retention of clients' jobs (`StoragePolicy`).
         threads: Worker threads (fixed).  Half may serve follow streams.
         admins: CNs that may act on every client's jobs.
-        max_jobs: Live jobs per client (0: no limit).
+        max_jobs: Live jobs per client (0: no limit), unless ``resources`` is given.
+        resources: Default and maximum limits of jobs and quotas of clients
+            (`jobkit.server.policy`); default: ``max_jobs`` only.
         stream_idle_timeout: Seconds a follow stream may send nothing before it
             is ended cleanly (clients resume at their offset); 0: never.
         handshake_timeout: Seconds a new connection has to finish its TLS handshake.
@@ -127,6 +130,7 @@ class JobServer:
         metrics_per_client: bool = False,
         executor: str = DEFAULT_EXECUTOR,
         executor_options: Mapping[str, Any] | None = None,
+        resources: ServerPolicy | None = None,
     ) -> None:
         if threads < 2:
             raise ValueError("a server needs at least 2 worker threads")
@@ -150,6 +154,9 @@ class JobServer:
             self.state.close()
             raise
         policy = StoragePolicy() if storage is None else storage
+        #: Limits and quotas of clients' jobs.
+        self.resources = (ServerPolicy(ClientPolicy(max_jobs=max_jobs)) if resources is None
+                          else resources)
         state = self.state
         #: The settings ``server.started`` and ``server.stopped`` record.
         self.config: dict[str, Any] = dict(
@@ -158,12 +165,13 @@ class JobServer:
             backend=policy.backend, allowed_backends=sorted(policy.allowed),
             max_output=policy.max_output, keep_jobs=policy.retention.max_jobs,
             keep_bytes=policy.retention.max_bytes, keep_for=policy.retention.max_age,
-            threads=threads, admins=sorted(admins), max_jobs=max_jobs, cgroups=cgroups,
+            threads=threads, admins=sorted(admins), cgroups=cgroups,
             handshake_timeout=handshake_timeout, connection_timeout=connection_timeout,
             metrics_listen=(None if metrics_listen is None
                             else f"{metrics_listen[0]}:{metrics_listen[1]}"),
             metrics_per_client=metrics_per_client,
             crl=self.certificates.checks_revocation, executor=executor,
+            **self.resources.describe(),
         )
 
         def pool_for(name: str) -> JobPool:
@@ -179,7 +187,8 @@ class JobServer:
                           limits=TenantLimits.for_threads(
                               threads, max_jobs=max_jobs,
                               stream_idle_timeout=stream_idle_timeout),
-                          pool_factory=pool_for, audit=self.audit, metrics=self.metrics)
+                          pool_factory=pool_for, audit=self.audit, metrics=self.metrics,
+                          resources=self.resources)
         try:
             #: Jobs (``CN/ID``) a previous server left running, now killed and lost.
             self.recovered = self.api.open_tenants(self.state.client_names())
