@@ -106,8 +106,7 @@ def test_watch_prints_once_when_stdout_is_not_a_terminal(jobkit: Jobkit) -> None
     job_id = jobkit("exec", "true").stdout.strip()
     done = jobkit("list", "--watch", timeout=20)
     assert done.code == 0, done
-    assert done.stdout.splitlines()[0].split() == [
-        "ID", "COMMAND", "STATE", "EXIT", "STARTED", "DURATION"]
+    assert done.stdout.splitlines()[0].split()[:3] == ["ID", "COMMAND", "STATE"]
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [job_id]
     assert jobkit("list", "--watch", "--json").code == 2
 

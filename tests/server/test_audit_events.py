@@ -134,7 +134,13 @@ def test_a_refusal_403_is_recorded(client: ApiClient, log_file: Path) -> None:
     assert client.get("/jobs/1/status?client=someone-else").status == 403
     assert client.get("/jobs?all=true").status == 403
     assert client.get("/metrics").status == 403
-    refused = [e for e in events(log_file, "authz.refused") if e["cn"] == client.name]
+
+    def refused_lines() -> list[dict[str, Any]]:
+        return [e for e in events(log_file, "authz.refused") if e["cn"] == client.name]
+
+    # A refusal is recorded once its answer was sent: it may trail the client a little.
+    wait_until(lambda: len(refused_lines()) == 3, what="three refusals recorded")
+    refused = refused_lines()
     assert [(e["method"], e["route"], e.get("job")) for e in refused] == [
         ("GET", "/jobs/<job_id>/status", "1"), ("GET", "/jobs", None), ("GET", "/metrics", None)]
     assert "only an admin" in refused[0]["reason"]
