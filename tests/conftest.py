@@ -12,6 +12,7 @@ import pytest
 # Before anything imports them: the helpers' asserts explain themselves too.
 pytest.register_assert_rewrite("tests.support")
 
+import tests.support.measured  # noqa: E402, F401 - first: see its docstring
 from tests.support.pools import BACKENDS, pool_for  # noqa: E402
 from tests.support.procs import (  # noqa: E402
     children,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.api import ApiClient
+from tests.support.measured import measured
 from tests.support.pki import ADMIN
 from tests.support.procs import process_alive
 
@@ -44,7 +45,7 @@ class ServeProcess:
 
 
 def _env(data_home: Path) -> dict[str, str]:
-    env = dict(os.environ, XDG_DATA_HOME=str(data_home), PYTHONUNBUFFERED="1")
+    env = measured({**os.environ, "XDG_DATA_HOME": str(data_home), "PYTHONUNBUFFERED": "1"})
     env.pop("JOBKIT_CERTS", None)
     return env
 

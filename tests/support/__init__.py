@@ -18,4 +18,5 @@ modules import helpers from here, never from a conftest or another test module.
 - `fifos`: the ``fifo`` fixture and `release`, to hold a job until the test says.
 - `load`: the load driver of tests/security/test_load.py and benchmarks/bench_load.py.
 - `imports`: which module imports what, read from the source.
+- `measured`: which subprocesses .ci/run's line coverage counts.
 """

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 
+from tests.support.measured import measured
+
 
 @attrs.frozen
 class Run:
@@ -46,7 +48,7 @@ Jobkit = Callable[..., Run]
 
 def base_env(**extra: str) -> dict[str, str]:
     """A predictable environment: no colour, a fixed width, no inherited jobkit settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBKIT_")}
+    env = {k: v for k, v in measured().items() if not k.startswith("JOBKIT_")}
     env.update(NO_COLOR="1", COLUMNS="100", TERM="dumb")
     env.update(extra)
     return env

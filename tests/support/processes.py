@@ -24,6 +24,7 @@ from typing import IO
 import pytest
 
 from jobkit import pki as jobkit_pki
+from tests.support.measured import measured
 from tests.support.pki import new_client
 
 _SERVING = re.compile(rb"Serving on https://(\S+?):(\d+) ")
@@ -62,7 +63,7 @@ class ServerProcess:
         # file lives as long as the server does: `stop` closes it.
         log = tempfile.TemporaryFile()  # noqa: SIM115
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log,
-                                   env=None if env is None else dict(env), cwd=cwd)
+                                   env=measured(env), cwd=cwd)
         try:
             address, printed = wait_for_address(process, log, timeout)
         except BaseException:
