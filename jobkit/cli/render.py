@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import click
 
+from jobkit.core.sizes import format_size
 from jobkit.wire import StatusRecord
 
 if TYPE_CHECKING:
@@ -32,19 +33,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
+    "cpu_cell",
     "exit_cell",
     "format_duration",
+    "memory_cell",
     "plain_table",
     "rich_table",
     "status_colour",
     "status_line",
     "styled_status_line",
+    "usage_text",
     "wants_colour",
     "wants_table",
 ]
 
 #: The job table's columns.
-COLUMNS = ("ID", "COMMAND", "STATE", "EXIT", "STARTED", "DURATION")
+COLUMNS = ("ID", "COMMAND", "STATE", "EXIT", "STARTED", "DURATION", "CPU", "MEM")
 
 
 def wants_table(stream: TextIO | None = None) -> bool:
@@ -81,10 +85,29 @@ def status_line(job: StatusRecord) -> str:
             line += f", signal: {_signal(job)}"
         if job.timed_out:
             line += " (timed out)"
+        if job.oom_killed:
+            # The library's reason names the limit: "out of memory (limit 64 MiB)".
+            line += f", {job.error or 'out of memory'}"
         return line
     if state == "error":
         return f"error: {job.error or 'the job could not start'}"
     return state
+
+
+def usage_text(job: StatusRecord) -> str:
+    """`` · cpu 1.23 s · peak mem 41 MiB`` for a job run with limits; ``""`` otherwise.
+
+    Only jobs with limits: what they used is read against them, and the
+    line of other jobs stays what scripts and the README expect (``--json``
+    has every job's usage).
+    """
+    usage = job.usage
+    if job.limits is None or usage is None:
+        return ""
+    text = f" · cpu {usage.cpu_s:.2f} s"
+    if usage.peak_memory is not None:
+        text += f" · peak mem {format_size(usage.peak_memory)}"
+    return text
 
 
 def status_colour(job: StatusRecord) -> str:
@@ -102,8 +125,9 @@ def status_colour(job: StatusRecord) -> str:
 
 
 def styled_status_line(job: StatusRecord, colour: bool) -> str:
+    """`status_line` in the state's colour, then `usage_text` uncoloured."""
     line = status_line(job)
-    return click.style(line, fg=status_colour(job)) if colour else line
+    return (click.style(line, fg=status_colour(job)) if colour else line) + usage_text(job)
 
 
 def exit_cell(job: StatusRecord) -> str:
@@ -113,6 +137,20 @@ def exit_cell(job: StatusRecord) -> str:
     if job.signal is not None:
         return _signal(job)
     return "-"
+
+
+def cpu_cell(job: StatusRecord) -> str:
+    """The table's CPU column: CPU seconds used (user and system), or ``-``."""
+    return "-" if job.usage is None else f"{job.usage.cpu_s:.2f}s"
+
+
+def memory_cell(job: StatusRecord) -> str:
+    """The table's MEM column: peak memory, ``OOM`` after an OOM kill, or ``-``."""
+    if job.oom_killed:
+        return "OOM"
+    if job.usage is None or job.usage.peak_memory is None:
+        return "-"
+    return format_size(job.usage.peak_memory).replace(" ", "")
 
 
 def command_cell(job: StatusRecord) -> str:
@@ -176,7 +214,7 @@ def rows(jobs: Sequence[StatusRecord], now: datetime | None = None) -> list[tupl
     now = datetime.now(timezone.utc) if now is None else now
     return [
         (job.id, command_cell(job), job.state, exit_cell(job),
-         started_cell(job, now), duration_cell(job, now))
+         started_cell(job, now), duration_cell(job, now), cpu_cell(job), memory_cell(job))
         for job in jobs
     ]
 
@@ -207,9 +245,11 @@ def rich_table(jobs: Sequence[StatusRecord], now: datetime | None = None) -> Tab
     table.add_column("EXIT", justify="right", no_wrap=True)
     table.add_column("STARTED", no_wrap=True)
     table.add_column("DURATION", justify="right", no_wrap=True)
+    table.add_column("CPU", justify="right", no_wrap=True)
+    table.add_column("MEM", justify="right", no_wrap=True)
     for job, row in zip(jobs, rows(jobs, now)):
-        job_id, command, state, exit_code, started, duration = row
+        job_id, command, state, exit_code, started, duration, cpu, memory = row
         # Text, not markup: a command may well contain "[red]".
         table.add_row(job_id, Text(command), Text(state, style=status_colour(job)),
-                      exit_code, started, duration)
+                      exit_code, started, duration, cpu, memory)
     return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -24,6 +25,9 @@ from jobkit.server.tenants import (
     DEFAULT_STREAM_IDLE_TIMEOUT,
 )
 from jobkit.wire import DEFAULT_SERVER, parse_address
+
+if TYPE_CHECKING:
+    from jobkit.server.policy import ServerPolicy
 
 __all__ = ["serve"]
 
@@ -75,6 +79,22 @@ def _executor_options(executor: str, ray_address: str | None,
     return options
 
 
+def _resource_policy(config: Path | None, flags: dict[str, object]) -> ServerPolicy:
+    """The policy of ``--config`` with the options given on the command line over it."""
+    from jobkit.server.policy import policy_from_settings, read_config
+
+    ctx = click.get_current_context()
+    try:
+        settings = {} if config is None else read_config(config)
+        for key, value in flags.items():
+            source = ctx.get_parameter_source(key.replace("-", "_"))
+            if value is not None and source is not click.core.ParameterSource.DEFAULT:
+                settings[key] = value
+        return policy_from_settings(settings)
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+
+
 @click.command(cls=OneLineCommand)
 @click.option(
     "--certs", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -113,6 +133,24 @@ def _executor_options(executor: str, ray_address: str | None,
 @click.option("--max-jobs", type=click.IntRange(min=0), default=DEFAULT_MAX_JOBS,
               show_default=True,
               help="Live jobs one client may have at once (0: no limit).")
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False),
+              default=None, metavar="FILE",
+              help="A TOML file with the resource policy (the four options below and "
+                   "--max-jobs, and per-client overrides); options given here win. "
+                   "See docs/server.md.")
+@click.option("--default-limits", default=None, metavar="LIMITS",
+              help="Limits of jobs that do not ask for them, e.g. memory=1G,pids=512 "
+                   "(cpu, memory, pids, io-read, io-write).")
+@click.option("--max-limits", default=None, metavar="LIMITS",
+              help="Limits no job may exceed, e.g. memory=4G,cpu=2: asking more is refused "
+                   "(403); a job that asks none gets them.")
+@click.option("--max-cpu", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="CPUS",
+              help="CPUs of one client's running jobs together (their cpu limits); more "
+                   "is refused (429). Default: no quota.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Memory of one client's running jobs together (their memory limits); "
+                   "more is refused (429). Default: no quota.")
 @click.option("--stream-idle-timeout", type=click.FloatRange(min=0),
               default=DEFAULT_STREAM_IDLE_TIMEOUT, show_default=True, metavar="SECONDS",
               help="End a follow stream that sent nothing for this long (clients resume "
@@ -158,7 +196,8 @@ def _executor_options(executor: str, ray_address: str | None,
 def serve(certs: Path | None, listen: tuple[str, int], backend: str,
           allowed: tuple[str, ...], max_output: int, keep_jobs: int, keep_bytes: int,
           keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
-          stream_idle_timeout: float,
+          config: Path | None, default_limits: str | None, max_limits: str | None,
+          max_cpu: float | None, max_memory: str | None, stream_idle_timeout: float,
           state_dir: Path | None, cgroups: bool | None, audit_log: Path | None,
           metrics_listen: tuple[str, int] | None, metrics_per_client: bool,
           log_format: str, executor: str, ray_address: str | None, ray_python: str | None,
@@ -194,6 +233,10 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
                 f"unknown backend {name!r} (known: {', '.join(sorted(known))})", EXIT_USAGE
             )
     executor_options = _executor_options(executor, ray_address, ray_python)
+    resources = _resource_policy(config, {
+        "max-jobs": max_jobs, "default-limits": default_limits, "max-limits": max_limits,
+        "max-cpu": max_cpu, "max-memory": max_memory,
+    })
     assert max_output is not None and keep_bytes is not None  # they have defaults
     storage = StoragePolicy(
         backend, frozenset(allowed), max_output,
@@ -214,7 +257,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
         if state_dir is None:
             state_dir = default_state_dir(host, port)
         server = JobServer(certs, host=host, port=port, storage=storage, threads=threads,
-                           admins=admins, max_jobs=max_jobs, cgroups=cgroups,
+                           admins=admins, max_jobs=resources.base.max_jobs, cgroups=cgroups,
+                           resources=resources,
                            stream_idle_timeout=stream_idle_timeout,
                            state_dir=state_dir, audit_log=audit_log,
                            metrics_listen=metrics_listen,
@@ -239,11 +283,11 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
             f"cannot listen on {where}, or write the audit log: {error.strerror or error}"
         ) from None
     # One line: scripts wait for it (and read no further).
-    where = [f"certificates: {server.certs}", f"audit log: {server.audit.path}"]
+    places = [f"certificates: {server.certs}", f"audit log: {server.audit.path}"]
     if server.metrics_address is not None:
         host, port = server.metrics_address
-        where.append(f"metrics: http://{host}:{port}/metrics")
-    click.echo(f"Serving on {server.url} ({'; '.join(where)}); Ctrl-C to stop")
+        places.append(f"metrics: http://{host}:{port}/metrics")
+    click.echo(f"Serving on {server.url} ({'; '.join(places)}); Ctrl-C to stop")
     sys.stdout.flush()
     signum = server.run_until_signalled()
     if signum:

@@ -174,4 +174,4 @@ def test_flags_override_the_environment(env: dict[str, str], server: str, certs:
     wrong = {**env, "JOBKIT_SERVER": "127.0.0.1:1", "JOBKIT_CERTS": "/nowhere"}
     assert run_jobkit("list", env=wrong).code == 6  # /nowhere is checked first
     run = run_jobkit("--server", server, "--certs", certs, "list", env=wrong)
-    assert (run.code, run.stdout) == (0, "ID  COMMAND  STATE  EXIT  STARTED  DURATION\n")
+    assert (run.code, run.stdout) == (0, "ID  COMMAND  STATE  EXIT  STARTED  DURATION  CPU  MEM\n")

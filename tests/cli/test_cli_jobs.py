@@ -161,7 +161,8 @@ def test_output_into_a_closed_pipe(env: dict[str, str], jobkit: Jobkit) -> None:
 
 
 def test_list_plain_oldest_first(jobkit: Jobkit) -> None:
-    assert jobkit("list").stdout.splitlines() == ["ID  COMMAND  STATE  EXIT  STARTED  DURATION"]
+    assert jobkit("list").stdout.splitlines() == [
+        "ID  COMMAND  STATE  EXIT  STARTED  DURATION  CPU  MEM"]
     finished(jobkit, "true")
     finished(jobkit, "sh", "-c", "exit 3")
     finished(jobkit, "sh", "-c", "kill -TERM $$")
@@ -171,15 +172,16 @@ def test_list_plain_oldest_first(jobkit: Jobkit) -> None:
     assert run.code == 0
     lines = run.stdout.splitlines()
     assert re.split(r"\s{2,}", lines[0]) == ["ID", "COMMAND", "STATE", "EXIT", "STARTED",
-                                             "DURATION"]
+                                             "DURATION", "CPU", "MEM"]
     time = r"\d\d:\d\d:\d\d"
     duration = r"\d+\.\d\ds"
+    used = r"(\d+\.\d\ds|-)\s+(\d+(\.\d)?[KMG]?i?B|-)"  # CPU and MEM, where known
     expected = [
-        rf"1\s+true\s+completed\s+0\s+{time}\s+{duration}",
-        rf"2\s+sh -c 'exit 3'\s+completed\s+3\s+{time}\s+{duration}",
-        rf"3\s+sh -c 'kill -TERM \$\$'\s+killed\s+SIGTERM\s+{time}\s+{duration}",
-        rf"4\s+/no/such/command\s+error\s+-\s+{time}\s+{duration}",
-        rf"{running}\s+sleep 60\s+running\s+-\s+{time}\s+{duration}",
+        rf"1\s+true\s+completed\s+0\s+{time}\s+{duration}\s+{used}",
+        rf"2\s+sh -c 'exit 3'\s+completed\s+3\s+{time}\s+{duration}\s+{used}",
+        rf"3\s+sh -c 'kill -TERM \$\$'\s+killed\s+SIGTERM\s+{time}\s+{duration}\s+{used}",
+        rf"4\s+/no/such/command\s+error\s+-\s+{time}\s+{duration}\s+{used}",
+        rf"{running}\s+sleep 60\s+running\s+-\s+{time}\s+{duration}\s+{used}",
     ]
     assert len(lines) == 1 + len(expected)
     for line, pattern in zip(lines[1:], expected):
@@ -242,7 +244,7 @@ def test_list_table_on_a_terminal(env: dict[str, str], jobkit: Jobkit) -> None:
     assert "\x1b[" not in text  # TERM=dumb: no colour
     lines = text.splitlines()
     assert re.split(r"\s{2,}", lines[0].strip()) == ["ID", "COMMAND", "STATE", "EXIT",
-                                                    "STARTED", "DURATION"]
+                                                    "STARTED", "DURATION", "CPU", "MEM"]
     assert "echo '[red]not markup[/red]'" in lines[1]
     assert re.search(r"sh -c 'exit 9'\s+completed\s+9", lines[2])
     assert all(len(line) <= 100 for line in lines)

@@ -77,13 +77,13 @@ def test_durations() -> None:
 
 def test_plain_table() -> None:
     assert render.plain_table(JOBS, NOW) == dedent("""\
-    ID  COMMAND                                 STATE      EXIT     STARTED           DURATION
-    1   echo hi                                 completed  0        11:59:55          0.00s
-    2   sh -c 'echo out; echo err >&2; exit 3'  completed  3        11:59:55          1.50s
-    3   sleep 60                                killed     SIGKILL  11:59:55          1m15s
-    4   nope                                    error      -        11:59:55          0.00s
-    10  make -j4 '[bold]x[/]'                   running    -        09:58:20          2h01m
-    11  old                                     completed  0        2026-05-01 12:00  1.50s
+ID  COMMAND                                 STATE      EXIT     STARTED           DURATION  CPU  MEM
+1   echo hi                                 completed  0        11:59:55          0.00s     -    -
+2   sh -c 'echo out; echo err >&2; exit 3'  completed  3        11:59:55          1.50s     -    -
+3   sleep 60                                killed     SIGKILL  11:59:55          1m15s     -    -
+4   nope                                    error      -        11:59:55          0.00s     -    -
+10  make -j4 '[bold]x[/]'                   running    -        09:58:20          2h01m     -    -
+11  old                                     completed  0        2026-05-01 12:00  1.50s     -    -
     """)
 
 
@@ -91,13 +91,13 @@ def test_rich_table_without_colour_at_a_fixed_width() -> None:
     out = io.StringIO()
     Console(file=out, width=100, color_system=None).print(render.rich_table(JOBS, NOW))
     assert out.getvalue() == dedent("""\
-    ID  COMMAND                                 STATE         EXIT  STARTED           DURATION
-     1  echo hi                                 completed        0  11:59:55             0.00s
-     2  sh -c 'echo out; echo err >&2; exit 3'  completed        3  11:59:55             1.50s
-     3  sleep 60                                killed     SIGKILL  11:59:55             1m15s
-     4  nope                                    error            -  11:59:55             0.00s
-    10  make -j4 '[bold]x[/]'                   running          -  09:58:20             2h01m
-    11  old                                     completed        0  2026-05-01 12:00     1.50s
+ID  COMMAND                                 STATE         EXIT  STARTED           DURATION  CPU  MEM
+ 1  echo hi                                 completed        0  11:59:55             0.00s    -    -
+ 2  sh -c 'echo out; echo err >&2; exit 3'  completed        3  11:59:55             1.50s    -    -
+ 3  sleep 60                                killed     SIGKILL  11:59:55             1m15s    -    -
+ 4  nope                                    error            -  11:59:55             0.00s    -    -
+10  make -j4 '[bold]x[/]'                   running          -  09:58:20             2h01m    -    -
+11  old                                     completed        0  2026-05-01 12:00     1.50s    -    -
     """)
 
 
