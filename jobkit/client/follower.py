@@ -167,9 +167,9 @@ class RemoteFollower(Iterator[bytes]):
                         return None
                 except ClientError as error:
                     return error
-                if resumes >= MAX_RESUMES:
-                    return None
-                resumes += 1
+                # Not the end (a quiet stream the server ended after its idle
+                # timeout, say): carry on, for as long as the job writes.  Only
+                # broken connections count against MAX_RESUMES.
                 ended = self._resume()
                 if ended is not True:
                     return ended

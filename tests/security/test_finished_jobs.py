@@ -62,7 +62,10 @@ def test_five_thousand_finished_jobs_hold_nothing_and_block_no_one(pki: Path) ->
                    what="every job to be reaped: no zombie per finished job")
         wait_until(lambda: fd_count(served.pid) <= baseline, timeout=30,
                    what=f"the server's descriptors back to {baseline}")
-        # Every one is on record, finished, with its status served from disk.
+        # Every one is on record, finished, with its status served from disk.  (New
+        # connections: the server closed the idle keep-alive ones meanwhile.)
+        for client in (hoarder, other):
+            client.close()
         assert all(job["status"] == "completed"
                    for job in hoarder.get("/jobs?limit=1000&order=newest").json()["jobs"])
         assert hoarder.wait(ids[0])["exit_code"] == 0
