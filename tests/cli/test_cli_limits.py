@@ -48,7 +48,8 @@ def _finished(jobkit: Jobkit, *args: str) -> str:
 
 @needs_cgroups
 def test_exec_with_limits_and_the_status_shows_what_it_used(jobkit: Jobkit) -> None:
-    job = _finished(jobkit, "--cpu", "0.5", "--memory", "256M", "--pids", "100",
+    # The issue's own syntax: limits, then "--", then the command.
+    job = _finished(jobkit, "--cpu", "0.5", "--memory", "256M", "--pids", "100", "--",
                     "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
     line = jobkit("status", job).stdout
     assert re.fullmatch(r"completed, exit status: 0 · cpu \d+\.\d\d s · peak mem [\d.]+ [KM]iB\n",

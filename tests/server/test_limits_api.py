@@ -155,7 +155,7 @@ def test_a_client_over_its_quota_gets_429_while_another_starts_jobs(
         greedy = _client(pki, server.address, "greedy")
         other = _client(pki, server.address, "other")
         first = greedy.create("sleep", "60", limits=limits)
-        greedy.create("sleep", "60", limits=limits)
+        second = greedy.create("sleep", "60", limits=limits)
         response = _put(greedy, "sleep", "60", limits=over)
         assert response.status == 429, response
         problem = response.problem()
@@ -168,6 +168,11 @@ def test_a_client_over_its_quota_gets_429_while_another_starts_jobs(
         assert greedy.status(first)["status"] == "running"
         # Its share comes back once a job is gone.
         assert greedy.request("DELETE", f"/jobs/{first}").status == 200
+        assert _put(greedy, "sleep", "60", limits=over).status == 201
+        assert _put(greedy, "sleep", "60", limits=over).status == 429
+        # ... or once it has ended (stopped here), deleted or not.
+        assert greedy.request("POST", f"/jobs/{second}/stop", {"signal": "SIGKILL"}).status == 200
+        assert greedy.wait(second)["status"] == "killed"
         assert _put(greedy, "sleep", "60", limits=over).status == 201
         greedy.close()
         other.close()
