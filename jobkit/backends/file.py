@@ -28,6 +28,7 @@ from pathlib import Path
 
 import attrs
 
+from jobkit.backends.fileio import pread_all, splice_into
 from jobkit.core.backend import OutputStore
 from jobkit.core.hookspecs import RegisterBackend, hookimpl
 from jobkit.core.models import STREAMS
@@ -39,8 +40,6 @@ __all__ = ["MIN_MAX_BYTES", "FileBackend", "FileStore"]
 #: blocks would keep almost nothing.
 MIN_MAX_BYTES = 64 << 10
 _BLOCK = 4096
-_SPLICE = getattr(os, "splice", None)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _PUNCH_HOLE, _KEEP_SIZE = 0x02, 0x01  # linux/falloc.h
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -86,7 +85,7 @@ class FileStore(OutputStore):
         self._writable = writable
         self._resume = resume
         self._lock = threading.Lock()
-        self._splice = _SPLICE is not None
+        self._splice = True
         self._written = 0
         self._dropped = 0
         if resume or not writable:  # an existing file: it says what it holds
@@ -138,17 +137,12 @@ class FileStore(OutputStore):
                 return len(data)
             self._create()
         if self._splice:
-            try:
-                assert _SPLICE is not None
-                count: int = _SPLICE(fd, self._fd, limit, flags=_SPLICE_FLAGS)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: this file system cannot splice
-                    raise
-                self._splice = False
-            else:
+            count = splice_into(fd, self._fd, limit)
+            if count is not None:
                 self._written += count
                 self._trim()
                 return count
+            self._splice = False
         return super().fill_from(fd, limit)
 
     def _trim(self) -> None:
@@ -169,22 +163,13 @@ class FileStore(OutputStore):
                 fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return b""  # deleted
-        start = offset
         try:
-            size = min(size, self._written - offset)
-            parts = []
-            while size > 0:
-                data = os.pread(fd, size, offset)
-                if not data:
-                    break
-                parts.append(data)
-                offset += len(data)
-                size -= len(data)
+            data = pread_all(fd, offset, min(size, self._written - offset))
         finally:
             os.close(fd)
-        if self._dropped > start:
+        if self._dropped > offset:
             return b""  # punched while we read: the caller retries from `dropped`
-        return b"".join(parts)
+        return data
 
     def close(self) -> None:
         """Close the file; its bytes stay, readable by name."""

@@ -17,13 +17,12 @@ import threading
 
 import attrs
 
+from jobkit.backends.fileio import pread_all, splice_into
 from jobkit.core.backend import OutputStore
 from jobkit.core.hookspecs import RegisterBackend, hookimpl
 
 __all__ = ["TempfileBackend", "TempfileStore"]
 
-_SPLICE = getattr(os, "splice", None)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 def _unnamed_file(directory: str | None) -> int:
@@ -52,7 +51,7 @@ class TempfileStore(OutputStore):
         self._fd = _unnamed_file(directory)
         self._written = 0
         self._lock = threading.Lock()
-        self._splice = _SPLICE is not None
+        self._splice = True
 
     def append(self, data: bytes) -> None:
         view = memoryview(data)
@@ -63,16 +62,11 @@ class TempfileStore(OutputStore):
 
     def fill_from(self, fd: int, limit: int) -> int:
         if self._splice:
-            try:
-                assert _SPLICE is not None
-                count: int = _SPLICE(fd, self._fd, limit, flags=_SPLICE_FLAGS)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: this file system cannot splice
-                    raise
-                self._splice = False
-            else:
+            count = splice_into(fd, self._fd, limit)
+            if count is not None:
                 self._written += count
                 return count
+            self._splice = False
         return super().fill_from(fd, limit)
 
     @property
@@ -85,16 +79,7 @@ class TempfileStore(OutputStore):
                 return b""
             fd = os.dup(self._fd)
         try:
-            size = min(size, self._written - offset)
-            parts = []
-            while size > 0:
-                data = os.pread(fd, size, offset)
-                if not data:
-                    break
-                parts.append(data)
-                offset += len(data)
-                size -= len(data)
-            return b"".join(parts)
+            return pread_all(fd, offset, min(size, self._written - offset))
         finally:
             os.close(fd)
 
