@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,6 +11,7 @@ import pytest
 
 from jobkit.audit import AuditLog, chain_files, line_hash
 from tests.cli.conftest import Run, base_env, run_jobkit
+from tests.support.cli import imported_modules
 
 NOW = datetime.now(timezone.utc)
 
@@ -242,25 +241,13 @@ def test_show_in_a_terminal_is_a_rich_table(log_file: Path,
 
 # -- start-up ----------------------------------------------------------------------------
 
-PROBE = """
-import atexit, json, sys
-modules_file = sys.argv[1]
-atexit.register(lambda: json.dump(sorted(sys.modules), open(modules_file, "w")))
-sys.argv = ["jobkit", *sys.argv[2:]]
-from jobkit.cli.main import main
-main()
-"""
-
 
 def test_audit_commands_need_neither_the_server_nor_rich_nor_cryptography(
         tmp_path: Path, log_file: Path) -> None:
     for command in ("verify", "show"):
-        modules_file = tmp_path / f"{command}.json"
-        done = subprocess.run([sys.executable, "-c", PROBE, str(modules_file), "audit",
-                               command, str(log_file)], capture_output=True, env=base_env(),
-                              timeout=60, check=False, cwd=tmp_path)
-        assert done.returncode == 0, done
-        modules = json.loads(modules_file.read_text())
+        code, modules = imported_modules(tmp_path, base_env(), "audit", command,
+                                         str(log_file), cwd=tmp_path)
+        assert code == 0
         heavy = ("jobkit.server", "cryptography", "rich", "ssl", "jobkit.core.pool")
         assert [m for m in modules if m.split(".")[0] in heavy or m in heavy or any(
             m.startswith(h + ".") for h in heavy)] == []
