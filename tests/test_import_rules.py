@@ -31,6 +31,22 @@ def test_the_core_knows_nothing_of_http_tls_or_terminals(name: str) -> None:
     assert not third_party(found) & {*WEB_AND_TERMINAL, "cryptography"}
 
 
+@pytest.mark.parametrize("name", [n for n in ALL if within(n, "jobkit.executors")])
+def test_executors_use_the_core_and_ray_only_in_one_place(name: str) -> None:
+    found = imports(name, ALL[name])
+    assert not {m for m in found if within(m, "jobkit.server", "jobkit.client", "jobkit.cli",
+                                            "jobkit.pki", "jobkit.wire")}
+    assert not third_party(found) & {*WEB_AND_TERMINAL, "cryptography"}
+    # Ray (and aiohttp, its dependency) only where its use is listed, inside functions.
+    if name != "jobkit.executors.ray_client":
+        assert not third_party(found) & {"ray", "aiohttp"}
+    tree = ast.parse(ALL[name].read_text())
+    top = {alias.name if isinstance(node, ast.Import) else node.module
+           for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
+           for alias in node.names}
+    assert not {m for m in top if m and within(m, "ray", "aiohttp")}
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if within(n, "jobkit.client")])
 def test_the_client_imports_no_server(name: str) -> None:
     found = imports(name, ALL[name])

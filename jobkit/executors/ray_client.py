@@ -12,6 +12,7 @@ pyproject.toml; tests/executors runs all of it against a real cluster):
   STOPPED), ``message``, ``driver_exit_code`` and ``metadata``; for an
   unknown job it raises ``RuntimeError("Request failed with status code
   404: ...")`` (the status in the message is all it says);
+* ``get_job_logs`` gives the whole log as text;
 * ``stop_job`` sends SIGTERM to the entrypoint and every process under it,
   then SIGKILL after ``RAY_JOB_STOP_WAIT_TIME_S`` (3 s); ``delete_job``
   forgets a job that has ended;
@@ -123,6 +124,11 @@ class RayJobs:
         status = getattr(details.status, "value", details.status)
         return RayJob(str(status), str(details.message or ""),
                       getattr(details, "driver_exit_code", None), dict(details.metadata or {}))
+
+    def logs(self, handle: str) -> str:
+        """The job's whole log, as text."""
+        text: str = self._call("get_job_logs", handle)
+        return text
 
     def stop(self, handle: str) -> None:
         """Ask Ray to stop the job; no error if it has ended."""

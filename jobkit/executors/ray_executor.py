@@ -9,12 +9,11 @@ log (`jobkit.executors.frames`); the executor reads that log as Ray serves
 it and hands the bytes to the pool, which stores them in its own backend.
 
 One thread (``jobkit-ray``, an asyncio loop) serves every job of every
-``ray`` executor of the process: per job, one websocket on its log.  A job
-is pending until the wrapper's first line arrives (Ray starts the wrapper as
-soon as it stops saying PENDING): no poll of its state, which on a busy
-cluster would cost Ray's dashboard a request per job several times a second.
-docs/executors.md tells what maps to what, what the cluster needs, and what
-differs from ``local``.
+``ray`` executor of the process: per job, one websocket on its log, and a
+few looks at its state in its first seconds (`RayExecutor._early_end`: Ray's
+log tail tells a short job's end two seconds late); a long job costs Ray's
+dashboard nothing more.  docs/executors.md tells what maps to what, what the
+cluster needs, and what differs from ``local``.
 """
 
 from __future__ import annotations
@@ -28,6 +27,8 @@ import threading
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
+
+import attrs
 
 from jobkit.core.errors import ExecutorUnavailable
 from jobkit.core.executor import (
@@ -64,6 +65,11 @@ _FORGET_FIRST, _FORGET_LAST = 1.0, 60.0
 _RETRY_FIRST, _RETRY_LAST = 0.5, 10.0
 #: The limits Ray can place a job by (as resources); it enforces none.
 _SCHEDULED = ("cpu", "memory")
+#: The early looks at a job's state (`RayExecutor._early_end`): while it is
+#: pending, every so many seconds for so long at most; once it runs, the first
+#: after this many seconds, then twice as long each time, up to the last.
+_EARLY_PENDING_EVERY, _EARLY_PENDING = 0.5, 30.0
+_EARLY_FIRST, _EARLY_LAST = 0.25, 2.0
 #: How much of Ray's message a job's error keeps.
 _MESSAGE_KEPT = 2000
 
@@ -318,14 +324,31 @@ class RayExecutor(Executor):
         sink.ended(ending)
 
     async def _run(self, handle: str, sink: JobSink) -> Ending:
+        seen = _Seen()
         if handle in self._submitted:  # just submitted: ours, and pending
             self._submitted.discard(handle)
         else:  # taken over from an earlier pool: see what Ray says first
             first = await self._first_look(handle)
             if isinstance(first, Ending):
                 return first
-            sink.state(State.PENDING if first.status == "PENDING" else State.RUNNING)
-        return await self._read_log(handle, sink)
+            if first.status != "PENDING":
+                seen.running = True
+                sink.state(State.RUNNING)
+            else:
+                sink.state(State.PENDING)
+        loop = asyncio.get_running_loop()
+        tail = loop.create_task(self._read_log(handle, sink, seen))
+        early = loop.create_task(self._early_end(handle, sink, seen))
+        try:
+            done, _ = await asyncio.wait({tail, early}, return_when=asyncio.FIRST_COMPLETED)
+            if early in done and early.result() is not None:
+                ending = early.result()
+                assert ending is not None
+                return ending
+            return await tail
+        finally:
+            tail.cancel()
+            early.cancel()
 
     async def _info(self, handle: str) -> RayJob:
         """Ray's word on the job, as soon as the cluster answers; `JobGone` if it has none."""
@@ -352,24 +375,22 @@ class RayExecutor(Executor):
                                             f" pool or owner: not followed")
         return job
 
-    async def _read_log(self, handle: str, sink: JobSink) -> Ending:
+    async def _read_log(self, handle: str, sink: JobSink, seen: _Seen) -> Ending:
         """Follow the log to the ``end`` frame (or the log's end), reconnecting as needed."""
         reader = FrameReader()
-        started = False
         delay = _RETRY_FIRST
         while True:
             reader.reset()  # a new read starts at the top; the sink drops what it has
             try:
                 async for text in self._ray.tail(handle):
                     for frame in reader.feed(text):
-                        ending = self._take(frame, sink, started)
-                        started = True
+                        ending = self._take(frame, sink, seen)
                         if ending is not None:
                             return ending
                 # The log's end without an end frame: Ray has the last word.
                 job = await self._info(handle)
                 if job.terminal:
-                    return _ending_without_frame(job, started)
+                    return _ending_without_frame(job, seen.framed)
             except JobGone:
                 return _gone(handle)
             except ExecutorUnavailable as error:
@@ -377,20 +398,79 @@ class RayExecutor(Executor):
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_LAST)
 
-    @staticmethod
-    def _take(frame: Frame, sink: JobSink, started: bool) -> Ending | None:
-        """Hand one frame to the sink; the job's `Ending` if it says how it ended."""
-        if frame.kind in ("stdout", "stderr"):
-            if not started:
+    async def _early_end(self, handle: str, sink: JobSink, seen: _Seen) -> Ending | None:
+        """Ask Ray how the job is in its first seconds; its `Ending` if it is over by then.
+
+        Ray's log tail looks at the file once a second and waits as long
+        again between checks of the job's state, so a short job's end
+        reaches the tail about two seconds after Ray knows it.  Asking Ray
+        every `_EARLY_PENDING_EVERY` seconds while it is pending (for
+        `_EARLY_PENDING` seconds at most), then 0.25, 0.75, 1.75 and 3.75 s
+        after it started, and reading its whole (short) log at once when it
+        is over, takes most of that away.  Past that the tail is as quick,
+        and the job is not asked again: a long job costs Ray's dashboard
+        nothing.  None when it gave up.
+        """
+        loop = asyncio.get_running_loop()
+        pending_until = loop.time() + _EARLY_PENDING
+        delay = _EARLY_FIRST
+        while True:
+            if seen.running:
+                if delay > _EARLY_LAST:
+                    return None
+                await asyncio.sleep(delay)
+                delay *= 2
+            elif loop.time() > pending_until:
+                return None
+            else:
+                await asyncio.sleep(_EARLY_PENDING_EVERY)
+            try:
+                job = await self._blocking(self._ray.info, handle)
+            except (JobGone, RayRefused, ExecutorUnavailable):
+                continue  # the tail tells
+            if job.status == "RUNNING" and not seen.running:
+                seen.running = True
                 sink.state(State.RUNNING)
-            sink.output(frame.kind, frame.offset, frame.data)
-        elif frame.kind == "start":
+            if job.terminal:
+                return await self._ending_from_whole_log(handle, job, sink, seen)
+
+    async def _ending_from_whole_log(self, handle: str, job: RayJob, sink: JobSink,
+                                     seen: _Seen) -> Ending | None:
+        """Hand over the whole log of a job that has ended; its `Ending` (None if unread)."""
+        try:
+            text: str = await self._blocking(self._ray.logs, handle)
+        except (JobGone, RayRefused, ExecutorUnavailable):
+            return None  # the tail tells
+        for frame in FrameReader().feed(text):
+            ending = self._take(frame, sink, seen)
+            if ending is not None:
+                return ending
+        return _ending_without_frame(job, seen.framed)
+
+    @staticmethod
+    def _take(frame: Frame, sink: JobSink, seen: _Seen) -> Ending | None:
+        """Hand one frame to the sink; the job's `Ending` if it says how it ended."""
+        seen.framed = True
+        if not seen.running and frame.kind in ("stdout", "stderr", "start"):
+            seen.running = True
             sink.state(State.RUNNING)
+        if frame.kind in ("stdout", "stderr"):
+            sink.output(frame.kind, frame.offset, frame.data)
         elif frame.kind == "end":
             return _ending(frame.fields)
         elif frame.kind == "error":
             return Ending(State.ERROR, error=str(frame.fields.get("message", "")))
         return None
+
+
+@attrs.define
+class _Seen:
+    """What is known of one job while it is followed (in the loop's thread only)."""
+
+    #: The sink was told it runs.
+    running: bool = False
+    #: A frame of its wrapper was read: the wrapper ran.
+    framed: bool = False
 
 
 def _gone(handle: str) -> Ending:

@@ -87,16 +87,12 @@ def test_two_clients_are_apart(ray_server: ServerProcess, ray_pki: Path,
                 bob.status(job_id)
             with pytest.raises(JobNotFound):
                 bob.delete(job_id)
-    # On the cluster, each job is its owner's, under its own name.
+    # On the cluster, each job is its owner's, under a name of its own pool's.
     ray = JobSubmissionClient(ray_cluster.address)
-    owners = {job.metadata.get("jobkit_owner") for job in ray.list_jobs()
-              if job.metadata.get("jobkit_job") in (mine, theirs)}
-    assert {"alice", "bob"} <= owners
-    names = {job.submission_id for job in ray.list_jobs()
-             if job.metadata.get("jobkit_owner") in ("alice", "bob")}
-    assert len(names) == len({(job.metadata["jobkit_owner"], job.metadata["jobkit_job"])
-                              for job in ray.list_jobs()
-                              if job.metadata.get("jobkit_owner") in ("alice", "bob")})
+    handles = {"alice": alice.status(mine).handle, "bob": bob.status(theirs).handle}
+    assert None not in handles.values() and handles["alice"] != handles["bob"]
+    for owner, handle in handles.items():
+        assert ray.get_job_info(handle).metadata["jobkit_owner"] == owner
 
 
 def test_a_restarted_server_takes_its_jobs_over(ray_cluster: RayCluster, ray_pki: Path,

@@ -65,9 +65,13 @@ class RayCluster:
             "port", "ray-client-server-port", "dashboard-agent-listen-port",
             "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
             "node-manager-port", "object-manager-port")}
-        # Jobs run `python3 -m jobkit...` from PATH: this Python, with jobkit.
+        # Jobs run `python3 -m jobkit...` from PATH: this Python, with jobkit.  Not
+        # measured by coverage (.ci/run): its start-up hook in each of Ray's many
+        # Python processes would slow the cluster; tests/executors/test_ray_entry.py
+        # runs the wrapper itself, measured.
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env.pop("COVERAGE_PROCESS_START", None)
         command = [str(ray), "start", "--head", "--num-cpus=2", "--dashboard-host=127.0.0.1",
                    f"--dashboard-port={dashboard}", "--object-store-memory=100000000",
                    "--disable-usage-stats", "--min-worker-port=0", "--max-worker-port=0",
