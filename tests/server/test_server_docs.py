@@ -62,6 +62,9 @@ def test_the_curl_session_in_the_docs(tmp_path: Path) -> None:
             if "echo hello" in command:  # let job 1 finish before the docs show its status
                 script.append('for i in $(seq 1000); do jk "$JOBKIT/jobs/1/status" '
                               '| grep -q \'"running"\' || break; done >/dev/null')
+            if "trap" in command:  # job 2 ignores SIGINT only once it said so
+                script.append('for i in $(seq 1000); do jk "$JOBKIT/jobs/2/stdout" '
+                              '| grep -q ready && break; done >/dev/null')
         result = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True,
                                 text=True, timeout=60)
     finally:
