@@ -123,10 +123,20 @@ def test_a_status_goes_to_json_and_back() -> None:
 
 
 def test_every_field_of_the_library_status_is_on_the_wire() -> None:
+    # The wire's records mirror the library's values field for field (see the
+    # comment above UsageRecord in jobkit/wire.py): this holds them together.
     import attrs
+
+    from jobkit.core.limits import Limits
+    from jobkit.core.models import Usage
+    from jobkit.wire import LimitsRecord, UsageRecord
 
     library = {field.name for field in attrs.fields(JobStatus)}
     assert library <= set(StatusRecord._fields)
+    for value, record in ((Usage, UsageRecord), (Limits, LimitsRecord)):
+        fields = [(f.name, f.default) for f in attrs.fields(value)]
+        assert fields == [(name, record._field_defaults.get(name, attrs.NOTHING))
+                          for name in record._fields], record
 
 
 def test_limits_and_usage_go_to_json_and_back() -> None:
