@@ -283,8 +283,13 @@ def test_http_client_keeps_one_connection_for_many_requests(client: ApiClient) -
 def test_pid_is_the_jobs_process(client: ApiClient) -> None:
     job_id = client.create("sleep", "30")
     pid = client.status(job_id)["pid"]
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        assert f.read().split(b"\0")[:2] == [b"sleep", b"30"]
+
+    def cmdline() -> list[bytes]:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")[:2]
+
+    # Just after create the child may still be inside exec (an empty cmdline).
+    wait_until(lambda: cmdline() == [b"sleep", b"30"], what="the job to be exec'd")
     assert os.getpgid(pid) == pid
     client.request("DELETE", f"/jobs/{job_id}")
 
