@@ -82,9 +82,18 @@ def test_python_tls_1_2_is_refused(server: JobServer, pki: Path) -> None:
 
 
 def test_openssl_without_a_client_certificate_is_refused(server: JobServer, pki: Path) -> None:
-    result = s_client(server.address, pki / "clients" / "alice", with_cert=False)
-    assert b"HTTP/" not in result.stdout
-    assert b"certificate required" in result.stderr, result.stderr
+    # In TLS 1.3 the client has finished its handshake when the server checks
+    # its (absent) certificate: s_client may be writing its request when the
+    # alert and the close come, and then report the broken pipe instead of
+    # the alert.  Never served; the alert seen in at least one of a few tries.
+    stderrs = []
+    for _ in range(5):
+        result = s_client(server.address, pki / "clients" / "alice", with_cert=False)
+        assert b"HTTP/" not in result.stdout
+        stderrs.append(result.stderr)
+        if b"certificate required" in result.stderr:
+            break
+    assert any(b"certificate required" in err for err in stderrs), stderrs
 
 
 def test_python_without_a_client_certificate_is_refused(server: JobServer, pki: Path) -> None:
