@@ -265,6 +265,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
                            metrics_per_client=metrics_per_client, executor=executor,
                            executor_options=executor_options)
         click.echo(f"Keeping jobs in {server.state.root}: {storage.describe()}")
+        if executor_options is not None:
+            click.echo(f"Running jobs on the {executor} cluster at {executor_options['address']}")
         if server.recovered:
             click.echo(f"Killed {len(server.recovered)} job(s) left running by a previous "
                        f"server (state: {server.state.root})")

@@ -107,6 +107,7 @@ def test_a_restarted_server_takes_its_jobs_over(ray_cluster: RayCluster, ray_pki
         wait_until(lambda: alice.status(job).stdout.written == len(b"first\n"),
                    timeout=JOB_WAIT, what="the first line")
     with server_process(ray_pki, *options) as second:
+        assert f"Running jobs on the ray cluster at {ray_cluster.address}\n" in second.printed
         alice = _client(second, ray_pki, "alice")
         assert alice.status(job).running
         flag.touch()
