@@ -27,6 +27,7 @@ Threads and ordering:
   same one.  They may block (on the network) but must not wait on a job's
   sink: the pool may hold nothing while calling them, and a sink call may be
   on its way in another thread.
+* `find` is called from the thread that opens the pool.
 * After `watch`, the executor calls the job's `JobSink` from threads of its
   own, **one call at a time per job**, in order: `JobSink.output` for bytes,
   `JobSink.state` when the job leaves pending, and `JobSink.ended` exactly
@@ -222,15 +223,23 @@ class Executor(abc.ABC):
         """
 
     @abc.abstractmethod
-    def watch(self, handle: str | None, sink: JobSink) -> None:
+    def watch(self, handle: str, sink: JobSink) -> None:
         """Start handing the job's output, state and end to ``sink``; return at once.
 
         Also called for a job recorded by an earlier pool (a restart):
-        ``sink`` then holds the output kept so far.  ``handle`` is None
-        when that pool ended between `submit` and recording the handle:
-        find the job by ``sink.job_id`` if you can, else end it as
-        `State.LOST`.
+        ``sink`` then holds the output kept so far.
         """
+
+    def find(self, job_id: str) -> str | None:
+        """The handle of the pool's job ``job_id`` on the cluster, or None.
+
+        Called when a reopened pool finds a job recorded without a handle
+        (the previous pool ended between `submit` and recording it): an
+        executor that names jobs after `ExecutorContext.pool_id` and the
+        job's id can find it again.  None (the default) records it
+        `State.LOST`, and leaves it alone wherever it runs.
+        """
+        return None
 
     @abc.abstractmethod
     def stop(self, handle: str, signal: int) -> None:

@@ -229,7 +229,7 @@ class JobPool:
         self._supervisor = supervisor.acquire()
         _open_pools.add(self)
         for job in reattached:
-            assert self._executor is not None
+            assert self._executor is not None and job.handle is not None
             self._executor.watch(job.handle, JobFeed(job, self._drained))
         self._apply_retention()
 
@@ -953,9 +953,13 @@ class JobPool:
         lost = []
         for leftover in self._records.incarnations():
             if leftover.executor != DEFAULT_EXECUTOR:
-                if leftover.executor == self._executor_name:
-                    reattached.append(self._reattach(leftover))
-                    continue
+                if leftover.executor == self._executor_name and self._executor is not None:
+                    if leftover.handle is None:  # the pool ended before it recorded one
+                        leftover = attrs.evolve(leftover,
+                                                handle=self._executor.find(leftover.id))
+                    if leftover.handle is not None:
+                        reattached.append(self._reattach(leftover))
+                        continue
                 self._lose_remote(leftover)
                 lost.append(leftover.id)
                 continue
@@ -999,6 +1003,10 @@ class JobPool:
         except OSError as error:
             raise StorageFailed(f"cannot reopen the output of job {leftover.id}: "
                                 f"{error.strerror or error}") from None
+        assert leftover.handle is not None
+        if status.handle is None:  # found again by its executor: recorded now
+            self._records.submitted(leftover.id, leftover.handle, status.enforced_by,
+                                    status.unenforced)
         job = Job(leftover.id, status.command, status.args, status.backend, status.created_at,
                   streams, limits=status.limits, network=status.network,
                   enforced_by=status.enforced_by, unenforced=status.unenforced,
@@ -1009,18 +1017,23 @@ class JobPool:
         return job
 
     def _lose_remote(self, leftover: Incarnation) -> None:
-        """Record as lost a job another executor than this pool's runs (it runs on)."""
+        """Record as lost a job recorded as running elsewhere that this pool cannot
+        follow (another executor's, or one its executor cannot find); it is left
+        alone wherever it runs."""
         recorded = self._records.status(leftover.id)
         assert recorded is not None
+        if leftover.executor != self._executor_name:
+            why = (f"recorded as running on the executor {leftover.executor!r}, which this"
+                   f" pool does not use: left as it was there ({leftover.handle})")
+        else:
+            why = (f"its pool ended before the executor {leftover.executor!r} named it, and"
+                   f" the executor cannot find it: if it runs, it was left as it was")
         self._records.finished(attrs.evolve(
-            recorded, state=State.LOST, ended_at=utcnow(),
-            error=(f"recorded as running on the executor {leftover.executor!r}, which this"
-                   f" pool does not use: left as it was there ({leftover.handle})"),
+            recorded, state=State.LOST, ended_at=utcnow(), error=why,
             stdout=attrs.evolve(recorded.stdout, closed=True),
             stderr=attrs.evolve(recorded.stderr, closed=True),
         ))
-        log.warning("job %s was lost: it runs on executor %s, not this pool's",
-                    leftover.id, leftover.executor)
+        log.warning("job %s was lost: %s", leftover.id, why)
 
     def _done(self) -> None:
         """One `create` or `delete` less in flight (`close` waits for none)."""

@@ -197,8 +197,16 @@ class RayExecutor(Executor):
         self._submitted.add(handle)
         return Submission(handle, State.PENDING, "none" if asked else None, asked)
 
-    def watch(self, handle: str | None, sink: JobSink) -> None:
+    def watch(self, handle: str, sink: JobSink) -> None:
         self._shared.loop.call_soon_threadsafe(self._begin, handle, sink)
+
+    def find(self, job_id: str) -> str | None:
+        handle = submission_id(self._context.pool_id, job_id)
+        try:
+            job = self._ray.info(handle)
+        except (JobGone, RayRefused):
+            return None
+        return handle if job.metadata.get("jobkit_pool") == self._context.pool_id else None
 
     def stop(self, handle: str, signal: int) -> None:
         # Ray's stop_job: SIGTERM to the whole tree, then SIGKILL (see ray_entry).
@@ -272,11 +280,17 @@ class RayExecutor(Executor):
     async def _blocking(self, fn: Any, *args: Any) -> Any:
         return await asyncio.to_thread(fn, *args)
 
-    def _begin(self, handle: str | None, sink: JobSink) -> None:
+    def _begin(self, handle: str, sink: JobSink) -> None:
         if self._closed:
             return
-        key = handle or submission_id(self._context.pool_id, sink.job_id)
-        self._tasks[key] = self._shared.loop.create_task(self._follow(handle, sink))
+        task = self._shared.loop.create_task(self._follow(handle, sink))
+        self._tasks[handle] = task
+
+        def done(_: object) -> None:  # a job that has ended holds nothing here
+            if self._tasks.get(handle) is task:
+                del self._tasks[handle]
+
+        task.add_done_callback(done)
 
     async def _end(self, handle: str) -> None:
         task = self._tasks.pop(handle, None)
@@ -310,11 +324,10 @@ class RayExecutor(Executor):
         except (JobGone, RayRefused, ExecutorUnavailable) as error:
             log.info("job %s: not deleted on the Ray cluster: %s", handle, error)
 
-    async def _follow(self, handle: str | None, sink: JobSink) -> None:
+    async def _follow(self, handle: str, sink: JobSink) -> None:
         """Hand the job's output, state and end to ``sink`` until it ends."""
         try:
-            ending = await self._run(handle or submission_id(self._context.pool_id,
-                                                             sink.job_id), sink)
+            ending = await self._run(handle, sink)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # a bug must not leave the job running forever here

@@ -5,6 +5,7 @@ And what a cluster out of reach does to the library: a clear error, nothing crea
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,27 @@ def test_a_reopened_pool_reattaches_and_the_output_continues(ray_cluster: RayClu
         assert int(next_job) > int(job)
         second.delete(job)
     wait_until(lambda: _gone(ray, handle), timeout=JOB_WAIT, what="the Ray job deleted")
+
+
+def test_a_job_whose_handle_was_never_recorded_is_found_again(ray_cluster: RayCluster,
+                                                               tmp_path: Path) -> None:
+    options = {"address": ray_cluster.address}
+    flag = tmp_path / "flag"
+    state = tmp_path / "state"
+    with JobPool(state_dir=state, executor="ray", executor_options=options) as first:
+        job = first.create("sh", ["-c", WAIT_FOR_FLAG, "sh", str(flag)])
+        handle = first.status(job).handle
+        wait_until(lambda: first.read(job, "stdout") == b"first\n", timeout=JOB_WAIT,
+                   what="the first line")
+    # As if the pool had died between submitting the job and recording its handle.
+    with sqlite3.connect(state / "jobs.db") as db:
+        db.execute("UPDATE jobs SET handle = NULL WHERE id = ?", (int(job),))
+    with JobPool(state_dir=state, executor="ray", executor_options=options) as second:
+        assert second.reattached == (job,)
+        assert second.status(job).handle == handle
+        flag.touch()
+        assert second.wait(job, timeout=JOB_WAIT).state is State.COMPLETED
+        assert second.output(job).stdout == b"first\nsecond\n"
 
 
 def _gone(ray: object, handle: str) -> bool:
