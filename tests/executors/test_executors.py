@@ -130,8 +130,9 @@ def test_env_and_cwd(make_pool: MakePool, tmp_path: Path) -> None:
 
 def test_only_a_cluster_job_is_ever_pending(make_pool: MakePool, executor: str) -> None:
     pool = make_pool()
-    # More CPUs than the one-node cluster has: Ray keeps it waiting.
+    # More CPUs, or more memory, than the one-node cluster has: Ray keeps it waiting.
     big = pool.create("true", limits=Limits(cpu=64, strict=False))
+    huge = pool.create("true", limits=Limits(memory="64T", strict=False))
     small = pool.create("true")
     if executor == "local":
         assert pool.status(big).state is not State.PENDING
@@ -142,8 +143,13 @@ def test_only_a_cluster_job_is_ever_pending(make_pool: MakePool, executor: str) 
     assert pool.wait(small, timeout=JOB_WAIT).state is State.COMPLETED
     # The small job ran and ended meanwhile; the big one still waits.
     assert pool.status(big).state is State.PENDING
+    assert pool.status(huge).state is State.PENDING
+    # Resources to place it by, not limits: nothing enforces them.
     assert pool.status(big).unenforced == ("cpu",)
+    assert pool.status(huge).enforced_by == "none"
     pool.delete(big)
+    pool.delete(huge)
+    assert huge not in pool.list()
     assert big not in pool.list()
 
 
