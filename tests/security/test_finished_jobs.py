@@ -44,6 +44,28 @@ def create_many(address: tuple[str, int], client: ApiClient, count: int) -> list
     return ids
 
 
+def test_a_thousand_finished_jobs_hold_no_process_or_descriptor(pki: Path) -> None:
+    # The default run's variant: no descriptor limit (nothing can run out), so
+    # only what finished jobs keep is measured.
+    with server_process(pki, "--max-jobs", "0") as served:
+        hoarder = client_of(served.address, pki, "hoarder")
+        hoarder.wait(hoarder.create("true"))
+        wait_until(lambda: not descendants(served.pid), what="the warm-up job to be reaped")
+        baseline = fd_count(served.pid)
+        ids = create_many(served.address, hoarder, 1000)
+        assert len(set(ids)) == 1000
+        wait_until(lambda: not descendants(served.pid), timeout=60,
+                   what="every job to be reaped: no zombie per finished job")
+        # A few for the server's own needs (a log or coverage file), never one per job.
+        wait_until(lambda: fd_count(served.pid) <= baseline + 8, timeout=30,
+                   what=f"the server's descriptors back near {baseline}")
+        hoarder.close()
+        other = client_of(served.address, pki, "other")
+        assert other.wait(other.create("true"))["exit_code"] == 0
+        other.close()
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit (util-linux)")
 def test_five_thousand_finished_jobs_hold_nothing_and_block_no_one(pki: Path) -> None:
     # At 256 descriptors, a zombie and a pidfd per finished job (as jobkit once
