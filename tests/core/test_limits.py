@@ -520,7 +520,8 @@ def test_groups_kept_for_the_next_job_carry_nothing_over() -> None:
         # Each job gets its own limit, whatever the folders' last job had.
         for size in ("128M", "128M", "96M", "256M"):
             if ENFORCED["memory"] == "cgroup1":
-                wait_until(lambda: any(TREE._spares.values()), what="groups kept for reuse")
+                wait_until(lambda: any(TREE._spares.values()), timeout=60,
+                           what="groups kept for reuse")
             job = pool.create("sh", ["-c", "echo up; exec sleep 1000"], limits=Limits(memory=size))
             next(iter(pool.follow(job, "stdout")))
             memory = groups_of(pool, job).v1_with("memory")
