@@ -24,20 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_core import GIB, rss_kib  # run as a script: benchmarks/ is on sys.path
+
 from jobkit import JobPool
 from jobkit.core.job import utcnow
-from jobkit.core.models import State, StreamInfo
+from jobkit.core.models import JobStatus, State, StreamInfo
 from jobkit.core.records import JobRecords
-
-GIB = 1 << 30
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def bench_spawn(n: int, folder: Path) -> None:
@@ -96,8 +88,6 @@ def fill(folder: Path, count: int) -> None:
     for _ in range(count):
         now = utcnow()
         job_id = records.add("echo", ["hello"], None, None, "file", now)
-        from jobkit.core.models import JobStatus
-
         records.finished(JobStatus(
             id=job_id, state=State.COMPLETED, command="echo", args=("hello",), pid=None,
             created_at=now, backend="file", exit_code=0, ended_at=now, stdout=done, stderr=done,
