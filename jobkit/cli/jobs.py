@@ -51,7 +51,7 @@ def _print_json(data: Any) -> None:
 @click.pass_context
 @handle_errors()
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Print the status of job ID, e.g. 'completed, exit status: 0'.
+    """Print the status of job ID and what it used, e.g. 'completed, exit status: 0 · cpu ...'.
 
     \b
     running                      yellow
@@ -59,6 +59,10 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
     completed, exit status: 0    green (another exit status: red)
     killed, signal: SIGKILL      magenta
     error: <why it could not start>   red
+
+    \b
+    Then what it used, where known: cpu seconds (user, system), peak mem, io,
+    and where the figures come from (cgroup, or rusage of the main process).
     """
     client = connect(ctx)
     document = client.status_json(job_id)

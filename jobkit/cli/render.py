@@ -94,20 +94,33 @@ def status_line(job: StatusRecord) -> str:
     return state
 
 
-def usage_text(job: StatusRecord) -> str:
-    """`` · cpu 1.23 s · peak mem 41 MiB`` for a job run with limits; ``""`` otherwise.
+#: How the status line names each `UsageRecord.source`.
+_SOURCES = {"cgroup": "cgroup", "rusage": "rusage of the main process"}
 
-    Only jobs with limits: what they used is read against them, and the
-    line of other jobs stays what scripts and the README expect (``--json``
-    has every job's usage).
+
+def usage_text(job: StatusRecord) -> str:
+    """What the job used, after its status line; ``""`` while nothing is known yet.
+
+    `` · cpu 1.23 s (user 1.01, system 0.22) · peak mem 41 MiB · io read 0 B,
+    written 8 MiB · from cgroup``: CPU seconds (user and system together, then
+    each), the most memory it held at once, bytes it read from and wrote to
+    block devices, and where the figures come from (``cgroup``: the job's
+    whole tree; ``rusage of the main process``: ``wait4`` of the main process,
+    known once it has ended).  Figures the source cannot tell (peak memory
+    below the server's own, io outside a blkio group) are left out.
     """
     usage = job.usage
-    if job.limits is None or usage is None:
+    if usage is None:
         return ""
-    text = f" · cpu {usage.cpu_s:.2f} s"
+    text = (f" · cpu {usage.cpu_s:.2f} s (user {usage.cpu_user_s:.2f},"
+            f" system {usage.cpu_system_s:.2f})")
     if usage.peak_memory is not None:
         text += f" · peak mem {format_size(usage.peak_memory)}"
-    return text
+    if usage.io_read_bytes is not None or usage.io_write_bytes is not None:
+        read = "?" if usage.io_read_bytes is None else format_size(usage.io_read_bytes)
+        written = "?" if usage.io_write_bytes is None else format_size(usage.io_write_bytes)
+        text += f" · io read {read}, written {written}"
+    return text + f" · from {_SOURCES.get(usage.source, usage.source)}"
 
 
 def status_colour(job: StatusRecord) -> str:

@@ -173,7 +173,7 @@ def test_ctrl_c_stops_following_and_leaves_the_job(env: dict[str, str], jobkit: 
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert jobkit("status", "1").stdout == "running\n"
+    assert jobkit("status", "1").status_head() == "running"
     jobkit("delete", "1")
 
 

@@ -51,11 +51,11 @@ def test_status_line(jobkit: Jobkit, command: list[str], line: str) -> None:
 
 def test_status_running_and_timed_out(jobkit: Jobkit) -> None:
     job_id = start(jobkit, "sleep", "60")
-    assert jobkit("status", job_id).stdout == "running\n"
+    assert jobkit("status", job_id).status_head() == "running"
     jobkit("delete", job_id)
     job_id = start(jobkit, "--timeout", "0.1", "sleep", "60")
     jobkit("wait", job_id)
-    assert jobkit("status", job_id).stdout == "killed, signal: SIGTERM (timed out)\n"
+    assert jobkit("status", job_id).status_head() == "killed, signal: SIGTERM (timed out)"
 
 
 def test_status_json_is_the_servers(jobkit: Jobkit) -> None:
@@ -271,7 +271,7 @@ def test_stop_with_signals(jobkit: Jobkit) -> None:
         job_id = start(jobkit, "sleep", "60")
         assert jobkit("stop", "--signal", name, job_id).code == 0
         assert jobkit("wait", job_id).code == 128 + number
-    assert jobkit("status", job_id).stdout == "killed, signal: SIGHUP\n"
+    assert jobkit("status", job_id).status_head() == "killed, signal: SIGHUP"
 
 
 def test_stop_unknown_signal(jobkit: Jobkit) -> None:
@@ -279,7 +279,7 @@ def test_stop_unknown_signal(jobkit: Jobkit) -> None:
     run = jobkit("stop", "-s", "BOGUS", job_id)
     assert run.code == 2
     assert "BOGUS" in run.error_line()
-    assert jobkit("status", job_id).stdout == "running\n"
+    assert jobkit("status", job_id).status_head() == "running"
     jobkit("delete", job_id)
 
 

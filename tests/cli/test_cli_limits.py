@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import Jobkit, base_env, run_jobkit
+from jobkit.core.cgroups import block_device as cgroups_block_device
+from tests.support.cli import Jobkit, Run, base_env, run_jobkit
 from tests.support.pki import new_client_folder
-from tests.support.processes import serving
+from tests.support.processes import server_process, serving
 
 #: A program whose first act is to take 1 GiB (and touch it).
 ALLOCATE_1G = (sys.executable, "-c", "b = bytearray(1 << 30)")
@@ -52,14 +53,82 @@ def test_exec_with_limits_and_the_status_shows_what_it_used(jobkit: Jobkit) -> N
     job = _finished(jobkit, "--cpu", "0.5", "--memory", "256M", "--pids", "100", "--",
                     "sh", "-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
     line = jobkit("status", job).stdout
-    assert re.fullmatch(r"completed, exit status: 0 · cpu \d+\.\d\d s · peak mem [\d.]+ [KM]iB\n",
-                        line), line
+    assert re.fullmatch(r"completed, exit status: 0 · cpu \d+\.\d\d s \(user \d+\.\d\d,"
+                        r" system \d+\.\d\d\) · peak mem [\d.]+ [KM]iB · from cgroup\n", line), line
     document = json.loads(jobkit("status", "--json", job).stdout)
     assert document["limits"] == {"cpu": 0.5, "memory": 256 << 20, "pids": 100,
                                   "io_read_bps": None, "io_write_bps": None, "strict": True}
     assert document["usage"]["source"] == "cgroup"
-    # A job without limits keeps its one plain line.
-    assert jobkit("status", _finished(jobkit, "true")).stdout == "completed, exit status: 0\n"
+
+
+#: A known workload: 0.3 s of CPU, 64 MiB more than the server ever held
+#: (rusage cannot tell a job's peak below the server's own), 4 MiB written
+#: past the page cache (so that the kernel counts it as the job's).
+WORKLOAD = ("import os, resource, time\n"
+            "block = bytearray({size}); block[::4096] = b'x' * (len(block) // 4096)\n"
+            "with open('out', 'wb', buffering=0) as f:\n"
+            "    f.write(os.urandom(4 << 20)); os.fsync(f.fileno())\n"
+            "while time.process_time() < 0.3:\n"
+            "    pass\n")
+
+
+def _usage_shown(jobkit: Jobkit, cwd: Path, size: int) -> tuple[str, dict[str, object]]:
+    job = _finished(jobkit, "--cwd", str(cwd), sys.executable, "-c",
+                    WORKLOAD.format(size=size))
+    document = json.loads(jobkit("status", "--json", job).stdout)
+    assert document["status"] == "completed" and document["exit_code"] == 0, document
+    return jobkit("status", job).stdout, document["usage"]
+
+
+def _peak_memory(pid: int) -> int:
+    """The most memory process ``pid`` has held (its VmHWM), in bytes."""
+    found = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert found, pid
+    return int(found[1]) << 10
+
+
+@needs_cgroups
+def test_every_jobs_status_shows_what_it_used_from_its_cgroup(jobkit: Jobkit,
+                                                              tmp_path: Path) -> None:
+    # No limits asked: a server that may use cgroups puts every job in them.
+    line, usage = _usage_shown(jobkit, tmp_path, 64 << 20)
+    assert usage["source"] == "cgroup", usage
+    assert 0.3 <= usage["cpu_user_s"] + usage["cpu_system_s"] <= 3, usage  # type: ignore[operator]
+    assert 64 << 20 <= usage["peak_memory"] <= 1 << 30, usage  # type: ignore[operator]
+    match = re.fullmatch(r"completed, exit status: 0 · cpu (\d+\.\d\d) s \(user (\d+\.\d\d),"
+                         r" system (\d+\.\d\d)\) · peak mem ([\d.]+) MiB · from cgroup\n", line)
+    assert match, line
+    assert float(match[1]) == round(usage["cpu_user_s"] + usage["cpu_system_s"], 2)  # type: ignore[operator]
+    assert float(match[4]) == round(usage["peak_memory"] / (1 << 20), 1)  # type: ignore[operator]
+
+
+def test_every_jobs_status_shows_what_it_used_from_rusage(pki_root: Path,
+                                                          tmp_path: Path) -> None:
+    if cgroups_block_device(str(tmp_path)) is None:
+        pytest.skip(f"{tmp_path} is on no block device: nothing would count the writes")
+    with server_process(pki_root, "--no-cgroups") as served:
+        env = base_env(JOBKIT_SERVER=served.host_port,
+                       JOBKIT_CERTS=str(new_client_folder(pki_root)[1]))
+
+        def jobkit(*args: str) -> Run:
+            return run_jobkit(*args, env=env)
+
+        size = _peak_memory(served.pid) + (64 << 20)
+        line, usage = _usage_shown(jobkit, tmp_path, size)
+        assert usage["source"] == "rusage", usage
+        assert 0.3 <= usage["cpu_user_s"] + usage["cpu_system_s"] <= 3, usage  # type: ignore[operator]
+        assert size <= usage["peak_memory"] <= size + (256 << 20), usage  # type: ignore[operator]
+        assert usage["io_write_bytes"] >= 4 << 20, usage  # type: ignore[operator]
+        assert re.fullmatch(
+            r"completed, exit status: 0 · cpu \d+\.\d\d s \(user \d+\.\d\d, system \d+\.\d\d\)"
+            r" · peak mem [\d.]+ MiB · io read [\d.]+ [KM]?i?B, written [\d.]+ MiB"
+            r" · from rusage of the main process\n", line), line
+        # A small job's peak is hidden below the server's own: left out, never made up.
+        small = _finished(jobkit, "true")
+        assert re.fullmatch(r"completed, exit status: 0 · cpu \d+\.\d\d s \(user \d+\.\d\d,"
+                            r" system \d+\.\d\d\) · io read [\d.]+ [KM]?i?B,"
+                            r" written [\d.]+ [KM]?i?B · from rusage of the main process\n",
+                            jobkit("status", small).stdout)
 
 
 @needs_cgroups

@@ -70,6 +70,25 @@ def test_status_colours() -> None:
         "\x1b[32mcompleted, exit status: 0\x1b[0m"
 
 
+def test_what_a_job_used_follows_its_status_line_with_where_it_comes_from() -> None:
+    from jobkit import Limits, Usage
+
+    cgroup = job("6", State.COMPLETED, exit_code=0, limits=Limits(memory="64M"),
+                 usage=Usage("cgroup", 1.014, 0.218, 41 << 20, 0, 8 << 20))
+    assert render.styled_status_line(cgroup, colour=False) == (
+        "completed, exit status: 0 · cpu 1.23 s (user 1.01, system 0.22) · peak mem 41 MiB"
+        " · io read 0 B, written 8 MiB · from cgroup")
+    # No limits: the same; a source that cannot tell the peak or the io leaves them out.
+    rusage = job("7", State.COMPLETED, exit_code=0, usage=Usage("rusage", 0.004, 0.0))
+    assert render.styled_status_line(rusage, colour=True) == (
+        "\x1b[32mcompleted, exit status: 0\x1b[0m · cpu 0.00 s (user 0.00, system 0.00)"
+        " · from rusage of the main process")
+    live = job("8", State.RUNNING, ran=None, usage=Usage("cgroup", 2.5, 0.5, 1536))
+    assert render.styled_status_line(live, colour=False) == (
+        "running · cpu 3.00 s (user 2.50, system 0.50) · peak mem 1.5 KiB · from cgroup")
+    assert (render.cpu_cell(live), render.memory_cell(live)) == ("3.00s", "1.5KiB")
+
+
 def test_durations() -> None:
     assert [render.format_duration(s) for s in (0, 0.004, 9.994, 42.04, 187, 7500, -1)] == [
         "0.00s", "0.00s", "9.99s", "42.0s", "3m07s", "2h05m", "0.00s"]

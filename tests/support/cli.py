@@ -41,6 +41,12 @@ class Run:
         assert "Traceback" not in self.stderr
         return lines[0]
 
+    def status_head(self) -> str:
+        """``jobkit status``'s one line up to what the job used (`` · cpu ...``, which varies)."""
+        lines = self.stdout.splitlines()
+        assert len(lines) == 1, self
+        return lines[0].split(" · ")[0]
+
 
 #: ``jobkit(*args, input=None, timeout=60, **extra_env)``: the ``jobkit`` fixture.
 Jobkit = Callable[..., Run]
