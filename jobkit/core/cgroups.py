@@ -148,6 +148,9 @@ class JobCgroups:
             (hierarchy None: the v2 group); a later job in the same folders
             with the same limits writes nothing.
         oom_base: OOM kills counted in the folders before this job (reused folders).
+        io_base: (read, written) bytes counted in the folders before this job:
+            ``blkio.reset_stats`` leaves the throttle's byte counts as they are
+            (seen on Linux 6.18), so they are subtracted instead.
         memory_limited: True once a memory limit is written: only then can
             the OOM killer act on the job's own limit, and is it asked.
         reused: True for folders that served an earlier job.
@@ -161,6 +164,7 @@ class JobCgroups:
     pids_max: int | None = None
     written: list[tuple[Hierarchy | None, str, str]] = attrs.Factory(list)
     oom_base: int = 0
+    io_base: tuple[int, int] = (0, 0)
     memory_limited: bool = False
     reused: bool = False
     owner: CgroupTree | None = None
@@ -354,11 +358,15 @@ class JobCgroups:
             with contextlib.suppress(OSError, ValueError):
                 peak = int(_read(memory))
         read = written = None
-        blkio = self._file("blkio", "blkio.throttle.io_service_bytes_recursive")
-        if blkio is not None:
-            with contextlib.suppress(OSError):
-                read, written = parse_blkio_bytes(_read(blkio))
+        with contextlib.suppress(OSError):
+            if (io := self._io_bytes()) is not None:
+                read, written = (max(0, n - base) for n, base in zip(io, self.io_base))
         return Usage("cgroup", user / 1e9, system / 1e9, peak, read, written)
+
+    def _io_bytes(self) -> tuple[int, int] | None:
+        """(read, written) bytes the blkio group has counted, if the job has one."""
+        blkio = self._file("blkio", "blkio.throttle.io_service_bytes_recursive")
+        return None if blkio is None else parse_blkio_bytes(_read(blkio))
 
     # -- ending -------------------------------------------------------------
 
@@ -750,10 +758,12 @@ class CgroupTree:
                 if (path := done._file(controller, file)) is not None:
                     _write(path, text)
             oom_base = done._oom_count()
+            io_base = done._io_bytes() or (0, 0)
             # Renamed, so that job-* folders are the groups of running jobs only.
             name = f"{SPARE_PREFIX}{next(iter(done.v1.values())).name.removeprefix(JOB_PREFIX)}"
             spare = JobCgroups(None, _renamed(done.v1, name), owner=self, reused=True,
-                               written=list(done.written), oom_base=oom_base)
+                               written=list(done.written), oom_base=oom_base,
+                               io_base=io_base)
         except (OSError, ValueError) as exc:
             log.debug("not reusing %s: %s", done.paths(), exc)
             return False
@@ -791,7 +801,8 @@ def _renamed(groups: dict[Hierarchy, Path], name: str) -> dict[Hierarchy, Path]:
 
 
 #: Counters set back to zero before a later job uses the folders: cpuacct's
-#: time, memory's peak (to what is charged now), blkio's bytes.
+#: time, memory's peak (to what is charged now), blkio's bytes (where the
+#: kernel does: `JobCgroups.io_base` counts from what is left).
 _RESETS = (
     ("cpuacct", "cpuacct.usage", "0"),
     ("memory", "memory.max_usage_in_bytes", "0"),

@@ -324,6 +324,38 @@ def test_io_limits_go_to_the_device_behind_the_working_directory(
     pool.delete(job)
 
 
+@enforced("io_read_bps", "io_write_bps")
+def test_io_reads_are_throttled_on_that_device_and_counted_job_by_job(tmp_path: Path) -> None:
+    if cgroups.block_device(str(tmp_path)) is None:
+        pytest.skip(f"{tmp_path} is on no block device (tmpfs?)")
+    with open(tmp_path / "data", "wb") as data:
+        data.write(os.urandom(8 * MIB))
+        os.fsync(data.fileno())  # else the job's direct read flushes it, and counts that
+    limits = Limits(io_read_bps="200M", io_write_bps="200M")
+    script = ("dd if=data of=/dev/null bs=1M iflag=direct 2>/dev/null &&"
+              " dd if=/dev/zero of=copy bs=1M count=4 oflag=direct 2>/dev/null")
+    with JobPool(cgroups=True) as pool:
+        for round in range(3):  # v1: later jobs reuse the groups of earlier ones
+            if round and ENFORCED["io_read_bps"] == "cgroup1":
+                assert TREE is not None
+                wait_until(lambda: any(TREE._spares.values()), timeout=60,
+                           what="groups kept for reuse")
+            job = pool.create("sh", ["-c", f"{script}; echo done; exec sleep 1000"],
+                              cwd=tmp_path, limits=limits)
+            assert next(iter(pool.follow(job, "stdout"))) == b"done\n"
+            groups = groups_of(pool, job)
+            if groups.v1 and round:
+                assert groups.reused
+            # Its own bytes only: what the reads and direct writes moved, not
+            # an earlier job's in the same folders.
+            usage = pool.status(job).usage
+            assert usage is not None and usage.source == "cgroup"
+            assert usage.io_read_bytes is not None and usage.io_write_bytes is not None
+            assert 8 * MIB <= usage.io_read_bytes < 12 * MIB, usage
+            assert 4 * MIB <= usage.io_write_bytes < 8 * MIB, usage
+            pool.delete(job)
+
+
 # -- what cannot be enforced ----------------------------------------------------
 
 
