@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from threading import TIMEOUT_MAX
 
 from jobkit.core.backend import OutputStore
@@ -24,7 +24,7 @@ class OutputStream:
     and then reads ``store.written`` has the final size.
     """
 
-    __slots__ = ("changed", "closed", "error", "name", "released", "store")
+    __slots__ = ("changed", "closed", "error", "name", "released", "store", "waiters")
 
     def __init__(self, name: str, store: OutputStore) -> None:
         self.name = name
@@ -33,22 +33,42 @@ class OutputStream:
         self.closed = False
         self.released = False
         self.error: str | None = None
+        #: Called once at the next change (see `Follower.when_ready`).
+        self.waiters: list[Callable[[], None]] = []
 
     def notify(self) -> None:
         with self.changed:
             self.changed.notify_all()
+            waiters = self._take_waiters()
+        self._wake(waiters)
 
     def mark_closed(self) -> None:
         with self.changed:
             self.closed = True
             self.changed.notify_all()
+            waiters = self._take_waiters()
+        self._wake(waiters)
 
     def release(self) -> None:
         """Free the storage and wake every follower (they end)."""
         with self.changed:
             self.closed = self.released = True
             self.changed.notify_all()
+            waiters = self._take_waiters()
+        self._wake(waiters)
         self.store.close()
+
+    def _take_waiters(self) -> list[Callable[[], None]]:
+        waiters = self.waiters
+        if waiters:
+            self.waiters = []
+        return waiters
+
+    @staticmethod
+    def _wake(waiters: list[Callable[[], None]]) -> None:
+        # Outside the lock: a waiter may read the stream at once, from this thread.
+        for wake in waiters:
+            wake()
 
     def info(self) -> StreamInfo:
         # In this order, so that dropped <= written even while bytes arrive.
@@ -105,8 +125,30 @@ class Follower(Iterator[bytes]):
             raise StopIteration
         return data
 
-    def read(self, timeout: float | None = None) -> bytes | None:
-        """Return the next bytes; ``b""`` if ``timeout`` passed first; None at the end."""
+    def when_ready(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` once `read` with no wait may give something new.
+
+        That is: bytes past `offset`, the end of the stream, or `cancel`.
+        ``wake`` is called at once, from this thread, if that is so already;
+        else later from the thread that wrote the bytes, which it must not
+        hold up: it should only schedule the read.  This is how a reader
+        waits for a quiet job without a thread of its own (the server's
+        follow streams do).
+        """
+        stream = self._stream
+        with stream.changed:
+            ready = (self._cancelled or stream.released or stream.closed
+                     or self.offset < stream.store.written)
+            if not ready:
+                stream.waiters.append(wake)
+        if ready:
+            wake()
+
+    def read(self, timeout: float | None = None, limit: int = FOLLOW_CHUNK) -> bytes | None:
+        """Return the next bytes; ``b""`` if ``timeout`` passed first; None at the end.
+
+        At most ``limit`` bytes come at once.
+        """
         stream = self._stream
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -124,7 +166,7 @@ class Follower(Iterator[bytes]):
                     if remaining is not None and remaining <= 0:
                         return b""
                     stream.changed.wait(None if remaining is None else min(remaining, TIMEOUT_MAX))
-            start, data = stream.read(self.offset, min(written - self.offset, FOLLOW_CHUNK))
+            start, data = stream.read(self.offset, min(written - self.offset, limit))
             if data:
                 self.offset = start + len(data)
                 return data

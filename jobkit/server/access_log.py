@@ -116,13 +116,24 @@ class LoggedBody:
 
     def __init__(self, body: Iterable[bytes], record: RequestRecord) -> None:
         self._body = body
-        self._iterator = iter(body)
+        self._iterator: Iterator[bytes] | None = None  # made on first use: a `source` has none
         self._record = record
+
+    @property
+    def source(self) -> object:
+        """The body itself: the server writes a long one in turns (`jobkit.server.pump`)."""
+        return self._body
+
+    def count(self, sent: int) -> None:
+        """``sent`` more bytes of the body went out by way of `source`."""
+        self._record.sent += sent
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = iter(self._body)
         chunk = next(self._iterator)
         self._record.sent += len(chunk)
         return chunk

@@ -213,15 +213,6 @@ class JobApi:
                           printable(environ.get("REQUEST_METHOD", "-")),
                           printable(environ.get("PATH_INFO", "")))
             result = error_response(start, internal_error(), exc_info=sys.exc_info())
-        if isinstance(result, ByteStream) and result.follow and record.write is not None:
-            # A server sends the headers with the first body bytes, which a
-            # quiet job may not write for hours; WSGI's write() sends them now.
-            try:
-                record.write(b"")
-            except BaseException:
-                result.close()  # the client is gone: free the follow slot
-                record.finish()
-                raise
         return LoggedBody(result, record)
 
     def _done(self, record: RequestRecord) -> None:

@@ -68,6 +68,7 @@ from cheroot import wsgi
 from cheroot.ssl import Adapter
 
 from jobkit.server.errors import problem_body
+from jobkit.server.pump import ResponsePump, Source, Transfer
 from jobkit.server.tls import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     PEER_ENVIRON_KEY,
@@ -396,6 +397,11 @@ class SocketWriter:
         if self._held is None:
             self._held = []
 
+    def take_held(self) -> bytes:
+        """Stop holding writes; return what was held, unsent (a `Transfer` sends it)."""
+        held, self._held = self._held, None
+        return b"".join(held or ())
+
     def uncork(self) -> None:
         """Send what was held, as one write."""
         held, self._held = self._held, None
@@ -475,6 +481,11 @@ def finish_chunked_body(rfile: Any) -> None:
 _date_cache: tuple[int, str] = (0, "")
 
 
+def _peer_gone(transfer: Transfer) -> bool:
+    sock = transfer.sock
+    return not isinstance(sock, TLSSocket) or sock.jobkit_peer.connection_gone()
+
+
 def _http_date() -> str:
     global _date_cache
     now = int(time.time())
@@ -491,8 +502,42 @@ class Gateway(wsgi.Gateway_10):
     cheroot writes the status line and headers, then each body chunk, as
     separate writes; corking the connection's `SocketWriter` around the
     first chunk makes a small response one TLS record and one system call.
-    It also closes the connection when the app's response says so.
+    It also closes the connection when the app's response says so, and
+    turns a long body (one whose ``source`` is a `jobkit.server.pump.Source`)
+    into a `Transfer` that the connection writes in turns, holding no
+    worker while it waits.
     """
+
+    def respond(self) -> None:
+        response = self.req.server.wsgi_app(self.env, self.start_response)
+        source = getattr(response, "source", None)
+        wfile = self.req.conn.wfile
+        if isinstance(source, Source) and isinstance(wfile, SocketWriter):
+            self._begin_transfer(response, source, wfile)
+            return
+        # What cheroot's Gateway.respond does with any other body.
+        try:
+            for chunk in filter(None, response):
+                if not isinstance(chunk, bytes):
+                    raise ValueError("WSGI Applications must yield bytes")
+                self.write(chunk)
+        finally:
+            self.req.ensure_headers_sent()
+            if hasattr(response, "close"):
+                response.close()
+
+    def _begin_transfer(self, response: Any, source: Source, wfile: SocketWriter) -> None:
+        req = self.req
+        wfile.cork()
+        try:
+            req.ensure_headers_sent()
+        finally:
+            head = wfile.take_held()
+        # The transfer frames the body and writes its last chunk; cheroot must not.
+        chunked, req.chunked_write = req.chunked_write, False
+        req.conn.jobkit_transfer = Transfer(
+            req.conn.socket, source, head=head, chunked=chunked,
+            keep_alive=not req.close_connection, count=response.count, close=response.close)
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:
@@ -578,6 +623,8 @@ class Connection(cheroot_server.HTTPConnection):
     """
 
     RequestHandlerClass = Request
+    #: The long response being written, between its worker turns (see `Gateway`).
+    jobkit_transfer: Transfer | None = None
     jobkit_deadline: float | None = None
     _handshake_expires: float | None = None  # time.time(), as cheroot's last_used
     _handshake_deadline: float = 0.0  # the same, in time.monotonic()
@@ -602,6 +649,8 @@ class Connection(cheroot_server.HTTPConnection):
         self._last_used = value
 
     def communicate(self) -> bool:
+        if self.jobkit_transfer is not None:  # a worker's turn at a long response
+            return self._take_turn(self.jobkit_transfer)
         sock, reader = self.socket, self.rfile
         if isinstance(sock, TLSSocket) and isinstance(reader, SocketReader):
             now = time.monotonic()
@@ -635,17 +684,64 @@ class Connection(cheroot_server.HTTPConnection):
 
     def _communicate(self) -> bool:
         keep: bool = super().communicate()  # type: ignore[no-untyped-call]
+        if self.jobkit_transfer is not None:  # the response is a long body: start it
+            return self._take_turn(self.jobkit_transfer)
         return keep
+
+    def _take_turn(self, transfer: Transfer) -> bool:
+        """Move what is ready of ``transfer``; True to keep the connection.
+
+        Unfinished, the transfer stays with the connection, which cheroot
+        hands back through ``put_conn``, where `CherootServer` parks it.
+        """
+        sock = self.socket
+        sock.settimeout(0.0)
+        transfer.turn()
+        if not transfer.done:
+            return True
+        self.jobkit_transfer = None
+        pump = getattr(self.server, "pump", None)
+        if pump is not None:
+            pump.forget(transfer)
+        if sock.fileno() >= 0:
+            sock.settimeout(self.server.timeout)
+        return transfer.keep_alive
 
 
 class CherootServer(wsgi.Server):
-    """cheroot's WSGI server with the classes above, logging through `logging`."""
+    """cheroot's WSGI server with the classes above, logging through `logging`.
+
+    It parks a connection whose long response waits in its `ResponsePump`,
+    not in cheroot's selector (which waits for requests).
+    """
 
     ConnectionClass = Connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gateway = Gateway
+        self.pump = ResponsePump(self.process_conn, write_timeout=float(self.timeout),
+                                 peer_gone=_peer_gone)
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.pump.start()
+
+    def put_conn(self, conn: Any) -> None:
+        transfer = getattr(conn, "jobkit_transfer", None)
+        if transfer is None:
+            super().put_conn(conn)
+        elif not (self.ready and self.pump.park(transfer, conn)):
+            transfer.abandon()  # shutting down
+            conn.close()
+
+    def stop(self) -> None:
+        super().stop()
+        for conn in self.pump.stop():
+            try:
+                conn.close()
+            except OSError:
+                pass
 
     def error_log(self, msg: str = "", level: int = 20, traceback: bool = False) -> None:
         log.log(level, "cheroot: %s", msg, exc_info=traceback)

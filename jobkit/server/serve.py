@@ -46,7 +46,9 @@ from jobkit.server.metrics import MetricsListener, ServerMetrics
 from jobkit.server.policy import ClientPolicy, ServerPolicy
 from jobkit.server.state import ServerState
 from jobkit.server.tenants import (
+    DEFAULT_MAX_CLIENT_STREAMS,
     DEFAULT_MAX_JOBS,
+    DEFAULT_MAX_STREAMS,
     DEFAULT_STREAM_IDLE_TIMEOUT,
     StoragePolicy,
     TenantLimits,
@@ -61,7 +63,8 @@ __all__ = [
 
 log = logging.getLogger("jobkit.server")
 
-#: Worker threads; half of them may serve follow streams (see `TenantLimits.for_threads`).
+#: Worker threads: they serve requests, and move the bytes of long responses that are
+#: ready to go (a response that waits holds none; see `jobkit.server.pump`).
 DEFAULT_THREADS = 64
 #: Seconds a connection may sit idle (keep-alive), or stall a read or a write; also
 #: what a request (its TLS handshake included) has from its first byte to its last.
@@ -78,13 +81,16 @@ class JobServer:
             subfolder (``ca.pem``, ``cert.pem``, ``key.pem``).
         host, port: Where to listen; port 0 picks a free port (see `address`).
         storage: Backends, caps and retention of clients' jobs (`StoragePolicy`).
-        threads: Worker threads (fixed).  Half may serve follow streams.
+        threads: Worker threads (fixed).
         admins: CNs that may act on every client's jobs.
         max_jobs: Live jobs per client (0: no limit), unless ``resources`` is given.
         resources: Default and maximum limits of jobs and quotas of clients
             (`jobkit.server.policy`); default: ``max_jobs`` only.
         stream_idle_timeout: Seconds a follow stream may send nothing before it
             is ended cleanly (clients resume at their offset); 0: never.
+        max_streams, max_client_streams: Output streams (follows, downloads,
+            ``/output`` documents) open at once on the server, and of one
+            client (see `TenantLimits`).
         handshake_timeout: Seconds a new connection has to finish its TLS handshake.
         connection_timeout: Seconds a connection may idle, or stall a read or write.
         cgroups: For every client's pool: None (default) gives each job its
@@ -121,6 +127,8 @@ class JobServer:
         admins: Iterable[str] = (),
         max_jobs: int = DEFAULT_MAX_JOBS,
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+        max_streams: int = DEFAULT_MAX_STREAMS,
+        max_client_streams: int = DEFAULT_MAX_CLIENT_STREAMS,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         connection_timeout: int = CONNECTION_TIMEOUT,
         cgroups: bool | None = None,
@@ -165,7 +173,8 @@ class JobServer:
             backend=policy.backend, allowed_backends=sorted(policy.allowed),
             max_output=policy.max_output, keep_jobs=policy.retention.max_jobs,
             keep_bytes=policy.retention.max_bytes, keep_for=policy.retention.max_age,
-            threads=threads, admins=sorted(admins), cgroups=cgroups,
+            threads=threads, max_streams=max_streams, max_client_streams=max_client_streams,
+            admins=sorted(admins), cgroups=cgroups,
             handshake_timeout=handshake_timeout, connection_timeout=connection_timeout,
             metrics_listen=(None if metrics_listen is None
                             else f"{metrics_listen[0]}:{metrics_listen[1]}"),
@@ -184,8 +193,9 @@ class JobServer:
                            executor_options=executor_options, owner=name)
 
         self.api = JobApi(policy, admins=admins,
-                          limits=TenantLimits.for_threads(
-                              threads, max_jobs=max_jobs,
+                          limits=TenantLimits(
+                              max_jobs=max_jobs, max_streams=max_streams,
+                              max_client_streams=max_client_streams,
                               stream_idle_timeout=stream_idle_timeout),
                           pool_factory=pool_for, audit=self.audit, metrics=self.metrics,
                           resources=self.resources)

@@ -1,18 +1,20 @@
 """Long responses: the bodies of ``GET /jobs/<id>/stdout|stderr`` and ``/output``.
 
-Each holds a worker thread while it is written, for as long as the client
-takes to read it (a follow stream: as long as the job writes).  The
-`StreamRegistry` counts every one of them, follows, downloads and output
-documents alike, against a whole-server and a per-client limit, so that a
-few clients can never hold every thread; it also ends them at shutdown
-(cheroot's ``stop()`` would otherwise wait for them for ever).
+They last as long as the client takes to read them (a follow stream: as
+long as the job writes).  None holds a worker thread while it waits (see
+`jobkit.server.pump`), but each holds a connection, a buffer and a
+follower.  The `StreamRegistry` counts every one of them, follows,
+downloads and output documents alike, against a whole-server and a
+per-client limit, so that a few clients can never hold them all; it also
+ends them at shutdown.
 """
 
 from __future__ import annotations
 
+import io
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from jobkit.core.stream import Follower
@@ -24,16 +26,11 @@ if TYPE_CHECKING:
     from jobkit.server.tenants import TenantLimits
 
 __all__ = [
-    "FOLLOW_POLL_INTERVAL",
     "ByteStream",
     "CountedBody",
     "StreamRegistry",
     "passthrough_file_wrapper",
 ]
-
-#: How often an idle follow stream wakes up to notice shutdown or a dead client.
-FOLLOW_POLL_INTERVAL = 0.5
-
 
 class StreamRegistry:
     """The long responses open now, so that limits and shutdown can see them."""
@@ -105,84 +102,63 @@ class StreamRegistry:
                     break
                 self._lock.wait(remaining)
             stuck = list(self._open)
-        for stream in stuck:  # blocked writing to a client that does not read
+        for stream in stuck:  # waiting for a client that does not read
             stream.abort()
 
 
 class ByteStream:
     """The body of ``GET /jobs/<id>/stdout|stderr``: raw bytes from a `Follower`.
 
-    Without ``follow`` it ends once it has handed out what the stream held
-    when the request came (``until``).  With ``follow`` it ends when the
-    job's stream ends, when the job is deleted, at shutdown, or when the
-    client goes away; it wakes up every `FOLLOW_POLL_INTERVAL` seconds to
-    notice the last two, since nothing is written while the job is quiet
-    (and no heartbeat can be: it would corrupt the raw bytes).
+    A `jobkit.server.pump.Source`: the server writes it in turns and holds no
+    thread while it waits.  Without ``follow`` it ends once it has handed out
+    what the stream held when the request came (``until``).  With
+    ``follow`` it ends when the job's stream ends, when the job is deleted,
+    at shutdown, or after ``idle_timeout`` seconds with nothing to send (the
+    client resumes from its offset; no heartbeat can be sent instead: it
+    would corrupt the raw bytes).
 
-    It looks like a file to bottle (it has ``read``) and our environ's
-    ``wsgi.file_wrapper`` hands it to cheroot untouched, so bottle does not
-    block the response headers waiting for the first chunk.
+    The body is contiguous from the offset in ``X-Jobkit-Offset``: if the
+    backend dropped bytes before they could be sent (``ring``), the response
+    ends there instead, and the client, resuming from the offset it reached,
+    gets a new response saying where bytes start now.
+
+    Bottle takes it for a file (it has ``read``) and our environ's
+    ``wsgi.file_wrapper`` hands it to the server untouched.
     """
 
     def __init__(self, follower: Follower, *, until: int | None, peer: Peer | None,
                  on_close: Callable[[ByteStream], None], idle_timeout: float = 0) -> None:
         self._follower = follower
+        self._peer = peer
         self._until = until
         self.follow = until is None
-        self._peer = peer
         self._on_close = on_close
-        self._idle_timeout = idle_timeout
-        self._moved = time.monotonic()
+        self.idle_timeout = idle_timeout if self.follow else 0
         self._done = False
 
-    def __iter__(self) -> Iterator[bytes]:
-        return self
+    def read(self, size: int = -1) -> bytes:  # bottle's test for a file; never called
+        raise io.UnsupportedOperation("ByteStream is written by the server's pump")
 
-    def __next__(self) -> bytes:
-        data = self.read()
-        if not data:
-            raise StopIteration
+    def take(self, limit: int) -> bytes | None:
+        """The bytes ready now (b"" if none yet), or None at the end."""
+        follower = self._follower
+        if self._done:
+            return None
+        expected = follower.offset
+        if self._until is not None and expected >= self._until:
+            return None
+        data = follower.read(0, limit)
+        if data is None or (self._until is not None and not data):
+            return None  # ended, or a download caught up with what the job had written
+        if data and follower.offset - len(data) != expected:
+            return None  # a gap: see the class docstring
         return data
 
-    def read(self, size: int = -1) -> bytes:
-        """The next chunk; ``b""`` at the end (``size`` is ignored).
-
-        The body is contiguous from the offset in ``X-Jobkit-Offset``: if the
-        backend dropped bytes before we could send them (``ring``), the
-        response ends there instead, and the client, resuming from the
-        offset it reached, gets a new response saying where bytes start now.
-        """
-        follower = self._follower
-        while not self._done:
-            expected = follower.offset
-            if self._until is not None:
-                if expected >= self._until:
-                    break
-                data = follower.read(0)
-                if not data:  # caught up (b"") or ended (None)
-                    break
-            else:
-                data = follower.read(FOLLOW_POLL_INTERVAL)
-                if data is None:
-                    break
-                if not data:
-                    if self._peer is not None and self._peer.connection_gone():
-                        break
-                    if (self._idle_timeout
-                            and time.monotonic() - self._moved > self._idle_timeout):
-                        # Quiet for too long: end cleanly, freeing the thread and
-                        # the slot; a client resumes from its offset when it likes.
-                        break
-                    continue
-            if follower.offset - len(data) != expected:
-                break  # a gap: see the docstring
-            self._moved = time.monotonic()
-            return data
-        self.close()
-        return b""
+    def when_ready(self, wake: Callable[[], None]) -> None:
+        self._follower.when_ready(wake)
 
     def cancel(self) -> None:
-        """End the stream at its next wake-up (from any thread)."""
+        """End the stream at its next turn (from any thread)."""
         self._follower.cancel()
 
     def abort(self) -> None:
@@ -200,27 +176,43 @@ class ByteStream:
 
 
 class CountedBody:
-    """A response body of chunks that keeps its place in the registry until it is closed."""
+    """A response body of chunks that keeps its place in the registry until it is closed.
+
+    A `jobkit.server.pump.Source` whose chunks are always ready (they are
+    read from the job's stored output).
+    """
+
+    idle_timeout = 0.0
 
     def __init__(self, chunks: Iterator[bytes], on_close: Callable[[CountedBody], None],
                  peer: Peer | None = None) -> None:
         self._chunks = chunks
-        self._on_close = on_close
         self._peer = peer
+        self._on_close = on_close
         self._cancelled = False
         self._done = False
+
+    def take(self, limit: int) -> bytes | None:
+        """The next non-empty chunk, or None at the end (``limit`` is not enforced)."""
+        if self._cancelled:
+            return None
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        return None
+
+    def when_ready(self, wake: Callable[[], None]) -> None:
+        wake()  # never waits for data
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        try:
-            if self._cancelled:
-                raise StopIteration
-            return next(self._chunks)
-        except StopIteration:
+        chunk = self.take(0)
+        if chunk is None:
             self.close()
-            raise
+            raise StopIteration
+        return chunk
 
     def cancel(self) -> None:
         """End the body before its next chunk (from any thread: at shutdown)."""
@@ -241,8 +233,8 @@ class CountedBody:
             self._on_close(self)
 
 
-def passthrough_file_wrapper(filelike: Any, block_size: int = 1 << 16) -> Iterable[bytes]:
-    """``wsgi.file_wrapper`` that lets our `ByteStream` through as it is."""
+def passthrough_file_wrapper(filelike: Any, block_size: int = 1 << 16) -> Any:
+    """``wsgi.file_wrapper`` that lets our `ByteStream` through as it is (to the pump)."""
     if isinstance(filelike, ByteStream):
         return filelike
     return _iter_file(filelike, block_size)

@@ -26,8 +26,10 @@ __all__ = [
     "CLIENT_ENVIRON_KEY",
     "DEFAULT_KEEP_BYTES",
     "DEFAULT_KEEP_JOBS",
+    "DEFAULT_MAX_CLIENT_STREAMS",
     "DEFAULT_MAX_JOBS",
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_STREAMS",
     "DEFAULT_SERVER_BACKEND",
     "DEFAULT_STREAM_IDLE_TIMEOUT",
     "AccessRules",
@@ -43,6 +45,11 @@ DEFAULT_MAX_JOBS = 256
 CLIENT_ENVIRON_KEY = "jobkit.client"
 #: Seconds a follow stream may stay quiet before it is ended (the client resumes).
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+#: Output streams open at once on one server: each costs a descriptor or two and
+#: at most 64 KiB of buffer, never a thread.
+DEFAULT_MAX_STREAMS = 2048
+#: Output streams one client may hold: 32 clients, not a few, to hold them all.
+DEFAULT_MAX_CLIENT_STREAMS = 64
 #: The server's output backend: on disk, kept across restarts.
 DEFAULT_SERVER_BACKEND = DURABLE_BACKEND
 #: Bytes of each stream of each job the server keeps (the newest, with ``file``).
@@ -114,9 +121,10 @@ class TenantLimits:
         max_jobs: Live (running) jobs one tenant may have; 0 means no limit.
             Another ``PUT /jobs`` over it gets 429.
         max_streams: Output streams (follows, raw downloads and ``/output``
-            documents) open at once, all tenants together.  Each holds a
-            worker thread while it is written, so this must stay below the
-            thread count to leave threads for other requests; more get 503.
+            documents) open at once, all tenants together; more get 503.
+            None holds a worker thread while it waits (`jobkit.server.pump`);
+            each holds a connection, a follower and, while its client does
+            not read, one buffer of `jobkit.server.pump.CHUNK` bytes.
         max_client_streams: Output streams one tenant may hold; more get 429.
         stream_idle_timeout: Seconds a follow stream may send nothing before
             it is ended cleanly (the client resumes at its offset); 0: never.
@@ -124,25 +132,14 @@ class TenantLimits:
     """
 
     max_jobs: int = DEFAULT_MAX_JOBS
-    max_streams: int = 32
-    max_client_streams: int = 4
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_client_streams: int = DEFAULT_MAX_CLIENT_STREAMS
     stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT
     max_body: int = MAX_BODY
 
-    @classmethod
-    def for_threads(cls, threads: int, *, max_jobs: int = DEFAULT_MAX_JOBS,
-                    stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT) -> TenantLimits:
-        """Limits for a server with ``threads`` worker threads.
-
-        Half the threads may serve output streams, so the other half always
-        serves ordinary requests; one tenant may hold an eighth of those (at
-        least 2, always fewer than all), so it takes eight clients, not two,
-        to hold every stream slot.
-        """
-        streams = max(1, threads // 2)
-        per_client = max(1, min(streams - 1, max(2, streams // 8)))
-        return cls(max_jobs=max_jobs, max_streams=streams, max_client_streams=per_client,
-                   stream_idle_timeout=stream_idle_timeout)
+    def __attrs_post_init__(self) -> None:
+        if self.max_streams < 1 or self.max_client_streams < 1:
+            raise ValueError("stream limits must be at least 1")
 
 
 @attrs.define(eq=False)

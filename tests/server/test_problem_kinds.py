@@ -112,7 +112,7 @@ def _quota(lab: Lab) -> Answer:
 
 
 def _busy(lab: Lab) -> Answer:
-    server = _start(lab, threads=2)  # one follow stream for the whole server
+    server = _start(lab, max_streams=1)  # one output stream for the whole server
     try:
         first, second = lab.client(server), lab.client(server)
         job_id = first.create("sleep", "30")

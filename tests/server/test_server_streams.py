@@ -168,11 +168,12 @@ def test_a_client_leaving_mid_stream_is_not_a_warning(
 @pytest.fixture
 def small_server(pki: Path) -> Iterator[JobServer]:
     # 2 output streams in all, 1 per client
-    with running_server(pki, storage=ALL_BACKENDS, threads=4) as server:
+    with running_server(pki, storage=ALL_BACKENDS, threads=4, max_streams=2,
+                        max_client_streams=1) as server:
         yield server
 
 
-def test_follow_limits_keep_threads_for_other_requests(
+def test_stream_limits_are_enforced_and_leave_other_requests_alone(
     small_server: JobServer, make_client: Callable[..., ApiClient]
 ) -> None:
     limits = small_server.api.limits
@@ -191,8 +192,8 @@ def test_follow_limits_keep_threads_for_other_requests(
     assert full.status == 503 and "on this server (limit 2 " in full.problem()["detail"]
     assert full.headers["Retry-After"] == "1"
 
-    # With every stream slot taken, ordinary requests still get threads; a
-    # download is a stream too (it holds a thread while the client reads).
+    # With every stream slot taken, ordinary requests are served; a download
+    # is a stream too (it holds a connection and a buffer while the client reads).
     for client in (x, y, z):
         assert client.get("/jobs").status == 200
         assert client.get(f"/jobs/{jobs[client.name]}/status").status == 200
@@ -237,7 +238,7 @@ def test_a_follow_response_can_be_read_with_plain_http_client(client: ApiClient)
 
 @pytest.fixture
 def two_follows_each(pki: Path) -> Iterator[JobServer]:
-    with running_server(pki, threads=8) as server:  # 2 follows per client
+    with running_server(pki, max_client_streams=2) as server:  # 2 streams per client
         yield server
 
 

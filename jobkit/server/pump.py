@@ -1,0 +1,370 @@
+"""Long response bodies, written without holding a worker thread while they wait.
+
+A follow stream waits for its job to write; a download or an ``/output``
+document waits for a client that reads slowly, or not at all.  Were a
+worker thread to wait with each, a few clients could hold every thread of
+the server (issue 11).  So a long body is a `Transfer`, and a worker only
+ever moves bytes that are ready to go:
+
+* a worker takes a turn at a transfer: it sends, without blocking, what the
+  body has now, up to `TURN_BYTES` (then the transfer queues again behind
+  the requests waiting, so one fast stream cannot crowd them out);
+* when the socket's send buffer is full, the transfer is parked in the
+  `ResponsePump`'s epoll until the client has read some of it;
+* when the body has nothing more yet (a quiet job), it is parked with its
+  source, which wakes it when the job writes (`Follower.when_ready`);
+* a woken transfer goes back on cheroot's queue of connections with work to
+  do, and the next free worker takes its next turn.
+
+Each transfer keeps at most one buffer of `CHUNK` bytes (plus the framing)
+while it waits.  The pump's one thread watches the parked transfers: it
+ends a follow stream idle for its ``idle_timeout`` (cleanly: the client
+resumes at its offset), and cuts a transfer whose client has read nothing
+for ``write_timeout`` seconds or has gone away.
+
+This module knows nothing of cheroot: `jobkit.server.connection` creates the
+transfers, runs their turns in cheroot's workers and hands them to the pump.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["CHUNK", "TURN_BYTES", "ResponsePump", "Source", "Transfer", "Wait"]
+
+log = logging.getLogger("jobkit.server")
+
+#: The most a transfer takes from its body at once: its one buffer.
+CHUNK = 64 << 10
+#: The most a worker sends for one transfer before it lets others have a turn.
+TURN_BYTES = 1 << 20
+#: How often the pump looks for idle, stalled and abandoned transfers.
+SWEEP_INTERVAL = 0.5
+
+_CHUNK_END = b"0\r\n\r\n"
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A response body a `Transfer` can write: it hands out bytes without blocking."""
+
+    #: Seconds it may have nothing to send before it is ended cleanly; 0: never.
+    idle_timeout: float
+
+    def take(self, limit: int) -> bytes | None:
+        """Up to ``limit`` bytes available now; ``b""`` if none yet; None at the end."""
+
+    def when_ready(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once `take` may give something new (at once if it may now)."""
+
+    def close(self) -> None:
+        """The transfer is over (whole or not): release what the body holds."""
+
+
+class Wait(Enum):
+    """What a transfer that is not done waits for."""
+
+    TURN = "turn"  # nothing: it used up its turn, and queues again
+    WRITABLE = "writable"  # the client to read, so the socket takes more
+    READABLE = "readable"  # TLS needs to read first (rare: a key update)
+    DATA = "data"  # its source to have more
+
+
+class Transfer:
+    """One long response body on its way to a client.
+
+    Args:
+        sock: The connection's socket (non-blocking while the transfer runs).
+        source: Where the bytes come from.
+        head: The status line and headers, not sent yet: they leave with the
+            first bytes of the body (one TLS record for a small download).
+        chunked: Frame the body in HTTP/1.1 chunks (else it ends with the
+            connection).
+        keep_alive: The connection serves more requests afterwards.
+        count: Told how many body bytes were taken (the access log's count).
+        close: Called once, when the transfer is over, whole or not.
+    """
+
+    def __init__(self, sock: socket.socket, source: Source, *, head: bytes, chunked: bool,
+                 keep_alive: bool, count: Callable[[int], None],
+                 close: Callable[[], None]) -> None:
+        self.sock = sock
+        self.source = source
+        self._head = head
+        self._chunked = chunked
+        self.keep_alive = keep_alive
+        self._count = count
+        self._close: Callable[[], None] | None = close
+        self._pending: memoryview | bytes = b""
+        self._source_done = False
+        #: Why the transfer must end now without sending the rest (the client
+        #: is gone or stalled; set by the pump), or None.
+        self.failure: str | None = None
+        #: Set by the pump: the source was idle too long; end the body cleanly.
+        self.expired = False
+        self.done = False
+        self.waiting: Wait = Wait.TURN
+        #: When a byte last moved (``time.monotonic()``).
+        self.moved_at = time.monotonic()
+        # The pump's: is it parked, since when, and its socket's registration.
+        self._armed = False
+        self.watched_fd = -1
+        self.parked_at = 0.0
+        self._claim_lock = threading.Lock()
+
+    def turn(self) -> None:
+        """Send what is ready, up to `TURN_BYTES`, without blocking; set `waiting` or `done`.
+
+        Run by one worker thread at a time.  Never raises: a failure ends
+        the transfer and its connection.
+        """
+        if self.failure is not None:
+            self._end(keep_alive=False)
+            return
+        sent = 0
+        try:
+            while True:
+                if not self._pending:
+                    if self._source_done:
+                        self._end(keep_alive=self.keep_alive)
+                        return
+                    if not self._fill():
+                        self.waiting = Wait.DATA
+                        return
+                try:
+                    count = self.sock.send(self._pending)
+                except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                    self.waiting = Wait.WRITABLE
+                    return
+                except ssl.SSLWantReadError:
+                    self.waiting = Wait.READABLE
+                    return
+                self._pending = memoryview(self._pending)[count:]
+                self.moved_at = time.monotonic()
+                sent += count
+                if sent >= TURN_BYTES:
+                    self.waiting = Wait.TURN
+                    return
+        except OSError:  # the client went away (reset, broken pipe, TLS EOF)
+            self._end(keep_alive=False)
+        except Exception:  # a broken backend: cut this response, not the server
+            log.exception("writing a response body failed")
+            self._end(keep_alive=False)
+
+    def _fill(self) -> bool:
+        """Put the next bytes to send in the buffer; False if the source has none yet."""
+        data = None if self.expired else self.source.take(CHUNK)
+        head, self._head = self._head, b""
+        if data is None:
+            self._source_done = True
+            self._pending = head + _CHUNK_END if self._chunked else head
+            return True
+        if data:
+            self._count(len(data))
+            if self._chunked:
+                self._pending = b"".join((head, b"%x\r\n" % len(data), data, b"\r\n"))
+            else:
+                self._pending = head + data if head else data
+            return True
+        if head:  # nothing yet: send the headers now, a follow's client waits for them
+            self._pending = head
+            return True
+        return False
+
+    def _end(self, *, keep_alive: bool) -> None:
+        self.keep_alive = keep_alive
+        self.done = True
+        self._pending = b""
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Release the body (once), whatever was sent."""
+        close, self._close = self._close, None
+        if close is not None:
+            try:
+                self.source.close()
+            finally:
+                close()
+
+    # -- the pump's side ----------------------------------------------------
+
+    def arm(self) -> None:
+        with self._claim_lock:
+            self._armed = True
+            self.parked_at = time.monotonic()
+
+    def claim(self) -> bool:
+        """Take the parked transfer out of its wait: True for exactly one caller."""
+        with self._claim_lock:
+            armed, self._armed = self._armed, False
+            return armed
+
+
+class ResponsePump:
+    """Holds the transfers that wait, and hands each back to a worker when it can go on.
+
+    Args:
+        dispatch: Queues a woken transfer's connection for a worker
+            (cheroot's ``process_conn``); must not block.
+        connection_of: The connection object ``dispatch`` takes, for a transfer.
+        write_timeout: Seconds a client may read nothing before its transfer is cut.
+        peer_gone: True if the transfer's client went away (checked while its
+            body waits for data, when no write would notice).
+    """
+
+    def __init__(self, dispatch: Callable[[Any], None], *, write_timeout: float,
+                 peer_gone: Callable[[Transfer], bool]) -> None:
+        self._dispatch = dispatch
+        self._write_timeout = write_timeout
+        self._peer_gone = peer_gone
+        self._lock = threading.Lock()
+        self._connections: dict[Transfer, Any] = {}
+        self._watched: dict[int, Transfer] = {}  # fd -> transfer registered with epoll
+        self._epoll: select.epoll | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def __len__(self) -> int:
+        """How many transfers are live (parked, queued or in a turn)."""
+        with self._lock:
+            return len(self._connections)
+
+    def start(self) -> None:
+        """Start the pump's thread (with the server: its cost is fixed, not per stream)."""
+        with self._lock:
+            if self._thread is None and not self._stopping:
+                self._epoll = select.epoll()
+                self._thread = threading.Thread(target=self._run, name="jobkit-response-pump",
+                                                daemon=True)
+                self._thread.start()
+
+    def park(self, transfer: Transfer, connection: Any) -> bool:
+        """Wait with ``transfer`` until it can go on; False if the pump is not running."""
+        with self._lock:
+            if self._stopping or self._thread is None:
+                return False
+            self._connections[transfer] = connection
+        transfer.arm()
+        if transfer.waiting is Wait.TURN:
+            self._wake(transfer)
+        elif transfer.waiting is Wait.DATA:
+            transfer.source.when_ready(lambda: self._wake(transfer))
+        else:
+            events = select.EPOLLOUT if transfer.waiting is Wait.WRITABLE else select.EPOLLIN
+            self._watch(transfer, events | select.EPOLLONESHOT)
+        return True
+
+    def forget(self, transfer: Transfer) -> None:
+        """``transfer`` is done: stop watching its socket (before it is closed)."""
+        with self._lock:
+            self._connections.pop(transfer, None)
+            fd, transfer.watched_fd = transfer.watched_fd, -1
+            if fd >= 0 and self._watched.get(fd) is transfer:
+                del self._watched[fd]
+                assert self._epoll is not None
+                try:
+                    self._epoll.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+
+    def _watch(self, transfer: Transfer, events: int) -> None:
+        fd = transfer.sock.fileno()
+        with self._lock:
+            epoll = self._epoll
+            assert epoll is not None
+            try:
+                if transfer.watched_fd == fd:
+                    epoll.modify(fd, events)
+                else:
+                    epoll.register(fd, events)
+                    transfer.watched_fd = fd
+                    self._watched[fd] = transfer
+                fd = 0
+            except (OSError, ValueError):  # closed under us: a turn will find out
+                fd = -1
+        if fd < 0:
+            self._wake(transfer)
+
+    def _wake(self, transfer: Transfer) -> None:
+        if transfer.claim():
+            with self._lock:
+                connection = self._connections.get(transfer)
+            if connection is not None:
+                self._dispatch(connection)
+
+    def _run(self) -> None:
+        epoll = self._epoll
+        assert epoll is not None
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        while not self._stopping:
+            try:
+                ready = epoll.poll(SWEEP_INTERVAL)
+            except OSError:  # closed by stop()
+                return
+            for fd, _events in ready:
+                with self._lock:
+                    transfer = self._watched.get(fd)
+                if transfer is not None:
+                    self._wake(transfer)
+            now = time.monotonic()
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL
+                try:
+                    self._sweep(now)
+                except Exception:  # the pump must outlive any one transfer's trouble
+                    log.exception("checking waiting responses failed")
+
+    def _sweep(self, now: float) -> None:
+        """End what waited too long: idle follows cleanly, stalled or orphaned ones not."""
+        with self._lock:
+            transfers = list(self._connections)
+        for transfer in transfers:
+            if transfer.waiting is Wait.DATA:
+                idle = transfer.source.idle_timeout
+                if idle and now - transfer.moved_at > idle:
+                    if transfer.claim():
+                        transfer.expired = True
+                        self._requeue(transfer)
+                elif self._peer_gone(transfer) and transfer.claim():
+                    transfer.failure = "the client went away"
+                    self._requeue(transfer)
+            elif (transfer.waiting in (Wait.WRITABLE, Wait.READABLE)
+                    and now - transfer.parked_at > self._write_timeout and transfer.claim()):
+                transfer.failure = f"the client read nothing for {self._write_timeout:g} s"
+                self._requeue(transfer)
+
+    def _requeue(self, transfer: Transfer) -> None:
+        with self._lock:
+            connection = self._connections.get(transfer)
+        if connection is not None:
+            self._dispatch(connection)
+
+    def stop(self) -> list[Any]:
+        """Stop; return the connections of the transfers still live, for the caller to close.
+
+        Call it once no worker runs any more: their transfers are released here.
+        """
+        with self._lock:
+            self._stopping = True
+            live = list(self._connections.items())
+            self._connections.clear()
+            self._watched.clear()
+            epoll, thread = self._epoll, self._thread
+        if epoll is not None:
+            epoll.close()
+        if thread is not None:
+            thread.join(timeout=2 * SWEEP_INTERVAL)
+        for transfer, _connection in live:
+            try:
+                transfer.abandon()
+            except Exception:
+                log.exception("releasing a response body at shutdown failed")
+        return [connection for _transfer, connection in live]
