@@ -531,14 +531,14 @@ def test_groups_kept_for_the_next_job_carry_nothing_over() -> None:
             wait_until(lambda: any(TREE._spares.values()), what="its groups to be kept")
             (spare,) = (groups for kept in TREE._spares.values() for groups in kept)
             kept = spare.v1_with("memory")
-            assert kept is not None and kept.name.startswith("spare-")
+            assert kept is not None and spare.reused
             inode = kept.stat().st_ino
         # ... then jobs in the same kind of groups: no limit, no OOM kill, own figures.
         second = pool.create("sh", ["-c", "echo up; exec sleep 1000"])
         next(iter(pool.follow(second, "stdout")))
         memory = groups_of(pool, second).v1_with("memory")
-        if memory is not None:  # v1: the same folders, renamed and reset
-            assert memory.stat().st_ino == inode and memory.name.startswith("job-")
+        if memory is not None:  # v1: the same folders, reset
+            assert memory.stat().st_ino == inode and memory == kept
             assert int(read(memory / "memory.limit_in_bytes")) > 1 << 40
         # Stopping the first job must never reach the job now in its old groups.
         pool.stop(first, "KILL")
