@@ -10,22 +10,28 @@ Needs root (or a delegated cgroup subtree).
    (`cgroups=None`), and `network=False`.  Target: limits cost at most 0.5 ms per job.
 2. Start steps: `Popen(["true"]).wait()` into one cgroup, by each way tried to be in it
    before the command's first instruction (and the one that is not: moving it after exec).
+3. io limits: `dd` writing and reading with O_DIRECT (`oflag=direct`, `iflag=direct`) in a
+   folder on the block device of the working directory, unthrottled and under
+   `io_write_bps` / `io_read_bps`: the rate dd achieved against the limit, as a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobkit import JobPool, Limits
+from jobkit import JobPool, Limits, State
 from jobkit.core import cgroups, hierarchies
+from jobkit.core.models import Usage
 
 
 def cpu_seconds() -> float:
@@ -164,6 +170,77 @@ def bench_start_steps(n: int, rounds: int) -> None:
               f" wall, {1e3 * (cpu - base_cpu):+.3f} ms CPU")
 
 
+#: dd's last line: "268435456 bytes (268 MB, 256 MiB) copied, 0.151262 s, 1.8 GB/s".
+_DD_DONE = re.compile(rb"^(\d+) bytes .* copied, ([\d.]+) s,", re.M)
+MIB = 1 << 20
+
+
+def _dd(pool: JobPool, folder: str, direction: str, size: int,
+        limits: Limits | None) -> tuple[float, Usage | None]:
+    """Run dd in a job with O_DIRECT; the rate it reports (bytes/s) and the job's usage."""
+    count = size // MIB
+    if direction == "write":
+        args = ["if=/dev/zero", "of=data", "bs=1M", f"count={count}", "oflag=direct"]
+    else:
+        args = ["if=data", "of=/dev/null", "bs=1M", f"count={count}", "iflag=direct"]
+    job = pool.create("dd", args, cwd=folder, limits=limits)
+    status = pool.wait(job, 600)
+    report = pool.output(job).stderr
+    done = _DD_DONE.search(report)
+    if status.state is not State.COMPLETED or status.exit_code != 0 or done is None:
+        raise RuntimeError(f"dd {direction} failed: {status.state.value} {status.error or ''}"
+                           f" {report.decode(errors='replace').strip()}")
+    pool.delete(job)
+    return int(done[1]) / float(done[2]), status.usage
+
+
+def bench_io(rounds: int, seconds: float) -> None:
+    tree = cgroups.detect()
+    enforced = {} if tree is None else tree.enforcement()
+    # tempfile's folder if on a disk, else one next to ours: the device of the job's cwd.
+    where = tempfile.gettempdir()
+    if cgroups.block_device(where) is None:
+        where = os.getcwd()
+    device = cgroups.block_device(where)
+    if device is None or "io_write_bps" not in enforced:
+        print("io limits: no block device behind the working directory, or no blkio/io"
+              " controller for jobkit here: skipped")
+        return
+    with tempfile.TemporaryDirectory(dir=where, prefix="jobkit-bench-io-") as folder, \
+            JobPool() as pool:
+        # Unthrottled baseline first: it also makes the file the reads read.
+        size = 256 * MIB
+        baseline = {d: _dd(pool, folder, d, size, None)[0] for d in ("write", "read")}
+        # A limit the disk can well exceed, so that only the throttle sets the pace.
+        limit = min(32 * MIB, int(min(baseline.values()) / 4) // MIB * MIB)
+        size = max(MIB, int(limit * seconds) // MIB * MIB)
+        print(f"io limits ({enforced['io_write_bps']}, device {device[0]}:{device[1]} of {where}),"
+              f" dd of {size // MIB} MiB with O_DIRECT under {limit // MIB} MiB/s,"
+              f" {rounds} rounds:")
+        for direction, name in (("write", "io_write_bps"), ("read", "io_read_bps")):
+            limits = Limits(**{name: limit})  # type: ignore[arg-type]
+            ratios, unthrottled, counted = [], [], []
+            for _ in range(rounds):  # interleaved with the baseline, as noise comes
+                unthrottled.append(_dd(pool, folder, direction, 64 * MIB, None)[0])
+                rate, usage = _dd(pool, folder, direction, size, limits)
+                ratios.append(rate / limit)
+                if usage is not None:
+                    done = usage.io_write_bytes if direction == "write" else usage.io_read_bytes
+                    counted.append(done)
+            low, high = min(ratios), max(ratios)
+            print(f"  {direction:5s} {name:13s} achieved/limit {statistics.median(ratios):.3f}"
+                  f" (range {low:.3f}-{high:.3f}); unthrottled"
+                  f" {statistics.median(unthrottled) / MIB:.0f} MiB/s"
+                  f" = {statistics.median(unthrottled) / limit:.0f}x the limit;"
+                  f" counted by the job's cgroup: {_counted(counted, size)}")
+
+
+def _counted(counted: list[int | None], size: int) -> str:
+    if not counted or None in counted:
+        return "not known"
+    return f"{min(counted) / size:.2f}-{max(counted) / size:.2f} of the bytes dd moved"
+
+
 def _test_group() -> tuple[Path, str] | None:
     """An empty cgroup next to ours: in v1 memory if writable, else in v2."""
     found = hierarchies.current()
@@ -182,10 +259,15 @@ def _test_group() -> tuple[Path, str] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
+    parser.add_argument("--only", choices=("jobs", "steps", "io"), help="run one part only")
     args = parser.parse_args()
     n, rounds = (50, 3) if args.quick else (200, 7)
-    bench_jobs(n, rounds)
-    bench_start_steps(n, rounds)
+    if args.only in (None, "jobs"):
+        bench_jobs(n, rounds)
+    if args.only in (None, "steps"):
+        bench_start_steps(n, rounds)
+    if args.only in (None, "io"):
+        bench_io(rounds=2 if args.quick else 3, seconds=1.0 if args.quick else 3.0)
 
 
 if __name__ == "__main__":
