@@ -19,8 +19,10 @@ from jobkit.server.serve import DEFAULT_THREADS
 from jobkit.server.tenants import (
     DEFAULT_KEEP_BYTES,
     DEFAULT_KEEP_JOBS,
+    DEFAULT_MAX_CLIENT_STREAMS,
     DEFAULT_MAX_JOBS,
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_STREAMS,
     DEFAULT_SERVER_BACKEND,
     DEFAULT_STREAM_IDLE_TIMEOUT,
 )
@@ -155,6 +157,13 @@ def _resource_policy(config: Path | None, flags: dict[str, object]) -> ServerPol
               default=DEFAULT_STREAM_IDLE_TIMEOUT, show_default=True, metavar="SECONDS",
               help="End a follow stream that sent nothing for this long (clients resume "
                    "at their offset); 0: never.")
+@click.option("--max-streams", type=click.IntRange(min=1), default=DEFAULT_MAX_STREAMS,
+              show_default=True, metavar="N",
+              help="Output streams (follows, downloads, /output) open at once on the "
+                   "server; more are refused (503). None holds a thread while it waits.")
+@click.option("--max-client-streams", type=click.IntRange(min=1),
+              default=DEFAULT_MAX_CLIENT_STREAMS, show_default=True, metavar="N",
+              help="Output streams one client may hold at once; more are refused (429).")
 @click.option(
     "--state-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
     help="Where every client's jobs and output are kept across restarts. Default: "
@@ -198,7 +207,8 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
           keep_for: float | None, threads: int, admins: tuple[str, ...], max_jobs: int,
           config: Path | None, default_limits: str | None, max_limits: str | None,
           max_cpu: float | None, max_memory: str | None, stream_idle_timeout: float,
-          state_dir: Path | None, cgroups: bool | None, audit_log: Path | None,
+          max_streams: int, max_client_streams: int, state_dir: Path | None,
+          cgroups: bool | None, audit_log: Path | None,
           metrics_listen: tuple[str, int] | None, metrics_per_client: bool,
           log_format: str, executor: str, ray_address: str | None, ray_python: str | None,
           quiet: bool) -> None:
@@ -260,6 +270,7 @@ def serve(certs: Path | None, listen: tuple[str, int], backend: str,
                            admins=admins, max_jobs=resources.base.max_jobs, cgroups=cgroups,
                            resources=resources,
                            stream_idle_timeout=stream_idle_timeout,
+                           max_streams=max_streams, max_client_streams=max_client_streams,
                            state_dir=state_dir, audit_log=audit_log,
                            metrics_listen=metrics_listen,
                            metrics_per_client=metrics_per_client, executor=executor,

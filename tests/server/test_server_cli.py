@@ -150,13 +150,19 @@ def test_serve_without_certs_makes_and_reuses_a_default_pki(tmp_path: Path) -> N
 
 def test_serve_options_reach_the_server(pki: Path, tmp_path: Path) -> None:
     args = ["--certs", str(pki), "--admin", ADMIN, "--max-jobs", "1", "--backend", "tempfile",
-            "--threads", "4"]
+            "--threads", "4", "--max-client-streams", "1"]
     with serve(args, tmp_path) as server:
         alice = ApiClient(server.address, pki / "clients" / "alice", "alice")
         admin = ApiClient(server.address, pki / "clients" / ADMIN, ADMIN)
         job_id = alice.create("sleep", "600")
         assert alice.status(job_id)["backend"] == "tempfile"
         assert alice.request("PUT", "/jobs", {"cmd": "true"}).status == 429
+        held = alice.connect()
+        held.request("GET", f"/jobs/{job_id}/stdout?follow=true")
+        assert held.getresponse().status == 200
+        refused = alice.get(f"/jobs/{job_id}/stderr?follow=true")
+        assert refused.status == 429 and "(limit 1 " in refused.problem()["detail"]
+        held.close()
         listing = admin.get("/jobs?all=true").json()
         assert [(job["client"], job["id"]) for job in listing["jobs"]] == [("alice", job_id)]
         for client in (alice, admin):
@@ -172,6 +178,8 @@ def test_serve_options_reach_the_server(pki: Path, tmp_path: Path) -> None:
         (["--listen", "127.0.0.1:70000"], 2, "0 to 65535"),
         (["--threads", "1"], 2, "--threads"),
         (["--max-jobs", "-1"], 2, "--max-jobs"),
+        (["--max-streams", "0"], 2, "--max-streams"),
+        (["--max-client-streams", "x"], 2, "--max-client-streams"),
         (["--backend", "nope", "--listen", "127.0.0.1:0"], 2, "unknown backend 'nope'"),
     ],
 )
