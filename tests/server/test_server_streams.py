@@ -13,7 +13,7 @@ import pytest
 from jobkit.server.serve import JobServer
 from tests.support.api import ApiClient
 from tests.support.pki import ADMIN
-from tests.support.servers import ALL_BACKENDS, running_server
+from tests.support.servers import ALL_BACKENDS, new_api_client, running_server
 from tests.support.waiting import wait_until
 
 
@@ -265,3 +265,60 @@ def test_an_admins_follows_count_against_the_admin(
     for stream in (*streams, own):
         stream.close()
     bob.request("DELETE", f"/jobs/{job}")
+
+
+# -- waiting streams hold no worker thread (issue 11) ---------------------------------------
+
+
+def test_waiting_streams_hold_no_worker_thread(pki: Path) -> None:
+    # Two worker threads; ten quiet follows and ten unread downloads.  Were a
+    # waiting response to keep its thread, nobody else would be served.
+    with running_server(pki, threads=2) as server:
+        hoarder = new_api_client(server.address, pki, "hoarder")
+        other = new_api_client(server.address, pki, "other")
+        quiet = hoarder.create("sleep", "600")
+        big = hoarder.create("head", "-c", str(32 << 20), "/dev/zero")
+        assert hoarder.wait(big, timeout=60)["exit_code"] == 0
+        held = [Follow(hoarder, f"/jobs/{quiet}/stdout?follow=true") for _ in range(10)]
+        held += [Follow(hoarder, f"/jobs/{big}/stdout") for _ in range(10)]
+        try:
+            assert all(stream.response.status == 200 for stream in held)
+            wait_until(lambda: server.api.open_streams == 20, what="20 open streams")
+            workers = server._server.requests
+            wait_until(lambda: workers.idle == 2, what="both worker threads to be idle")
+            # Everyone else is served: requests, a whole download, a follow.
+            job = other.create("sh", "-c", "echo hello; sleep 1; echo bye")
+            assert other.get("/jobs").status == 200
+            mine = Follow(other, f"/jobs/{job}/stdout?follow=true")
+            assert mine.read_to_end() == b"hello\nbye\n"
+            mine.close()
+            assert other.get(f"/jobs/{job}/stdout").body == b"hello\nbye\n"
+            # The unread downloads are whole when finally read.
+            assert len(held[-1].read_to_end()) == 32 << 20
+        finally:
+            for stream in held:
+                stream.close()
+        wait_until(lambda: server.api.open_streams == 0, timeout=30,
+                   what="the streams to be given up")
+
+
+def test_a_client_that_reads_nothing_is_cut_off_after_the_connection_timeout(
+    pki: Path
+) -> None:
+    with running_server(pki, threads=2, connection_timeout=1) as server:
+        client = new_api_client(server.address, pki, "stalled")
+        big = client.create("head", "-c", str(32 << 20), "/dev/zero")
+        assert client.wait(big, timeout=60)["exit_code"] == 0
+        stalled = Follow(client, f"/jobs/{big}/stdout")
+        try:
+            assert stalled.response.status == 200
+            # The connection stays open on our side, unread: the server gives the
+            # stream's slot up by itself, and the body never completes.
+            wait_until(lambda: server.api.open_streams == 0, timeout=30,
+                       what="the stalled download to be cut off")
+            with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+                stalled.response.read()
+        finally:
+            stalled.close()
+        # (A new client: the first one's idle keep-alive connection timed out too.)
+        assert new_api_client(server.address, pki, "next").get("/jobs").status == 200
