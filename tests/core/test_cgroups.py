@@ -11,6 +11,7 @@ import pytest
 
 from jobkit import JobkitError, JobPool, Limits, State
 from jobkit.core import cgroups, hierarchies
+from tests.support.cgroup_v2 import v2_missing
 from tests.support.procs import process_alive
 from tests.support.waiting import wait_until
 
@@ -181,7 +182,8 @@ def _unified() -> hierarchies.Hierarchy | None:
 UNIFIED = _unified()
 
 
-@pytest.mark.skipif(UNIFIED is None, reason="the unified (v2) hierarchy is not writable here")
+@pytest.mark.skipif(UNIFIED is None, reason=f"the unified (v2) hierarchy is not writable here:"
+                    f" {v2_missing()}")
 def test_in_cgroup_v2_the_start_step_joins_before_the_command_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

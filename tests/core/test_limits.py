@@ -26,6 +26,7 @@ import pytest
 from jobkit import JobPool, Limits, State
 from jobkit.core import cgroups, records
 from jobkit.core.cgroups import JobCgroups
+from tests.support.cgroup_v2 import v2_missing
 from tests.support.procs import process_alive
 from tests.support.waiting import wait_until
 
@@ -491,8 +492,8 @@ def test_a_pool_killed_and_reopened_leaves_no_cgroup_behind(tmp_path: Path) -> N
 
 @pytest.mark.skipif(
     TREE is None or "cgroup2" not in ENFORCED.values(),
-    reason="no cgroup v2 controller is enabled for jobkit here (the controllers are v1"
-    " hierarchies, or the unified hierarchy passes none down: docs/limits.md)",
+    reason=f"no cgroup v2 controller is enabled for jobkit here: {v2_missing()}"
+    " (tests/core/test_cgroup_v2_files.py checks what jobkit writes there)",
 )
 def test_cgroup_v2_enforces_what_it_has(pool: JobPool) -> None:
     names = [name for name, by in ENFORCED.items() if by == "cgroup2"]
