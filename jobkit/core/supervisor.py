@@ -142,9 +142,9 @@ class Supervisor:
         return self.call_and_wait(lambda: self._forget(job))
 
     def recheck(self, job: Job) -> None:
-        """Look at a lingering job's tree soon (it was just signalled)."""
+        """Look at a lingering job's tree soon, and often while it dies (it was just signalled)."""
         if job.lingering:
-            self.call(lambda: self._check_tree(job))
+            self.call(lambda: self._check_tree(job, _TREE_FIRST, _TREE_LAST))
 
     def stop(self) -> None:
         self.call(self._request_stop)
@@ -284,8 +284,17 @@ class Supervisor:
                 else:
                     self._settle(job, returncode)
 
-    def _check_tree(self, job: Job, delay: float | None = None) -> None:
-        """Settle a lingering job whose tree is gone; else look again later (``delay``)."""
+    def _check_tree(
+        self, job: Job, delay: float | None = None, until: float | None = None
+    ) -> None:
+        """Settle a lingering job whose tree is gone; else look again later (``delay``).
+
+        ``until``: stop looking once the delay would reach it.  A tree just
+        killed is gone within milliseconds, while the job's own checks may
+        have backed off to every `_TREE_LAST` s: a short extra round of
+        checks ends it sooner, and stops so that repeated signals cannot
+        pile up rounds.
+        """
         if not job.lingering or job.groups is None:
             return
         if not job.groups.populated():
@@ -293,7 +302,8 @@ class Supervisor:
             self._settle(job, job.leader_returncode)
         elif delay is not None:
             later = min(delay * 2, _TREE_LAST)
-            self._at(later, lambda: self._check_tree(job, later), job)
+            if until is None or later < until:
+                self._at(later, lambda: self._check_tree(job, later, until), job)
 
     def _settle(self, job: Job, returncode: int) -> None:
         """The whole job has ended: take what it used, set its outcome, drop its groups."""
@@ -324,7 +334,7 @@ class Supervisor:
 
         def kill() -> None:
             job.signal_group(signal.SIGKILL)
-            self._check_tree(job)
+            self._check_tree(job, _TREE_FIRST, _TREE_LAST)
 
         self._at(kill_after, kill, job)
 
