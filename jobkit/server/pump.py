@@ -44,8 +44,15 @@ log = logging.getLogger("jobkit.server")
 
 #: The most a transfer takes from its body at once: its one buffer.
 CHUNK = 64 << 10
+#: What a transfer whose client keeps up may take at once instead, while one of
+#: the pump's `LARGE_BUFFERS` is free: fewer, larger writes cost less CPU per byte.
+LARGE_CHUNK = 1 << 20
+#: How many transfers of one pump may hold a `LARGE_CHUNK` buffer at once.
+LARGE_BUFFERS = 32
 #: The most a worker sends for one transfer before it lets others have a turn.
-TURN_BYTES = 1 << 20
+TURN_BYTES = 4 << 20
+#: How long a worker waits for room in the socket of a client that is reading.
+BRIEF_WAIT_MS = 2
 #: How often the pump looks for idle, stalled and abandoned transfers.
 SWEEP_INTERVAL = 0.5
 
@@ -91,12 +98,18 @@ class Transfer:
         keep_alive: The connection serves more requests afterwards.
         count: Told how many body bytes were taken (the access log's count).
         close: Called once, when the transfer is over, whole or not.
+        large_buffers: Shared by a pump's transfers: taking one lets a transfer
+            whose client keeps up fill a `LARGE_CHUNK` buffer (None: never).
     """
 
     def __init__(self, sock: socket.socket, source: Source, *, head: bytes, chunked: bool,
                  keep_alive: bool, count: Callable[[int], None],
-                 close: Callable[[], None]) -> None:
+                 close: Callable[[], None],
+                 large_buffers: threading.Semaphore | None = None) -> None:
         self.sock = sock
+        self._large_buffers = large_buffers
+        self._large = False  # holds one of them
+        self._keeping_up = False  # the last write did not have to wait
         self.source = source
         self._head = head
         self._chunked = chunked
@@ -142,6 +155,9 @@ class Transfer:
                 try:
                     count = self.sock.send(self._pending)
                 except (ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+                    self._keeping_up = False
+                    if sent and self._writable_soon():
+                        continue
                     self.waiting = Wait.WRITABLE
                     return
                 except ssl.SSLWantReadError:
@@ -150,6 +166,9 @@ class Transfer:
                 self._pending = memoryview(self._pending)[count:]
                 self.moved_at = time.monotonic()
                 sent += count
+                if not self._pending:
+                    self._keeping_up = True
+                    self._release_large()
                 if sent >= TURN_BYTES:
                     self.waiting = Wait.TURN
                     return
@@ -159,10 +178,33 @@ class Transfer:
             log.exception("writing a response body failed")
             self._end(keep_alive=False)
 
+    def _writable_soon(self) -> bool:
+        """Wait up to `BRIEF_WAIT` for a client that is reading to make room.
+
+        Parking and waking a transfer costs two thread hand-offs; a client
+        that just took bytes usually takes more within a millisecond.
+        """
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLOUT)
+        return bool(poller.poll(BRIEF_WAIT_MS))
+
+    def _release_large(self) -> None:
+        if self._large:
+            self._large = False
+            assert self._large_buffers is not None
+            self._large_buffers.release()
+
     def _fill(self) -> bool:
         """Put the next bytes to send in the buffer; False if the source has none yet."""
-        data = None if self.expired else self.source.take(CHUNK)
+        limit = CHUNK
+        if (self._keeping_up and self._large_buffers is not None
+                and self._large_buffers.acquire(blocking=False)):
+            self._large = True
+            limit = LARGE_CHUNK
+        data = None if self.expired else self.source.take(limit)
         head, self._head = self._head, b""
+        if not data:
+            self._release_large()
         if data is None:
             self._source_done = True
             self._pending = head + _CHUNK_END if self._chunked else head
@@ -183,6 +225,7 @@ class Transfer:
         self.keep_alive = keep_alive
         self.done = True
         self._pending = b""
+        self._release_large()
         self.abandon()
 
     def abandon(self) -> None:
@@ -226,6 +269,8 @@ class ResponsePump:
         self._write_timeout = write_timeout
         self._peer_gone = peer_gone
         self._lock = threading.Lock()
+        #: What lets a transfer fill a large buffer (see `Transfer`).
+        self.large_buffers = threading.Semaphore(LARGE_BUFFERS)
         self._connections: dict[Transfer, Any] = {}
         self._watched: dict[int, Transfer] = {}  # fd -> transfer registered with epoll
         self._epoll: select.epoll | None = None
