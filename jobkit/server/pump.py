@@ -109,7 +109,9 @@ class Transfer:
         self.sock = sock
         self._large_buffers = large_buffers
         self._large = False  # holds one of them
-        self._keeping_up = False  # the last write did not have to wait
+        # The last write did not have to wait (at first: a client that asked
+        # has room; a large first take also gets a `ring` the most it keeps).
+        self._keeping_up = True
         self.source = source
         self._head = head
         self._chunked = chunked
