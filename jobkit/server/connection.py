@@ -12,7 +12,9 @@ jobkit needs:
 * `SocketReader` and `SocketWriter` replace cheroot's ``_pyio``-based
   buffered files, which cost most of a small request's time;
 * `Gateway` sends a small response's headers and body in one TLS record,
-  and closes the connection when the app says ``Connection: close``;
+  closes the connection when the app says ``Connection: close``, and makes
+  a long body a `jobkit.server.pump.Transfer`, which `Connection` writes in
+  non-blocking turns and `CherootServer` parks in its `ResponsePump`;
 * `Request` answers what cheroot refuses by itself as a problem document,
   like every other jobkit error (`jobkit.server.errors.problem_body`);
 * `CherootServer` logs through `logging` and uses the classes above.
@@ -23,15 +25,20 @@ fails loudly when one disappears.  The cheroot names jobkit touches:
 
 * ``cheroot.wsgi.Server``: subclassed; its ``ConnectionClass``, ``gateway``,
   ``error_log``, ``ssl_adapter``, ``keep_alive_conn_limit``, ``timeout``,
-  ``protocol``, ``bind_addr``, ``prepare``, ``serve`` and ``stop``;
+  ``protocol``, ``bind_addr``, ``prepare``, ``serve``, ``stop``, ``ready``,
+  ``wsgi_app``, ``process_conn`` (queues a connection for a worker: a woken
+  transfer) and ``put_conn`` (where a worker hands a connection back: we
+  park an unfinished transfer instead);
 * ``cheroot.server.HTTPConnection``: subclassed; its ``RequestHandlerClass``,
   ``communicate``, ``last_used`` (cheroot's connection manager reads it to
   close idle connections, and sets it), ``socket``, ``rfile``, ``wfile`` and
   ``server``;
 * ``cheroot.server.HTTPRequest``: subclassed; its ``simple_response``,
-  ``close_connection``, ``sent_headers``, ``conn``, ``server`` and
-  ``header_reader`` (ours: `HeaderReader`);
-* ``cheroot.wsgi.Gateway_10``: subclassed; its ``start_response``, ``write``
+  ``close_connection``, ``sent_headers``, ``conn``, ``server``,
+  ``ensure_headers_sent``, ``chunked_write`` (a transfer frames the body
+  itself) and ``header_reader`` (ours: `HeaderReader`);
+* ``cheroot.wsgi.Gateway_10``: subclassed; its ``respond`` (replaced: it
+  calls the app as cheroot's does), ``start_response``, ``write``, ``env``
   and ``req``;
 * ``cheroot.ssl.Adapter``: subclassed; its ``bind``, ``wrap``,
   ``get_environ`` and ``makefile``;
