@@ -26,7 +26,8 @@ fails loudly when one disappears.  The cheroot names jobkit touches:
 * ``cheroot.wsgi.Server``: subclassed; its ``ConnectionClass``, ``gateway``,
   ``error_log``, ``ssl_adapter``, ``keep_alive_conn_limit``, ``timeout``,
   ``protocol``, ``bind_addr``, ``prepare``, ``serve``, ``stop``, ``ready``,
-  ``wsgi_app``, ``process_conn`` (queues a connection for a worker: a woken
+  ``wsgi_app``, ``requests`` (the worker pool: its size bounds the turns at
+  streams), ``process_conn`` (queues a connection for a worker: a woken
   transfer) and ``put_conn`` (where a worker hands a connection back: we
   park an unfinished transfer instead);
 * ``cheroot.server.HTTPConnection``: subclassed; its ``RequestHandlerClass``,
@@ -707,10 +708,12 @@ class Connection(cheroot_server.HTTPConnection):
         sock = self.socket
         sock.settimeout(0.0)
         transfer.turn()
+        pump = getattr(self.server, "pump", None)
+        if pump is not None and transfer.dispatched:
+            pump.turn_over(transfer)
         if not transfer.done:
             return True
         self.jobkit_transfer = None
-        pump = getattr(self.server, "pump", None)
         if pump is not None:
             pump.forget(transfer)
         if sock.fileno() >= 0:
@@ -731,7 +734,8 @@ class CherootServer(wsgi.Server):
         super().__init__(*args, **kwargs)
         self.gateway = Gateway
         self.pump = ResponsePump(self.process_conn, write_timeout=float(self.timeout),
-                                 peer_gone=_peer_gone)
+                                 peer_gone=_peer_gone,
+                                 max_turns=max(1, self.requests.min // 2))
 
     def prepare(self) -> None:
         super().prepare()

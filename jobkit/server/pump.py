@@ -28,6 +28,7 @@ transfers, runs their turns in cheroot's workers and hands them to the pump.
 
 from __future__ import annotations
 
+import collections
 import logging
 import select
 import socket
@@ -132,6 +133,8 @@ class Transfer:
         # The pump's: is it parked, since when, and its socket's registration.
         self._armed = False
         self.watched_fd = -1
+        #: The pump gave it this turn (it must hear when the turn is over).
+        self.dispatched = False
         self.parked_at = 0.0
         self._claim_lock = threading.Lock()
 
@@ -259,15 +262,21 @@ class ResponsePump:
     Args:
         dispatch: Queues a woken transfer's connection for a worker
             (cheroot's ``process_conn``); must not block.
-        connection_of: The connection object ``dispatch`` takes, for a transfer.
         write_timeout: Seconds a client may read nothing before its transfer is cut.
         peer_gone: True if the transfer's client went away (checked while its
             body waits for data, when no write would notice).
+        max_turns: The most transfers queued for or in a worker's turn at
+            once; the rest wait their turn here, in the order they woke.  Half
+            the workers at most, so that requests always find one soon
+            however many streams have bytes to send.
     """
 
     def __init__(self, dispatch: Callable[[Any], None], *, write_timeout: float,
-                 peer_gone: Callable[[Transfer], bool]) -> None:
+                 peer_gone: Callable[[Transfer], bool], max_turns: int) -> None:
         self._dispatch = dispatch
+        self._max_turns = max(1, max_turns)
+        self._turns = 0  # dispatched and not over
+        self._waiting_turn: collections.deque[Transfer] = collections.deque()
         self._write_timeout = write_timeout
         self._peer_gone = peer_gone
         self._lock = threading.Lock()
@@ -342,10 +351,35 @@ class ResponsePump:
 
     def _wake(self, transfer: Transfer) -> None:
         if transfer.claim():
-            with self._lock:
-                connection = self._connections.get(transfer)
-            if connection is not None:
-                self._dispatch(connection)
+            self._requeue(transfer)
+
+    def _requeue(self, transfer: Transfer) -> None:
+        """Give the claimed ``transfer`` a worker's turn, now or when one is over."""
+        with self._lock:
+            connection = self._connections.get(transfer)
+            if connection is None:
+                return
+            if self._turns >= self._max_turns:
+                self._waiting_turn.append(transfer)
+                return
+            self._turns += 1
+        transfer.dispatched = True
+        self._dispatch(connection)
+
+    def turn_over(self, transfer: Transfer) -> None:
+        """A worker's turn at ``transfer``, which the pump gave it, is over: give the next one."""
+        transfer.dispatched = False
+        with self._lock:
+            while self._waiting_turn:
+                following = self._waiting_turn.popleft()
+                connection = self._connections.get(following)
+                if connection is not None:
+                    break
+            else:
+                self._turns -= 1
+                return
+        following.dispatched = True
+        self._dispatch(connection)
 
     def _run(self) -> None:
         epoll = self._epoll
@@ -388,12 +422,6 @@ class ResponsePump:
                 transfer.failure = f"the client read nothing for {self._write_timeout:g} s"
                 self._requeue(transfer)
 
-    def _requeue(self, transfer: Transfer) -> None:
-        with self._lock:
-            connection = self._connections.get(transfer)
-        if connection is not None:
-            self._dispatch(connection)
-
     def stop(self) -> list[Any]:
         """Stop; return the connections of the transfers still live, for the caller to close.
 
@@ -404,6 +432,7 @@ class ResponsePump:
             live = list(self._connections.items())
             self._connections.clear()
             self._watched.clear()
+            self._waiting_turn.clear()
             epoll, thread = self._epoll, self._thread
         if epoll is not None:
             epoll.close()
