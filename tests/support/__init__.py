@@ -17,6 +17,9 @@ modules import helpers from here, never from a conftest or another test module.
 - `cli`: the real ``jobkit`` executable in a subprocess (`run_jobkit`, `Run`).
 - `fifos`: the ``fifo`` fixture and `release`, to hold a job until the test says.
 - `load`: the load driver of tests/security/test_load.py and benchmarks/bench_load.py.
+- `stream_load`: many output streams at once: gated paced jobs, follows checked by
+  SHA-256, unread downloads, a timed client (tests/security/test_stream_load.py and
+  benchmarks/bench_streams.py).
 - `imports`: which module imports what, read from the source.
 - `measured`: which subprocesses .ci/run's line coverage counts.
 """
