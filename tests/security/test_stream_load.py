@@ -122,7 +122,10 @@ def check_unread_downloads(pki: Path, tmp_path: Path, *, clients: int, size: int
         hoarders = [new_api_client(served.address, pki, "unread") for _ in range(clients)]
         # Larger than what the kernel's socket buffers and the server's one buffer
         # can take: the server cannot finish these downloads while nobody reads.
-        jobs = [hoarder.create("head", "-c", str(size), "/dev/zero") for hoarder in hoarders]
+        jobs = []
+        for hoarder in hoarders:
+            jobs.append(hoarder.create("head", "-c", str(size), "/dev/zero"))
+            hoarder.close()  # not left idle for the server to close
         for hoarder, job in zip(hoarders, jobs, strict=True):
             assert hoarder.wait(job, timeout=120)["exit_code"] == 0
             hoarder.close()

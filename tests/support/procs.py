@@ -80,3 +80,20 @@ def raise_fd_limit(wanted: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of process ``pid`` from ``/proc/PID/status`` (``VmRSS``, ``VmHWM``), KiB."""
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise LookupError(f"no {field} for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used so far (all its threads)."""
+    fields = proc_stat(pid)
+    if fields is None:
+        raise ProcessLookupError(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

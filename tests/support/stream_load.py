@@ -301,6 +301,7 @@ def stream_problems(results: Sequence[StreamResult],
 
 def follow_streams(admin: ApiClient) -> int:
     """The follow streams the server says are open (its ``jobkit_follow_streams`` gauge)."""
+    admin.close()  # a new connection: the last scrape's may have idled past the timeout
     response = admin.get("/metrics")
     assert response.status == 200, response
     for family in text_string_to_metric_families(response.body.decode()):
@@ -344,12 +345,21 @@ class LatencyProbe:
         self.samples.append((when, seconds))
         return seconds
 
+    def reconnect(self) -> None:
+        """A new connection, its handshake done by an untimed request (the server closes
+        one left idle for its connection timeout)."""
+        self.client.close()
+        assert self.client.get(self.path).status == 200
+
     def run(self, count: int) -> list[float]:
-        """``count`` requests one after another; their times."""
+        """``count`` requests one after another on a new connection; their times."""
+        self.reconnect()
         return [self.once() for _ in range(count)]
 
     def run_until(self, done: Callable[[], bool], least: int = 0) -> list[float]:
-        """Requests one after another until ``done()`` (and at least ``least`` of them)."""
+        """Requests one after another on a new connection until ``done()`` (and at least
+        ``least`` of them); their times."""
+        self.reconnect()
         times: list[float] = []
         while len(times) < least or not done():
             times.append(self.once())
