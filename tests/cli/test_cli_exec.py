@@ -178,7 +178,8 @@ def test_ctrl_c_stops_following_and_leaves_the_job(env: dict[str, str], jobkit: 
 
 
 def test_exec_follow_names_the_job_it_started_when_following_fails(pki_root: Path) -> None:
-    server = JobServer(pki_root / "server", port=0, threads=4)  # one follow per client
+    # One output stream per client: exec -f follows stdout and stderr at once.
+    server = JobServer(pki_root / "server", port=0, threads=4, max_client_streams=1)
     server.start()
     try:
         host, port = server.address
