@@ -14,11 +14,19 @@ how it ends, and stops or deletes it when asked::
     # the pool records submitted.handle, then:
     executor.watch(submitted.handle, sink)     # returns at once; the sink gets the rest
 
-The built-in ``local`` executor is the exception: its jobs are run by the
-pool itself (``spawn`` and the one supervisor thread, see
-`jobkit.core.supervisor`), which no per-call contract could make as cheap.
-It is registered through the same hook as any other, so that it is named,
-listed and chosen like them; `LocalExecutor` marks it.
+An executor whose jobs are processes of this machine may instead take the
+*process* half of the contract, `ProcessExecutor`: the pool hands it each
+job's `jobkit.core.job.Job`, whose output streams it fills itself (a pipe
+spliced straight into the ``file`` or ``tempfile`` backend's file by
+`OutputStore.fill_from`: no copy through Python, no `JobSink.output`), and
+records the job with its `Process` in one transaction, so that a job costs
+two: its start and its end.  The built-in ``local`` executor
+(`jobkit.executors.local`) is one; it is registered through the same hook
+as any other and found by name like them::
+
+    started = executor.start(spec)             # spawned; spec.job_id is ""
+    # the pool records the job with started.process, opens its stores, then:
+    executor.run(job, started)                 # returns at once; fills job.streams
 
 Threads and ordering:
 
@@ -56,6 +64,13 @@ executor carries on from there.  `ExecutorContext.pool_id` is the same
 across restarts.  Closing a durable pool calls `detach` for each running
 job: the job runs on, and the next pool takes it over.
 
+A `ProcessExecutor` is called the same way (`start` and `run` like
+`submit` and `watch`, `signal` like `stop`, `kill` like `delete`) and sets
+the job's outcome and calls its ``on_drained`` from threads of its own, one
+call at a time per job.  Its jobs are never re-attached: a reopened pool
+kills what a dead one left of them (`jobkit.core.leftovers`, from the
+recorded `Process`) and records them `State.LOST`.
+
 Executors are registered through the ``jobkit_register_executors`` hook (see
 `jobkit.core.hookspecs`); an executor factory is any callable taking keyword
 options and returning an `Executor`, usually the class itself.
@@ -65,12 +80,16 @@ docs/executors.md says all of this for people, with a worked example.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
 from jobkit.core.limits import Limits
 from jobkit.core.models import State, Usage
+
+if TYPE_CHECKING:  # the contract's module stays light: plugins import it to register
+    from jobkit.core.job import Job
 
 __all__ = [
     "CannotRun",
@@ -79,7 +98,9 @@ __all__ = [
     "ExecutorContext",
     "JobSink",
     "JobSpec",
-    "LocalExecutor",
+    "Process",
+    "ProcessExecutor",
+    "Started",
     "Submission",
 ]
 
@@ -100,11 +121,23 @@ class ExecutorContext:
             CN), or None; executors record it with each job.
         durable: True if the pool has a ``state_dir``: its running jobs
             are re-attached after a restart, so closing it `detach`es them.
+        env: The pool's ``env``: the whole environment its jobs start from
+            (`JobSpec.env` already holds it), or None for the executor's
+            default (``local``: the pool process's environment at each
+            job's start).
+        cgroups: The pool's ``cgroups`` argument, for executors whose jobs
+            are processes of this machine: False, only jobs with limits get
+            cgroups; None, every job where possible; True, every job, and
+            the executor's `Executor.open` raises
+            `jobkit.core.errors.JobkitError` where that is impossible.
+            Other executors ignore it.
     """
 
     pool_id: str
     owner: str | None
     durable: bool
+    env: Mapping[str, str] | None = None
+    cgroups: bool | None = False
 
 
 @attrs.frozen
@@ -118,7 +151,8 @@ class JobSpec:
         env: Variables to set over the environment the executor's jobs
             start from (the pool's ``env`` and ``create``'s ``env``, never
             the pool process's own environment).
-        replace_env: Start from an empty environment plus ``env``.
+        replace_env: Start from an empty environment plus ``env``
+            (``env`` is then ``create``'s alone).
         cwd: The working directory, or None for the executor's default.
         timeout: Seconds after which the job gets SIGTERM, then SIGKILL
             ``kill_after`` seconds later; the `Ending` then says ``timed_out``.
@@ -265,9 +299,112 @@ class Executor(abc.ABC):
         """The pool is closed: let go of connections and threads (after `detach` of all)."""
 
 
-class LocalExecutor:
-    """The built-in ``local`` executor: jobs run as processes of this machine.
+@attrs.frozen
+class Process:
+    """A job's main process on this machine, as the pool records it.
 
-    The pool runs them itself (see the module docstring); this value only
-    names the choice.  It takes no options.
+    Enough for a later pool on the same ``state_dir`` to kill what is left
+    of the job after its pool died, without ever hitting a process that
+    reused the pid (`jobkit.core.leftovers.kill_leftover`).
+
+    Attributes:
+        pid: The main process's pid, the leader of the job's process group.
+        start: The first and last clock tick since boot in which it started
+            (`jobkit.core.leftovers.boot_ticks` around the spawn).
+        boot_id: The boot it started in (`jobkit.core.leftovers.boot_id`).
+        cgroups: Its cgroup folders, if it has any.
     """
+
+    pid: int
+    start: tuple[int, int]
+    boot_id: str
+    cgroups: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Started:
+    """What `ProcessExecutor.start` says of a job.
+
+    Attributes:
+        process: Its main process, or None if it could not start.
+        error: Why it could not start (the job is created in `State.ERROR`).
+        enforced_by: What enforces its limits, as `Submission.enforced_by`.
+        unenforced: The names of the limits nothing enforces.
+        token: The executor's own state of the job, handed back to its
+            `ProcessExecutor.run` or `ProcessExecutor.discard`.
+    """
+
+    process: Process | None
+    error: str | None = None
+    enforced_by: str | None = None
+    unenforced: tuple[str, ...] = ()
+    token: object = None
+
+
+class ProcessExecutor(Executor):
+    """An executor whose jobs are processes of this machine, fed straight into their stores.
+
+    Instead of `submit`, `watch` and a `JobSink`, the pool hands it the job
+    itself (`jobkit.core.job.Job`): it moves the job's output into
+    ``job.streams`` (`OutputStream`: ``store.fill_from(fd, budget)`` splices
+    a pipe into a file, then ``notify()``; ``mark_closed()`` at the end of
+    a stream), sets the job's outcome once (``job.finish`` or
+    ``job.finish_with_returncode``, which records it and wakes waiters),
+    and calls ``job.on_drained(job)`` once the job has ended and its streams
+    are closed.  Those calls come from the executor's own threads, one at a
+    time per job.  See the module docstring for the order of calls.
+    """
+
+    @abc.abstractmethod
+    def start(self, spec: JobSpec) -> Started:
+        """Start the job's process (``spec.job_id`` is "": the pool records it after).
+
+        Failures to start are no exception: `Started.error` says why.
+        Called from the pool's callers' threads, any number at once.
+        """
+
+    @abc.abstractmethod
+    def run(self, job: Job, started: Started) -> None:
+        """The job is recorded and its stores open: feed them and watch its end.
+
+        Returns at once.  A job that cannot be watched is ended (in
+        `State.ERROR`, say) as any other.
+        """
+
+    @abc.abstractmethod
+    def discard(self, started: Started) -> None:
+        """Kill and reap a started process that never became a job (its record failed)."""
+
+    @abc.abstractmethod
+    def signal(self, job: Job, signal: int) -> None:
+        """Send ``signal`` to the job's whole tree (`JobPool.stop`); no error once it
+        has ended (what is left of it is still signalled, never a reused pid)."""
+
+    @abc.abstractmethod
+    def kill(self, job: Job) -> None:
+        """Kill the job's whole tree, wait until it is gone, and stop feeding its
+        streams (`JobPool.delete`, and `JobPool.close` after a SIGKILL to all)."""
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` soon where it cannot race with this executor's calls on the
+        job (the pool's retry of an end a full disk kept from being recorded).
+        The default runs it at once."""
+        fn()
+
+    # The job-at-a-distance half of the contract is never called on a
+    # ProcessExecutor: the pool uses the methods above instead.
+
+    def submit(self, spec: JobSpec) -> Submission:
+        raise TypeError(f"{type(self).__name__} runs processes: use start()")
+
+    def watch(self, handle: str, sink: JobSink) -> None:
+        raise TypeError(f"{type(self).__name__} runs processes: use run()")
+
+    def stop(self, handle: str, signal: int) -> None:
+        raise TypeError(f"{type(self).__name__} runs processes: use signal()")
+
+    def delete(self, handle: str) -> None:
+        raise TypeError(f"{type(self).__name__} runs processes: use kill()")
+
+    def detach(self, handle: str) -> None:
+        raise TypeError(f"{type(self).__name__} runs processes: its jobs never run on")

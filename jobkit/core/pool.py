@@ -17,10 +17,8 @@ from typing import Any, TypeGuard
 
 import attrs
 
-from jobkit.core import plugins, supervisor
+from jobkit.core import plugins
 from jobkit.core.backend import DurableBackend, OutputBackend, OutputStore, ResumableBackend
-from jobkit.core.cgroups import JobCgroups, Unenforceable
-from jobkit.core.cgroups import detect as cgroup_tree
 from jobkit.core.checks import check_args, check_count, check_env, check_seconds, check_str
 from jobkit.core.errors import (
     ExecutorUnavailable,
@@ -30,16 +28,22 @@ from jobkit.core.errors import (
     StateDirInUse,
     StorageFailed,
 )
-from jobkit.core.executor import CannotRun, Executor, ExecutorContext, JobSpec, LocalExecutor
+from jobkit.core.executor import (
+    CannotRun,
+    Executor,
+    ExecutorContext,
+    JobSpec,
+    ProcessExecutor,
+    Started,
+)
 from jobkit.core.feed import JobFeed
 from jobkit.core.job import CLOSED_BY_POOL, Job, Outcome, utcnow
-from jobkit.core.leftovers import boot_id, boot_ticks, kill_leftover, signal_group_since
+from jobkit.core.leftovers import boot_id, kill_leftover, signal_group_since
 from jobkit.core.limits import Limits
 from jobkit.core.models import STREAMS, JobOutput, JobStatus, State, StreamInfo
 from jobkit.core.records import DATABASE_NAME, Incarnation, JobRecords
 from jobkit.core.retention import CleanResult, Retention
 from jobkit.core.signals import parse_signal
-from jobkit.core.spawn import Spawned, SpawnFailed, raise_fd_limit, spawn
 from jobkit.core.stream import Follower, OutputStream
 
 __all__ = [
@@ -61,8 +65,6 @@ DURABLE_BACKEND = "file"
 DEFAULT_EXECUTOR = "local"
 #: Seconds between SIGTERM and SIGKILL when a job's timeout passes.
 DEFAULT_KILL_AFTER = 5.0
-#: How long `delete` and `close` wait for a SIGKILLed process to be reaped.
-_REAP_WAIT = 10.0
 #: ``JobStatus.error`` of a job whose pool died while it ran.
 LOST_MESSAGE = (
     "lost: the pool that ran it ended without closing (killed or crashed);"
@@ -115,7 +117,8 @@ class JobPool:
             counts the whole tree.  False (default): only jobs with `Limits`
             get cgroups; None: every job, where this process may create
             cgroups; True: required (``JobkitError`` if impossible).  See
-            docs/limits.md for the cost.
+            docs/limits.md for the cost.  (For ``local``, and any executor
+            whose jobs are processes of this machine; others ignore it.)
         state_dir: A folder (made 0700) where the pool keeps every job's
             record in SQLite (``jobs.db``) and, with the ``file`` backend,
             its output.  A pool reopened on it sees every job recorded
@@ -126,9 +129,8 @@ class JobPool:
             `Retention`); default: never.
         on_finished: Called with a job's final status once it ended (its
             main process exited, or it could not start), once per job, in
-            the supervisor's thread (the executor's, for another executor
-            than ``local``): it must be quick and must not block.  Its
-            exceptions are logged and ignored.
+            the executor's thread (``local``: the supervisor's): it must be
+            quick and must not block.  Its exceptions are logged and ignored.
         executor: Where jobs run: ``local`` (default: processes of this
             machine), ``ray`` (a Ray cluster, with the ``jobkit[ray]``
             extra), or a plugin's; see docs/executors.md.
@@ -170,6 +172,8 @@ class JobPool:
         self._executor_name = check_str("executor", executor, nonempty=True)
         if owner is not None:
             owner = check_str("owner", owner)
+        if cgroups is not None and not isinstance(cgroups, bool):
+            raise TypeError(f"cgroups must be True, False or None, not {type(cgroups).__name__}")
         self._state_dir = None if state_dir is None else Path(os.fspath(state_dir))
         self._lock_fd = -1 if self._state_dir is None else _claim(self._state_dir)
         try:
@@ -182,15 +186,19 @@ class JobPool:
             self._release_claim()
             raise
         try:
-            #: Who runs the jobs; None: the pool itself (``local``).
+            #: Who runs the jobs, found by name through the plugins like any other.
             self._executor = _make_executor(self._executor_name, executor_options)
-            if self._executor is not None:
-                self._executor.open(ExecutorContext(
-                    self._records.pool_id(), owner, durable=self._state_dir is not None))
+            self._executor.open(ExecutorContext(
+                self._records.pool_id(), owner, durable=self._state_dir is not None,
+                env=self._env, cgroups=cgroups))
         except BaseException:
             self._records.close()
             self._release_claim()
             raise
+        #: The executor, if its jobs are processes of this machine that it
+        #: feeds into their stores itself (``local``): see `ProcessExecutor`.
+        self._processes = (self._executor if isinstance(self._executor, ProcessExecutor)
+                           else None)
         #: Jobs that hold something live: running ones, and finished ones
         #: whose output lives in this process (a non-durable backend) or
         #: whose pipes are still open.  The rest are only records.
@@ -204,32 +212,24 @@ class JobPool:
         self._settled_early: set[str] = set()
         #: Ended jobs whose end could not be recorded yet (a full disk).
         self._unrecorded: set[Job] = set()
-        if cgroups is not None and not isinstance(cgroups, bool):
-            self._records.close()
-            self._release_claim()
-            raise TypeError(f"cgroups must be True, False or None, not {type(cgroups).__name__}")
-        #: Every job gets cgroups (to hold its tree), not only jobs with limits.
-        self._contain = cgroups is not False and cgroup_tree() is not None
-        if cgroups and not self._contain:
-            self._records.close()
-            self._release_claim()
-            raise JobkitError("cgroups=True, but this process cannot create cgroups")
-        #: Set once a job of this pool used cgroups: `close` then tidies our folders.
-        self._used_cgroups = False
         self._boot = boot_id()
-        raise_fd_limit()
-        #: Jobs recorded as running that another executor still runs: watched again below.
+        #: Jobs recorded as running that the executor still runs: watched again below.
         reattached: list[Job] = []
-        #: Ids of the jobs this pool found running from a dead previous owner (now lost).
-        self.recovered: tuple[str, ...] = self._recover(reattached)
+        try:
+            #: Ids of the jobs this pool found running from a dead previous owner (now lost).
+            self.recovered: tuple[str, ...] = self._recover(reattached)
+            self._finished, self._kept = self._records.finished_totals()
+        except BaseException:
+            self._executor.close()
+            self._records.close()
+            self._release_claim()
+            raise
         #: Ids of the jobs an earlier pool left running on this pool's executor,
         #: taken over by this one (their output continues).
         self.reattached: tuple[str, ...] = tuple(job.id for job in reattached)
-        self._finished, self._kept = self._records.finished_totals()
-        self._supervisor = supervisor.acquire()
         _open_pools.add(self)
         for job in reattached:
-            assert self._executor is not None and job.handle is not None
+            assert job.handle is not None
             self._executor.watch(job.handle, JobFeed(job, self._drained))
         self._apply_retention()
 
@@ -304,10 +304,10 @@ class JobPool:
         """
         command = check_str("command", command, nonempty=True)
         arguments = tuple(check_args(args))
-        if self._executor is None:
-            job_env = self._job_env(env, replace_env)
-        else:  # variables over the executor's environment, never ours
-            job_env = {**(self._env or {}), **({} if env is None else check_env(env))}
+        extra = {} if env is None else check_env(env)
+        # Variables over the environment the executor's jobs start from, never
+        # ours: the executor knows that one (`ExecutorContext.env`).
+        job_env = extra if replace_env or not self._env else {**self._env, **extra}
         workdir = None if cwd is None else check_str("cwd", os.fspath(cwd), nonempty=True)
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
@@ -328,77 +328,53 @@ class JobPool:
         if unrecorded:
             self._flush()
         try:
-            if self._executor is None:
-                job = self._start(
-                    command, arguments, job_env, workdir, timeout, backend_name, output,
-                    limits, network,
-                )
+            spec = JobSpec("", command, arguments, job_env, replace_env, workdir, timeout,
+                           self._kill_after, limits, network)
+            if self._processes is not None:
+                job = self._start(self._processes, spec, backend_name, output)
             else:
-                assert job_env is not None
-                job = self._submit(
-                    self._executor,
-                    JobSpec("", command, arguments, job_env, replace_env, workdir, timeout,
-                            self._kill_after, limits, network),
-                    backend_name, output,
-                )
+                job = self._submit(self._executor, spec, backend_name, output)
             with self._lock:
                 if not self._closed:
                     if job.id not in self._settled_early:
                         self._jobs[job.id] = job
                     self._settled_early.discard(job.id)
                     return job.id
-            self._destroy(job)  # closed meanwhile: `close` did not see this one
+            self._let_go([job])  # closed meanwhile: `close` did not see this one
             raise PoolClosed
         finally:
             self._done()
 
     def _start(
-        self,
-        command: str,
-        args: tuple[str, ...],
-        env: dict[str, str] | None,
-        cwd: str | None,
-        timeout: float | None,
-        backend_name: str,
-        output: OutputBackend,
-        limits: Limits | None,
-        network: bool,
+        self, executor: ProcessExecutor, spec: JobSpec, backend_name: str, output: OutputBackend
     ) -> Job:
+        """Start a job's process, record it with its process, and let its executor feed it.
+
+        Started first, then recorded in one transaction (its id is the row's),
+        so a job costs two transactions: this and its end.
+        """
         created_at = utcnow()
-        # Spawn first, then record the job with its process in one transaction
-        # (its id is the row's), so a job costs two transactions: this and its end.
-        spawned, failure, groups = None, None, None
-        enforced_by: str | None = None
-        unenforced: tuple[str, ...] = ()
-        try:
-            groups, enforced_by, unenforced = self._make_groups(limits, cwd)
-            started_after = boot_ticks()
-            spawned = spawn(command, list(args), env, cwd, groups=groups, network=network)
-            start = (int(started_after), int(boot_ticks()) + 1)
-        except (SpawnFailed, Unenforceable) as exc:
-            failure = str(exc)
-        except OSError as exc:
-            failure = f"cannot make the job's cgroups: {exc.strerror or exc}"
-        if spawned is None and groups is not None:
-            groups.remove(wait=0)
-            groups = None
+        started = executor.start(spec)
+        process = started.process
         try:
             job_id = self._records.add(
-                command, args, cwd, timeout, backend_name, created_at,
-                process=None if spawned is None else (
-                    spawned.process.pid, start, self._boot,
-                    [] if groups is None else groups.paths(),
-                ),
-                limits=limits, network=network, enforced_by=enforced_by, unenforced=unenforced,
+                spec.command, spec.args, spec.cwd, spec.timeout, backend_name, created_at,
+                process=None if process is None else (
+                    process.pid, process.start, process.boot_id, process.cgroups),
+                limits=spec.limits, network=spec.network, enforced_by=started.enforced_by,
+                unenforced=started.unenforced, executor=self._executor_name,
             )
         except BaseException:
-            if spawned is not None:  # never a process nobody recorded
-                _kill_unrecorded(spawned, groups)
+            if process is not None:  # never a process nobody recorded
+                executor.discard(started)
             raise
         streams: dict[str, OutputStream] = {}
-        job = Job(job_id, command, args, backend_name, created_at, streams, timeout=timeout,
-                  limits=limits, network=network, enforced_by=enforced_by,
-                  unenforced=unenforced, on_end=self._job_ended, on_drained=self._drained)
+        job = Job(job_id, spec.command, spec.args, backend_name, created_at, streams,
+                  timeout=spec.timeout, limits=spec.limits, network=spec.network,
+                  enforced_by=started.enforced_by, unenforced=started.unenforced,
+                  on_end=self._job_ended, on_drained=self._drained,
+                  executor=self._executor_name)
+        failure = started.error
         try:
             for name in STREAMS:
                 streams[name] = OutputStream(name, output.open_store(job_id, name))
@@ -406,24 +382,16 @@ class JobPool:
             failure = failure or f"cannot open output storage: {exc.strerror or exc}"
             streams.clear()
             streams.update((name, OutputStream(name, _GoneStore(0))) for name in STREAMS)
-            if spawned is not None:
-                _kill_unrecorded(spawned, groups)
-                spawned = None
-        if spawned is None:
+            if process is not None:
+                executor.discard(started)
+                started = Started(None)
+        if started.process is None:
             for stream in streams.values():
                 stream.mark_closed()
             job.finish(Outcome(State.ERROR, utcnow(), error=failure))
             self._drained(job)
             return job
-        job.process = spawned.process
-        job.pidfd = spawned.pidfd
-        job.fds.update(stdout=spawned.stdout, stderr=spawned.stderr)
-        job.start_ticks = start[0]
-        job.groups, job.contained = groups, groups is not None
-        try:
-            self._supervisor.watch(job, self._kill_after)
-        except Exception as exc:  # epoll's memory, say: still a job
-            self._abandon(job, f"cannot watch the process: {exc}")
+        executor.run(job, started)
         return job
 
     def _submit(
@@ -493,54 +461,7 @@ class JobPool:
             # Left recorded as running: a reopened pool finds it gone and marks it lost.
             log.warning("job %s: cannot remove the record of a job never run: %s", job.id, error)
 
-    def _make_groups(
-        self, limits: Limits | None, cwd: str | None
-    ) -> tuple[JobCgroups | None, str | None, tuple[str, ...]]:
-        """A job's cgroups with its limits applied (None if it needs none), what
-        enforces the limits and which are not enforced.
-
-        Raise `Unenforceable` for a strict limit nothing here can enforce,
-        ``OSError`` if the groups cannot be made.
-        """
-        asked = () if limits is None else limits.asked()
-        if not asked and not self._contain:
-            return None, None, ()
-        tree = cgroup_tree()
-        if tree is None:
-            assert limits is not None
-            if limits.strict:
-                raise Unenforceable(
-                    f"cannot enforce the limits ({limits.describe()}): this process may"
-                    " create no cgroup, v2 or v1 (see docs/limits.md)"
-                )
-            return None, "none", asked
-        self._used_cgroups = True
-        groups = tree.make(limits, cwd, contain=self._contain)
-        if groups is None:
-            return None, "none" if asked else None, asked
-        return groups, groups.enforced_by, groups.unenforced
-
-    def _abandon(self, job: Job, message: str) -> None:
-        """Kill and reap a job's process that cannot be watched; it ends in error."""
-        assert job.process is not None
-        job.signal_group(signals.SIGKILL)
-        job.process.wait()
-        with job.lock:
-            job.leader_gone = True
-            for fd in (job.pidfd, *job.fds.values()):
-                os.close(fd)
-            job.pidfd = -1
-            job.fds.clear()
-        groups, job.groups = job.groups, None
-        if groups is not None:
-            groups.kill(_REAP_WAIT)
-            groups.remove()
-        for stream in job.streams.values():
-            stream.mark_closed()
-        job.finish(Outcome(State.ERROR, utcnow(), error=message))
-        self._drained(job)
-
-    # -- the supervisor's calls ---------------------------------------------
+    # -- the executor's calls -----------------------------------------------
 
     def _job_ended(self, job: Job) -> None:
         """A job's outcome is set (once per job): record it, then tell ``on_finished``."""
@@ -552,7 +473,7 @@ class JobPool:
                 log.exception("job %s: on_finished failed", job.id)
 
     def _ended(self, job: Job) -> None:
-        """Record a job's end (supervisor thread, or `create` for a failed start).
+        """Record a job's end (the executor's thread, or `create` for a failed start).
 
         If the disk is full the job stays in memory, its true state served
         from there, and its end is recorded at the next chance (`_flush`).
@@ -615,7 +536,10 @@ class JobPool:
         with self._lock:
             pending = [job for job in self._unrecorded if job.drained]
         for job in pending:
-            self._supervisor.call(functools.partial(self._drained, job))
+            if self._processes is not None:  # never at once with its own calls on the job
+                self._processes.call_soon(functools.partial(self._drained, job))
+            else:
+                self._drained(job)
 
     def _records_closed(self) -> bool:
         return self._records_gone
@@ -699,14 +623,11 @@ class JobPool:
         """
         number = parse_signal(signal)
         job = self._live(job_id)
-        if job is not None and job.handle is not None:
-            assert self._executor is not None
-            if job.running:
-                self._executor.stop(job.handle, number)
-            return job.status()
         if job is not None:
-            job.signal_group(number)
-            self._supervisor.recheck(job)
+            if self._processes is not None:
+                self._processes.signal(job, number)
+            elif job.running and job.handle is not None:
+                self._executor.stop(job.handle, number)
             return job.status()
         status = self._recorded(job_id)
         self._signal_leftovers(status.id, number)
@@ -729,7 +650,13 @@ class JobPool:
                 if status.handle is not None and status.executor == self._executor_name:
                     self._forget_remote(status.handle)
                 counted = not status.running
-            elif job.handle is not None:
+            elif self._processes is not None:
+                self._processes.kill(job)
+                status = job.status()
+                with self._lock:
+                    self._unrecorded.discard(job)
+                counted = job.recorded is not None
+            else:
                 try:
                     self._delete_remote(job)
                 except BaseException:
@@ -737,12 +664,6 @@ class JobPool:
                         self._jobs.setdefault(job_id, job)
                     raise
                 status = job.status()
-                counted = job.recorded is not None
-            else:
-                self._destroy(job)
-                status = job.status()
-                with self._lock:
-                    self._unrecorded.discard(job)
                 counted = job.recorded is not None
             self._remove(job_id, status, counted=counted)
         finally:
@@ -786,25 +707,32 @@ class JobPool:
                 self._idle.wait()
             jobs = list(self._jobs.values())
             self._jobs.clear()
-        remote = [job for job in jobs if job.handle is not None]
-        jobs = [job for job in jobs if job.handle is None]
-        self._let_go_remote(remote)
-        for job in jobs:  # signal all first, so they die in parallel
-            if job.running:
-                job.closing = True
-            job.signal_group(signals.SIGKILL)
-        for job in jobs:
-            self._destroy(job)
+        self._let_go(jobs, closing=True)
         self._records_gone = True
         self._records.close()
         _open_pools.discard(self)
-        supervisor.release()
-        tree = cgroup_tree() if self._used_cgroups else None
-        if tree is not None:
-            tree.close()
+        self._executor.close()
         self._release_claim()
 
     # -- helpers ------------------------------------------------------------
+
+    def _let_go(self, jobs: Sequence[Job], *, closing: bool = False) -> None:
+        """Let go of live jobs: the pool is closing (``closing``), or was closed
+        while `create` made one of them.
+
+        Processes of this machine are killed (``closing``: recorded as killed
+        by the close); jobs elsewhere see `_let_go_remote`.
+        """
+        executor = self._processes
+        if executor is None:
+            self._let_go_remote(jobs)
+            return
+        for job in jobs:  # signal all first, so they die in parallel
+            if job.running and closing:
+                job.closing = True
+            executor.signal(job, signals.SIGKILL)
+        for job in jobs:
+            executor.kill(job)
 
     def _delete_remote(self, job: Job) -> None:
         """Delete a job another executor runs: on the cluster, then here.
@@ -812,8 +740,9 @@ class JobPool:
         Raises (`ExecutorUnavailable`) with nothing changed if the cluster
         cannot be reached while the job may still run there.
         """
-        assert self._executor is not None and job.handle is not None
-        if job.running:
+        if job.handle is None:  # it never ran there (refused, say)
+            pass
+        elif job.running:
             self._executor.delete(job.handle)
         else:
             self._forget_remote(job.handle)
@@ -828,8 +757,6 @@ class JobPool:
 
     def _forget_remote(self, handle: str) -> None:
         """Forget a finished job on its cluster; a cluster out of reach keeps it."""
-        if self._executor is None:
-            return
         try:
             self._executor.delete(handle)
         except ExecutorUnavailable as error:
@@ -844,9 +771,12 @@ class JobPool:
         """
         executor = self._executor
         for job in jobs:
-            assert executor is not None and job.handle is not None
             with job.lock:
                 job.forgotten = True
+            if job.handle is None:  # it never ran there (refused, say): nothing to let go
+                for stream in job.streams.values():
+                    stream.release()
+                continue
             if job.running and self._state_dir is None:
                 try:
                     executor.stop(job.handle, signals.SIGKILL)
@@ -859,22 +789,6 @@ class JobPool:
                     job.finish(Outcome(State.KILLED, utcnow(), error=CLOSED_BY_POOL))
             for stream in job.streams.values():
                 stream.release()
-        if executor is not None:
-            executor.close()
-
-    def _destroy(self, job: Job) -> None:
-        job.signal_group(signals.SIGKILL)
-        groups = job.groups  # None once the supervisor released them
-        if groups is not None:
-            # Every member, escaped or not, and wait until they are gone:
-            # after delete, nothing of the job runs.
-            groups.kill(_REAP_WAIT)
-            self._supervisor.recheck(job)
-        job.ended.wait(_REAP_WAIT)
-        self._supervisor.forget(job)
-        groups = job.groups
-        if groups is not None:  # it did not end (stuck in the kernel): remove what we can
-            groups.remove()
 
     def _remove(self, job_id: str, status: JobStatus, *, counted: bool) -> None:
         """Remove a killed job's output, then its record (``counted``: in the totals)."""
@@ -946,14 +860,19 @@ class JobPool:
     def _recover(self, reattached: MutableSequence[Job]) -> tuple[str, ...]:
         """Kill and record as lost what a dead previous owner left running.
 
-        Jobs this pool's executor runs are not lost: they are appended to
-        ``reattached``, to be watched again.  Jobs of another executor are
-        lost to this pool, but left running where they run.
+        Processes of this machine (recorded with a pid, whichever executor
+        ran them) are killed, never a process that reused the pid.  Jobs
+        this pool's executor runs elsewhere are not lost: they are appended
+        to ``reattached``, to be watched again.  Jobs of another executor
+        are lost to this pool, but left running where they run.
         """
         lost = []
+        ours = self._executor_name
         for leftover in self._records.incarnations():
-            if leftover.executor != DEFAULT_EXECUTOR:
-                if leftover.executor == self._executor_name and self._executor is not None:
+            here = leftover.pid is not None or (
+                leftover.executor == ours and self._processes is not None)
+            if not here:
+                if leftover.executor == ours:
                     if leftover.handle is None:  # the pool ended before it recorded one
                         leftover = attrs.evolve(leftover,
                                                 handle=self._executor.find(leftover.id))
@@ -1097,17 +1016,6 @@ class JobPool:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def _job_env(self, env: Mapping[str, str] | None, replace: bool) -> dict[str, str] | None:
-        """The job's whole environment; None means exactly this process's (no copy)."""
-        extra = {} if env is None else check_env(env)
-        if replace:
-            return extra
-        if self._env is None and not extra:
-            return None
-        base = dict(os.environ) if self._env is None else dict(self._env)
-        base.update(extra)
-        return base
-
 
 class _GoneStore(OutputStore):
     """The output of a non-durable job whose pool has ended: all of it dropped."""
@@ -1141,18 +1049,6 @@ def _durable(backend: object) -> TypeGuard[DurableBackend]:
     if known is None:
         known = _durable_types[kind] = isinstance(backend, DurableBackend)
     return known
-
-
-def _kill_unrecorded(spawned: Spawned, groups: JobCgroups | None) -> None:
-    """Kill and reap a process that never became a job (its record failed)."""
-    os.killpg(spawned.process.pid, signals.SIGKILL)
-    if groups is not None:
-        groups.kill(_REAP_WAIT)
-    spawned.process.wait()
-    for fd in (spawned.pidfd, spawned.stdout, spawned.stderr):
-        os.close(fd)
-    if groups is not None:
-        groups.remove()
 
 
 def _info(store: OutputStore) -> StreamInfo:
@@ -1198,13 +1094,11 @@ def _make_backend(name: str, options: Mapping[str, Any] | None) -> OutputBackend
 def check_executor(name: str, options: Mapping[str, Any] | None) -> None:
     """Make the executor ``name`` once and let it go: raises what a pool would
     (`ExecutorNotFound`, ``TypeError`` for bad options, `ExecutorUnavailable`)."""
-    executor = _make_executor(check_str("executor", name, nonempty=True), options)
-    if executor is not None:
-        executor.close()
+    _make_executor(check_str("executor", name, nonempty=True), options).close()
 
 
-def _make_executor(name: str, options: Mapping[str, Any] | None) -> Executor | None:
-    """The executor ``name`` made with ``options``; None for ``local`` (the pool itself)."""
+def _make_executor(name: str, options: Mapping[str, Any] | None) -> Executor:
+    """The executor registered as ``name``, made with ``options``."""
     factory = plugins.executor_factory(name)
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"executor_options must be a mapping, not {type(options).__name__}")
@@ -1212,8 +1106,6 @@ def _make_executor(name: str, options: Mapping[str, Any] | None) -> Executor | N
         executor = factory(**dict(options or {}))
     except TypeError as exc:
         raise TypeError(f"bad options for executor {name!r}: {exc}") from None
-    if isinstance(executor, LocalExecutor):
-        return None
     if not isinstance(executor, Executor):
         raise TypeError(f"executor {name!r} did not return an Executor")
     return executor
