@@ -18,6 +18,7 @@ from jobkit.core.leftovers import signal_group_since
 from jobkit.core.limits import Limits
 from jobkit.core.models import JobStatus, State, StreamInfo, Usage
 from jobkit.core.sizes import format_size
+from jobkit.core.spawn import ChildProcess
 from jobkit.core.stream import OutputStream
 
 __all__ = ["CLOSED_BY_POOL", "Job", "Outcome", "out_of_memory", "usage_from_rusage", "utcnow"]
@@ -96,7 +97,8 @@ class Job:
     backend: str
     created_at: datetime
     streams: dict[str, OutputStream]
-    process: subprocess.Popen[bytes] | None = None
+    #: Its main process (`jobkit.core.spawn`; an executor of its own may use a Popen).
+    process: ChildProcess | subprocess.Popen[bytes] | None = None
     pidfd: int = -1
     #: The parent's read ends of the output pipes, by stream name.
     fds: dict[str, int] = attrs.Factory(dict)

@@ -275,7 +275,7 @@ class Supervisor:
                     job.pidfd = -1
             if pid:
                 returncode = os.waitstatus_to_exitcode(status)
-                # Popen must never wait for it again (nor list it to reap).
+                # Never waited for again (a Popen would, and list it to reap).
                 job.process.returncode = returncode
                 job.rusage = usage
                 if job.groups is not None and job.groups.populated():
