@@ -121,8 +121,12 @@ class LoggedBody:
 
     @property
     def source(self) -> object:
-        """The body itself: the server writes a long one in turns (`jobkit.server.pump`)."""
-        return self._body
+        """The body itself, if the server may write it in turns (`jobkit.server.pump`).
+
+        None for a body already whole in memory (a list of chunks), which is
+        written at once.
+        """
+        return None if isinstance(self._body, list) else self._body
 
     def count(self, sent: int) -> None:
         """``sent`` more bytes of the body went out by way of `source`."""

@@ -104,6 +104,7 @@ class ServerMetrics:
             "jobkit_quota_refusals",
             "Requests refused for a per-client quota (429), by quota.",
             (*client, "quota"), registry=registry)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.certificate_reloads = Counter(
             "jobkit_certificate_reloads", "Reloads of the certificates and CRL, by result.",
             ("result",), registry=registry)
@@ -140,9 +141,23 @@ class ServerMetrics:
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request was answered."""
-        method = method if method in HTTP_METHODS else "other"
-        self.http_requests.labels(method=method, route=route, status=str(status)).inc()
-        self.http_seconds.labels(method=method, route=route).observe(seconds)
+        children = self._request_children.get((method, route, status))
+        if children is None:
+            children = self._request_children_for(method, route, status)
+        requests, duration = children
+        requests.inc()
+        duration.observe(seconds)
+
+    def _request_children_for(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        # `labels` looks its child up under a lock and checks every label on
+        # each call; the few combinations a server sees are kept here instead
+        # (every label value comes from a small fixed set, so this stays small).
+        label = method if method in HTTP_METHODS else "other"
+        children = (self.http_requests.labels(method=label, route=route, status=str(status)),
+                    self.http_seconds.labels(method=label, route=route))
+        if method in HTTP_METHODS:  # any other method is one "other": keep it out
+            self._request_children[(method, route, status)] = children
+        return children
 
     def handshake_refused(self, reason: str) -> None:
         """A connection was refused at its handshake (or for its CN)."""
