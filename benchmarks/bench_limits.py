@@ -13,6 +13,9 @@ Needs root (or a delegated cgroup subtree).
 3. io limits: `dd` writing and reading with O_DIRECT (`oflag=direct`, `iflag=direct`) in a
    folder on the block device of the working directory, unthrottled and under
    `io_write_bps` / `io_read_bps`: the rate dd achieved against the limit, as a ratio.
+4. Tree ends: how long a job whose main process exited is still `running` after the last
+   process of its tree is gone (jobkit polls the tree: cgroup v1 sends no event), when
+   that process exits by itself and when `stop` kills it.
 """
 
 from __future__ import annotations
@@ -241,6 +244,45 @@ def _counted(counted: list[int | None], size: int) -> str:
     return f"{min(counted) / size:.2f}-{max(counted) / size:.2f} of the bytes dd moved"
 
 
+def bench_tree_ends(jobs: int) -> None:
+    if cgroups.detect() is None:
+        print("tree ends: no writable cgroup here, skipped")
+        return
+    print(f"tree ends: a job's end after the last process of its tree, {jobs} jobs at once:")
+    with JobPool(cgroups=True) as pool:
+        for linger in (0.3, 2.0):
+            # The main process exits at once; its child prints when it exits, then is gone.
+            script = f"(sleep {linger}; date +%s.%N) & exit 0"
+            started = [pool.create("sh", ["-c", script]) for _ in range(jobs)]
+            lags = []
+            for job in started:
+                status = pool.wait(job, 60)
+                gone = float(pool.output(job).stdout)
+                assert status.ended_at is not None
+                lags.append(status.ended_at.timestamp() - gone)
+                pool.delete(job)
+            print(f"  {f'tree left for {linger:g} s:':32s} {_spread(lags)}")
+        started = [pool.create("sh", ["-c", "sleep 1000 & echo up; exit 0"]) for _ in range(jobs)]
+        for job in started:
+            next(iter(pool.follow(job, "stdout")))
+        time.sleep(1.5)  # the benchmark's own pace: let the checks back off to their slowest
+        lags = []
+        for job in started:
+            begin = time.monotonic()
+            pool.stop(job, "KILL")
+            pool.wait(job, 60)
+            lags.append(time.monotonic() - begin)
+            pool.delete(job)
+        print(f"  {'stop KILL to the job ended:':32s} {_spread(lags)}")
+
+
+def _spread(seconds: list[float]) -> str:
+    ordered = sorted(seconds)
+    p90 = ordered[int(0.9 * (len(ordered) - 1))]
+    return (f"median {1e3 * statistics.median(ordered):6.1f} ms, p90 {1e3 * p90:6.1f} ms,"
+            f" max {1e3 * ordered[-1]:6.1f} ms")
+
+
 def _test_group() -> tuple[Path, str] | None:
     """An empty cgroup next to ours: in v1 memory if writable, else in v2."""
     found = hierarchies.current()
@@ -259,7 +301,8 @@ def _test_group() -> tuple[Path, str] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer jobs, for a smoke run")
-    parser.add_argument("--only", choices=("jobs", "steps", "io"), help="run one part only")
+    parser.add_argument("--only", choices=("jobs", "steps", "io", "trees"),
+                        help="run one part only")
     args = parser.parse_args()
     n, rounds = (50, 3) if args.quick else (200, 7)
     if args.only in (None, "jobs"):
@@ -268,6 +311,8 @@ def main() -> None:
         bench_start_steps(n, rounds)
     if args.only in (None, "io"):
         bench_io(rounds=2 if args.quick else 3, seconds=1.0 if args.quick else 3.0)
+    if args.only in (None, "trees"):
+        bench_tree_ends(20 if args.quick else 100)
 
 
 if __name__ == "__main__":
