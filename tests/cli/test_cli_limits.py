@@ -129,6 +129,14 @@ def test_every_jobs_status_shows_what_it_used_from_rusage(pki_root: Path,
                             r" system \d+\.\d\d\) · io read [\d.]+ [KM]?i?B,"
                             r" written [\d.]+ [KM]?i?B · from rusage of the main process\n",
                             jobkit("status", small).stdout)
+        # The list's columns: CPU for both, MEM only where known.
+        table = jobkit("list").stdout.splitlines()
+        assert table[0].split()[-2:] == ["CPU", "MEM"]
+        (big_row, small_row) = (line.split() for line in table[1:])
+        assert re.fullmatch(r"\d+\.\d\ds", big_row[-2]) and big_row[-1].endswith("MiB")
+        assert float(big_row[-1].removesuffix("MiB")) == round(
+            usage["peak_memory"] / (1 << 20), 1)  # type: ignore[operator]
+        assert re.fullmatch(r"\d+\.\d\ds", small_row[-2]) and small_row[-1] == "-"
 
 
 @needs_cgroups
