@@ -49,13 +49,19 @@ def serve(pki: Path) -> ServerProcess:
 
 def read_in_thread(address: tuple[str, int], load: FollowLoad,
                    timeout: float) -> tuple[threading.Thread, list[StreamResult]]:
-    """`follow_all` of ``load``'s plans in a thread; the list fills when it ends."""
+    """`follow_all` of ``load``'s plans in a thread; the list fills as streams end."""
     results: list[StreamResult] = []
-    thread = threading.Thread(
-        target=lambda: results.extend(follow_all(address, load.plans, timeout)),
-        name="followers")
+    thread = threading.Thread(target=follow_all, args=(address, load.plans, timeout),
+                              kwargs={"on_end": results.append}, name="followers")
     thread.start()
     return thread, results
+
+
+def all_open(admin: ApiClient, streams: int, ended: list[StreamResult]) -> bool:
+    """True once the server counts ``streams`` follows; fails at once if one has ended
+    before its job could write (refused, say)."""
+    assert not ended, f"a follow ended before its job was released: {ended[0]}"
+    return follow_streams(admin) == streams
 
 
 def check_follows(pki: Path, tmp_path: Path, *, clients: int, jobs_per_client: int,
@@ -76,7 +82,7 @@ def check_follows(pki: Path, tmp_path: Path, *, clients: int, jobs_per_client: i
                                 gates=tmp_path / "own")
         reader, results = read_in_thread(served.address, load, timeout)
         readers.append(reader)
-        wait_until(lambda: follow_streams(admin) == streams, timeout=timeout,
+        wait_until(lambda: all_open(admin, streams, results), timeout=timeout,
                    what=f"{streams} follow streams open at once")
         # Another client, while they are all open: its requests are answered and its
         # own follow is one more stream.
@@ -84,8 +90,8 @@ def check_follows(pki: Path, tmp_path: Path, *, clients: int, jobs_per_client: i
         probe.run(20)
         own_reader, own_results = read_in_thread(served.address, own, timeout)
         readers.append(own_reader)
-        wait_until(lambda: follow_streams(admin) == streams + 1, timeout=timeout,
-                   what="the other client's follow open too")
+        wait_until(lambda: all_open(admin, streams + 1, results + own_results),
+                   timeout=timeout, what="the other client's follow open too")
         load.release()
         own.release()
         # And while the bytes flow.
@@ -141,7 +147,7 @@ def check_unread_downloads(pki: Path, tmp_path: Path, *, clients: int, size: int
             # Everyone else is served: requests, a follow, a whole download.
             LatencyProbe(other).run(20)
             reader, results = read_in_thread(served.address, mine, 120)
-            wait_until(lambda: follow_streams(admin) == 1, timeout=60,
+            wait_until(lambda: all_open(admin, 1, results), timeout=60,
                        what="the other client's follow open")
             mine.release()
             reader.join(120)

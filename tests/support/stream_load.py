@@ -246,12 +246,15 @@ def follow_once(address: tuple[str, int], context: ssl.SSLContext, plan: FollowP
 
 
 def follow_all(address: tuple[str, int], plans: Sequence[FollowPlan],
-               timeout: float = 300.0) -> list[StreamResult]:
+               timeout: float = 300.0,
+               on_end: Callable[[StreamResult], None] | None = None) -> list[StreamResult]:
     """Open every follow of ``plans`` at once, one thread each, and read each to its end.
 
     Returns one `StreamResult` per stream; a stream still unfinished after
     ``timeout`` seconds is reported as an error.  Streams of a job that was never
     released wait that long: release the jobs once `follow_streams` counts them.
+    ``on_end`` is called with each result as its stream ends (a refused stream
+    ends at once: the caller need not wait for the others to know).
     """
     contexts: dict[Path, ssl.SSLContext] = {}
     results: list[StreamResult] = []
@@ -262,6 +265,8 @@ def follow_all(address: tuple[str, int], plans: Sequence[FollowPlan],
         result = follow_once(address, context, plan, timeout, give_up)
         with lock:
             results.append(result)
+        if on_end is not None:
+            on_end(result)
 
     threads = []
     # Small stacks: a thousand threads that only read a socket need little of one.
