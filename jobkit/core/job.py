@@ -140,6 +140,8 @@ class Job:
     handle: str | None = None
     #: True while its executor says it waits for resources (`State.PENDING`).
     pending: bool = False
+    #: Its status once it can no longer change (see `status`).
+    _final: JobStatus | None = attrs.field(default=None, init=False, repr=False)
 
     @property
     def pid(self) -> int | None:
@@ -206,7 +208,15 @@ class Job:
         return hit
 
     def status(self) -> JobStatus:
+        """A snapshot; the same object every time once the job has ended and its
+        streams are closed (recording its end, settling it and each waiter
+        asked for it anew: three copies per job, on the path to the waiter)."""
+        final = self._final
+        if final is not None:
+            return final
         outcome = self.outcome  # read once: it is replaced, never mutated
+        # Looked at before the streams' sizes: closed streams no longer grow.
+        settled = outcome is not None and all(s.closed for s in self.streams.values())
         errors = [f"{s.name}: {s.error}" for s in self.streams.values() if s.error]
         stdout, stderr = (
             self.streams[name].info() if name in self.streams else StreamInfo()
@@ -216,7 +226,7 @@ class Job:
         usage = groups.usage() if outcome is None and groups is not None else None
         if outcome is not None:
             usage = outcome.usage
-        return JobStatus(
+        status = JobStatus(
             id=self.id,
             state=(State.PENDING if self.pending else State.RUNNING) if outcome is None
             else outcome.state,
@@ -242,3 +252,6 @@ class Job:
             executor=self.executor,
             handle=self.handle,
         )
+        if settled:
+            self._final = status
+        return status

@@ -25,12 +25,13 @@ and the supervisor runs it between two waits.
 from __future__ import annotations
 
 import fcntl
+import functools
 import heapq
 import itertools
 import logging
 import os
 import resource
-import selectors
+import select
 import signal
 import threading
 import time
@@ -64,9 +65,13 @@ class Supervisor:
     """Runs the watch loop in a daemon thread named ``jobkit-supervisor``."""
 
     def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
+        # epoll itself, not `selectors`: its bookkeeping per fd and per wake-up
+        # sat on every job's path from exit to waiter.
+        self._epoll = select.epoll()
+        #: What to run when a watched fd is readable, by fd (the wake-up's: None).
+        self._handlers: dict[int, Callable[[], object] | None] = {}
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self._selector.register(self._wake, selectors.EVENT_READ, None)
+        self._register(self._wake, None)
         self._commands: deque[Callable[[], None]] = deque()
         self._timers: list[tuple[float, int, Callable[[], None], Job]] = []
         self._seq = itertools.count()
@@ -118,16 +123,12 @@ class Supervisor:
             try:
                 for name, fd in list(job.fds.items()):
                     stream = job.streams[name]
-                    self._selector.register(
-                        fd,
-                        selectors.EVENT_READ,
-                        lambda j=job, n=name, s=stream: self._drain(j, n, s),
-                    )
+                    self._register(fd, functools.partial(self._drain, job, name, stream))
                     registered.append(fd)
-                self._selector.register(job.pidfd, selectors.EVENT_READ, lambda: self._reap(job))
+                self._register(job.pidfd, lambda: self._reap(job))
             except BaseException:
                 for fd in registered:
-                    self._selector.unregister(fd)
+                    self._unregister(fd)
                 raise
         if job.timeout is not None:
             timeout = job.timeout
@@ -161,15 +162,29 @@ class Supervisor:
                 timeout = _MAX_WAIT
                 if self._timers:
                     timeout = min(_MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
-                for key, _ in self._selector.select(timeout):
-                    if key.data is None:
+                handlers = self._handlers
+                for fd, _ in self._epoll.poll(timeout):
+                    if fd not in handlers:
+                        continue  # unregistered by an earlier handler of this round
+                    handler = handlers[fd]
+                    if handler is None:
                         self._run_commands()
                     else:
-                        self._safely(key.data)
+                        self._safely(handler)
                 self._run_timers()
         finally:
-            self._selector.close()
+            self._epoll.close()
             os.close(self._wake)
+
+    def _register(self, fd: int, handler: Callable[[], object] | None) -> None:
+        # Callers hold `_mutate` (or own the supervisor before it runs).
+        self._epoll.register(fd, select.EPOLLIN)
+        self._handlers[fd] = handler
+
+    def _unregister(self, fd: int) -> None:
+        # Callers hold `_mutate`.
+        del self._handlers[fd]
+        self._epoll.unregister(fd)
 
     def _safely(self, fn: Callable[[], object]) -> None:
         try:
@@ -236,7 +251,7 @@ class Supervisor:
         fd = job.fds.pop(name, -1)
         if fd >= 0:
             with self._mutate:
-                self._selector.unregister(fd)
+                self._unregister(fd)
             os.close(fd)
 
     def _reap(self, job: Job) -> None:
@@ -270,7 +285,7 @@ class Supervisor:
                 if pid:
                     job.leader_gone = True
                     with self._mutate:
-                        self._selector.unregister(job.pidfd)
+                        self._unregister(job.pidfd)
                     os.close(job.pidfd)
                     job.pidfd = -1
             if pid:
