@@ -35,6 +35,7 @@ import array
 import fcntl
 import http.client
 import multiprocessing
+import resource
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,8 @@ def bench_follows(served: ServerProcess, pki: Path, probe: LatencyProbe, admin: 
     before = probe.run(options.baseline)
     rss_before, cpu_before = memory_kib(pid), cpu_seconds(pid)
     threads_before = task_count(pid)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    children_cpu = usage.ru_utime + usage.ru_stime
     chunks = [load.plans[i::options.processes] for i in range(options.processes)]
     with ProcessPoolExecutor(options.processes,
                              mp_context=multiprocessing.get_context("spawn")) as workers:
@@ -157,6 +160,9 @@ def bench_follows(served: ServerProcess, pki: Path, probe: LatencyProbe, admin: 
         ended = time.monotonic()
         results = [result for future in futures for result in future.result()]
     cpu_used = cpu_seconds(pid) - cpu_before
+    # The worker processes have ended (the jobs are the server's children, not ours).
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = usage.ru_utime + usage.ru_stime - children_cpu
     after = probe.run(options.baseline)
     problems = load.problems(results)
     received = sum(result.received for result in results)
@@ -176,8 +182,8 @@ def bench_follows(served: ServerProcess, pki: Path, probe: LatencyProbe, admin: 
     print(f"  server RSS {rss_before / 1024:.0f} MiB before, {rss_open / 1024:.0f} MiB with "
           f"{streams} open ({per_stream:.1f} KiB per stream), peak {peak[0] / 1024:.0f} MiB "
           f"while they flow ({(peak[0] - rss_before) / streams:.1f} KiB per stream); threads "
-          f"{threads_before} -> {threads_open}; server CPU {cpu_used:.1f} s over "
-          f"{ended - started:.1f} s")
+          f"{threads_before} -> {threads_open}; CPU over {ended - started:.1f} s: server "
+          f"{cpu_used:.1f} s, client processes {client_cpu:.1f} s")
     return not problems
 
 
