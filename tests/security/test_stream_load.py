@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.api import ApiClient
 from tests.support.pki import ADMIN, new_client_folder
-from tests.support.processes import ServerProcess, server_process
+from tests.support.processes import server_process
 from tests.support.procs import raise_fd_limit
 from tests.support.servers import new_api_client
 from tests.support.stream_load import (
@@ -41,10 +41,6 @@ from tests.support.waiting import wait_until
 
 #: Worker threads of the server: far fewer than the streams it is asked to hold.
 THREADS = 16
-
-
-def serve(pki: Path) -> ServerProcess:
-    return ServerProcess.start(pki, "--threads", str(THREADS), "--admin", ADMIN)
 
 
 def read_in_thread(address: tuple[str, int], load: FollowLoad,
@@ -70,41 +66,41 @@ def check_follows(pki: Path, tmp_path: Path, *, clients: int, jobs_per_client: i
     raise_fd_limit(2 * streams + 256)
     identities = [new_client_folder(pki, "follower") for _ in range(clients)]
     readers: list[threading.Thread] = []
-    served = serve(pki)
     try:
-        admin = ApiClient(served.address, pki / "clients" / ADMIN, ADMIN)
-        other = new_api_client(served.address, pki, "other")
-        load = FollowLoad.create(served.address, identities, jobs_per_client=jobs_per_client,
-                                 follows_per_job=follows_per_job, pacing=pacing,
-                                 gates=tmp_path)
-        own = FollowLoad.create(served.address, [(other.name, other.folder)],
-                                jobs_per_client=1, follows_per_job=1, pacing=pacing,
-                                gates=tmp_path / "own")
-        reader, results = read_in_thread(served.address, load, timeout)
-        readers.append(reader)
-        wait_until(lambda: all_open(admin, streams, results), timeout=timeout,
-                   what=f"{streams} follow streams open at once")
-        # Another client, while they are all open: its requests are answered and its
-        # own follow is one more stream.
-        probe = LatencyProbe(other)
-        probe.run(20)
-        own_reader, own_results = read_in_thread(served.address, own, timeout)
-        readers.append(own_reader)
-        wait_until(lambda: all_open(admin, streams + 1, results + own_results),
-                   timeout=timeout, what="the other client's follow open too")
-        load.release()
-        own.release()
-        # And while the bytes flow.
-        probe.run_until(lambda: not reader.is_alive(), least=20)
-        for thread in readers:
-            thread.join(timeout)
-        problems = load.problems(results) + own.problems(own_results)
-        assert not problems, f"{len(problems)} of {streams + 1} streams wrong: {problems[:10]}"
-        wait_until(lambda: follow_streams(admin) == 0, timeout=30,
-                   what="every follow stream closed")
-        assert served.alive()
+        with server_process(pki, "--threads", str(THREADS), "--admin", ADMIN) as served:
+            admin = ApiClient(served.address, pki / "clients" / ADMIN, ADMIN)
+            other = new_api_client(served.address, pki, "other")
+            load = FollowLoad.create(served.address, identities, jobs_per_client=jobs_per_client,
+                                     follows_per_job=follows_per_job, pacing=pacing,
+                                     gates=tmp_path)
+            own = FollowLoad.create(served.address, [(other.name, other.folder)],
+                                    jobs_per_client=1, follows_per_job=1, pacing=pacing,
+                                    gates=tmp_path / "own")
+            reader, results = read_in_thread(served.address, load, timeout)
+            readers.append(reader)
+            wait_until(lambda: all_open(admin, streams, results), timeout=timeout,
+                       what=f"{streams} follow streams open at once")
+            # Another client, while they are all open: its requests are answered and its
+            # own follow is one more stream.
+            probe = LatencyProbe(other)
+            probe.run(20)
+            own_reader, own_results = read_in_thread(served.address, own, timeout)
+            readers.append(own_reader)
+            wait_until(lambda: all_open(admin, streams + 1, results + own_results),
+                       timeout=timeout, what="the other client's follow open too")
+            load.release()
+            own.release()
+            # And while the bytes flow.
+            probe.run_until(lambda: not reader.is_alive(), least=20)
+            for thread in readers:
+                thread.join(timeout)
+            problems = load.problems(results) + own.problems(own_results)
+            assert not problems, f"{len(problems)} of {streams + 1} streams wrong: {problems[:10]}"
+            wait_until(lambda: follow_streams(admin) == 0, timeout=30,
+                       what="every follow stream closed")
+            assert served.alive()
     finally:
-        served.stop()  # ends any stream still open, so that its reader ends too
+        # The server has stopped: any stream still open has ended, and its reader.
         for thread in readers:
             thread.join(60)
 
