@@ -177,9 +177,15 @@ class Supervisor:
             os.close(self._wake)
 
     def _register(self, fd: int, handler: Callable[[], object] | None) -> None:
-        # Callers hold `_mutate` (or own the supervisor before it runs).
-        self._epoll.register(fd, select.EPOLLIN)
+        # Callers hold `_mutate` (or own the supervisor before it runs).  The
+        # handler goes first: epoll may report the fd at once, and an fd
+        # reported without one would be reported again and again.
         self._handlers[fd] = handler
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            del self._handlers[fd]
+            raise
 
     def _unregister(self, fd: int) -> None:
         # Callers hold `_mutate`.
