@@ -8,7 +8,8 @@ jobkit needs:
   and hands each request the connection's `Peer`;
 * `Connection` takes a worker thread only once the TLS handshake is done
   and a whole request head is buffered (no slowloris can hold threads),
-  and gives each request a deadline from its first byte;
+  gives each request a deadline from its first byte, and lets the worker
+  that answered a keep-alive request wait a moment for the next one;
 * `SocketReader` and `SocketWriter` replace cheroot's ``_pyio``-based
   buffered files, which cost most of a small request's time;
 * `Gateway` sends a small response's headers and body in one TLS record,
@@ -27,7 +28,8 @@ fails loudly when one disappears.  The cheroot names jobkit touches:
   ``error_log``, ``ssl_adapter``, ``keep_alive_conn_limit``, ``timeout``,
   ``protocol``, ``bind_addr``, ``prepare``, ``serve``, ``stop``, ``ready``,
   ``wsgi_app``, ``requests`` (the worker pool: its size bounds the turns at
-  streams), ``process_conn`` (queues a connection for a worker: a woken
+  streams; a worker lingers for a keep-alive client's next request only
+  while its queue is empty), ``process_conn`` (queues a connection for a worker: a woken
   transfer) and ``put_conn`` (where a worker hands a connection back: we
   park an unfinished transfer instead);
 * ``cheroot.server.HTTPConnection``: subclassed; its ``RequestHandlerClass``,
@@ -48,6 +50,8 @@ fails loudly when one disappears.  The cheroot names jobkit touches:
   Large')`` its ``read`` raises past it (`cap_chunked_body`);
 * ``cheroot.server.HeaderReader``: subclassed (`HeaderReader`); its
   ``__call__`` reads header lines with ``rfile.readline()``;
+* ``cheroot.workers.threadpool.ThreadPool``: its ``qsize`` (connections
+  waiting for a worker);
 * ``cheroot.connections.ConnectionManager``: calls ``has_data`` on our
   `SocketReader` before it parks a connection in its selector;
 * ``cheroot.errors.MaxSizeExceeded`` (what a capped chunked body may raise);
@@ -62,6 +66,7 @@ import email.utils
 import errno
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -87,6 +92,7 @@ from jobkit.server.tls import (
 from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind
 
 __all__ = [
+    "KEEP_ALIVE_LINGER",
     "MAX_HEAD",
     "CherootServer",
     "Connection",
@@ -105,6 +111,12 @@ log = logging.getLogger("jobkit.server")
 
 #: The longest request head waited for whole before a worker takes it.
 MAX_HEAD = 64 * 1024
+#: Seconds a worker that answered a keep-alive request waits for the connection's
+#: next request before handing the connection back to cheroot's selector.
+KEEP_ALIVE_LINGER = 0.002
+#: The most requests of one connection a worker serves in a row (then the connection
+#: queues again like any other).
+_MOST_REQUESTS_A_TURN = 64
 
 
 # -- the TLS adapter ----------------------------------------------------------------------
@@ -680,37 +692,72 @@ class Connection(cheroot_server.HTTPConnection):
         if self.jobkit_transfer is not None:  # a worker's turn at a long response
             return self._take_turn(self.jobkit_transfer)
         sock, reader = self.socket, self.rfile
-        if isinstance(sock, TLSSocket) and isinstance(reader, SocketReader):
-            now = time.monotonic()
-            if self.jobkit_deadline is None:
-                self.jobkit_deadline = now + float(self.server.timeout)
-            try:
-                if not sock.jobkit_handshake_done:
-                    timeout = sock.jobkit_handshake_timeout
-                    if self._handshake_expires is None:  # from its first turn on
-                        self._handshake_expires = time.time() + timeout
-                        self._handshake_deadline = now + timeout
-                    if not sock.try_handshake(self._handshake_deadline):
-                        return True  # back to the selector until more bytes come
-                    self._handshake_expires = None
-                if not reader.request_ready():
-                    return now <= self.jobkit_deadline  # too slow: closed
-            except cheroot_errors.FatalSSLAlert:
-                return False
-            except OSError:
-                return False  # reset by the peer while we looked
-            reader.deadline = self.jobkit_deadline
-            try:
-                return self._communicate()
-            finally:
-                # The next request gets its own deadline; reads between
-                # requests use cheroot's idle timeout.
-                reader.deadline = self.jobkit_deadline = None
-                # Only if a read changed it: each settimeout is a system call.
-                timeout = float(self.server.timeout)
-                if sock.fileno() >= 0 and sock.gettimeout() != timeout:
-                    sock.settimeout(timeout)
-        return self._communicate()
+        if not (isinstance(sock, TLSSocket) and isinstance(reader, SocketReader)):
+            return self._communicate()
+        for _ in range(_MOST_REQUESTS_A_TURN):
+            keep, served = self._serve(sock, reader)
+            if not (keep and served and self.jobkit_transfer is None
+                    and self._next_request_soon(sock, reader)):
+                return keep
+        return True
+
+    def _serve(self, sock: TLSSocket, reader: SocketReader) -> tuple[bool, bool]:
+        """Serve the request the connection has, if it is whole; (keep it, served one)."""
+        now = time.monotonic()
+        if self.jobkit_deadline is None:
+            self.jobkit_deadline = now + float(self.server.timeout)
+        try:
+            if not sock.jobkit_handshake_done:
+                timeout = sock.jobkit_handshake_timeout
+                if self._handshake_expires is None:  # from its first turn on
+                    self._handshake_expires = time.time() + timeout
+                    self._handshake_deadline = now + timeout
+                if not sock.try_handshake(self._handshake_deadline):
+                    return True, False  # back to the selector until more bytes come
+                self._handshake_expires = None
+            if not reader.request_ready():
+                return now <= self.jobkit_deadline, False  # too slow: closed
+        except cheroot_errors.FatalSSLAlert:
+            return False, False
+        except OSError:
+            return False, False  # reset by the peer while we looked
+        reader.deadline = self.jobkit_deadline
+        try:
+            return self._communicate(), True
+        finally:
+            # The next request gets its own deadline; reads between
+            # requests use cheroot's idle timeout.
+            reader.deadline = self.jobkit_deadline = None
+            # Only if a read changed it: each settimeout is a system call.
+            timeout = float(self.server.timeout)
+            if sock.fileno() >= 0 and sock.gettimeout() != timeout:
+                sock.settimeout(timeout)
+
+    def _next_request_soon(self, sock: TLSSocket, reader: SocketReader) -> bool:
+        """True if the client's next request starts within `KEEP_ALIVE_LINGER`.
+
+        A keep-alive client sends its next request a fraction of a
+        millisecond after it read the answer; handing the connection back to
+        cheroot's selector, to be handed to a worker again when that request
+        comes, costs two thread wake-ups and several system calls.  So the
+        worker waits that long for it, unless other connections wait for a
+        worker.  Only its first bytes are waited for: a head that trickles
+        goes back to the selector as before.
+        """
+        server = self.server
+        if not server.ready or server.requests.qsize:
+            return False
+        if reader.has_data():
+            return True
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        try:
+            return bool(poller.poll(KEEP_ALIVE_LINGER * 1000))
+        except OSError:
+            return False
 
     def _communicate(self) -> bool:
         keep: bool = super().communicate()  # type: ignore[no-untyped-call]
