@@ -11,7 +11,9 @@ started by glibc's ``posix_spawn`` called through ``ctypes``
 dup'ed onto 1 and 2, ``/dev/null`` onto 0, every other descriptor closed
 (``closefrom``: what ``close_fds=True`` does, whatever this process left
 inheritable), SIGPIPE and SIGXFSZ back to their defaults (Python ignores
-them), ``chdir`` to its ``cwd``, then ``execve``.  That skips
+them), ``chdir`` to its ``cwd``, then ``execve`` (``posix_spawnp``,
+whose child searches PATH as Popen's does, when the job's PATH is ours;
+else the first executable match in the job's PATH).  That skips
 ``subprocess.Popen``'s Python, and the GIL is released while the kernel
 copies the process, so the supervisor runs meanwhile.  Any failure there
 (command not found, a bad ``cwd``, ...) starts it again through ``Popen``,
@@ -282,8 +284,10 @@ class _PosixSpawn:
         self._chdir = quick.posix_spawn_file_actions_addchdir_np  # glibc >= 2.29
         self._chdir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self._spawn = self._libc.posix_spawn
-        self._spawn.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p,
-                                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._spawnp = self._libc.posix_spawnp
+        for function in (self._spawn, self._spawnp):
+            function.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p,
+                                 ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self._environ = ctypes.c_void_p.in_dll(self._libc, "environ")
         self._attr = ctypes.create_string_buffer(self._ATTR)
         # What Popen's restore_signals resets (Python ignores them, and an
@@ -311,7 +315,16 @@ class _PosixSpawn:
     ) -> int | None:
         """Start the job in a session of its own; its pid, or None if that failed
         (nothing is left of it then: glibc reaps a child whose ``execve`` failed)."""
-        path = _find(command, env, cwd)
+        spawn = self._spawn
+        if "/" in command:
+            path: bytes | None = os.fsencode(command)
+        elif (ours := os.environ.get("PATH")) and (env is None or env.get("PATH") == ours):
+            # The job searches the PATH we have: glibc's posix_spawnp does it
+            # in the child, one execve per folder, as Popen's child does
+            # (instead of an access() per folder here).
+            spawn, path = self._spawnp, os.fsencode(command)
+        else:
+            path = _find(command, env, cwd)
         if path is None:
             return None
         try:
@@ -340,7 +353,7 @@ class _PosixSpawn:
             else:
                 envp_c = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
             pid = ctypes.c_int(0)
-            if self._spawn(ctypes.byref(pid), path, actions, self._attr, argv_c, envp_c):
+            if spawn(ctypes.byref(pid), path, actions, self._attr, argv_c, envp_c):
                 return None
             return pid.value
         finally:
@@ -348,10 +361,9 @@ class _PosixSpawn:
 
 
 def _find(command: str, env: Mapping[str, str] | None, cwd: str | None) -> bytes | None:
-    """The path ``execve`` is given for ``command``, as Popen's search would try it
-    first; None if no candidate looks executable (Popen then says why)."""
-    if "/" in command:
-        return os.fsencode(command)
+    """The path ``execve`` is given for ``command`` (no ``/`` in it) under the
+    job's own PATH, as Popen's search would try it first; None if no
+    candidate looks executable (Popen then says why)."""
     for folder in os.get_exec_path(env):
         candidate = os.path.join(folder, command)
         where = candidate if cwd is None else os.path.join(cwd, candidate)

@@ -98,9 +98,12 @@ def test_start_failures_fall_back_and_say_what_popen_says(
     with JobPool() as pool:
         bad_cwd = pool.wait(pool.create("true", cwd=str(tmp_path / "nowhere")), 10)
         missing = pool.wait(pool.create(str(tmp_path / "missing")), 10)
+        unknown = pool.wait(pool.create("no-such-command-for-jobkit"), 10)
     assert bad_cwd.state is State.ERROR and bad_cwd.error is not None
     assert bad_cwd.error.startswith("cannot use working directory")
     assert missing.state is State.ERROR and missing.error is not None
     assert missing.error.startswith("no such file")
-    # Both were tried on the fast path first, and nothing of them was left running.
-    assert fast_pids == [None, None]
+    assert unknown.state is State.ERROR
+    assert unknown.error == "command not found: 'no-such-command-for-jobkit' (not in PATH)"
+    # Each was tried on the fast path first, and nothing of them was left running.
+    assert fast_pids == [None, None, None]
