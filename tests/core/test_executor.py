@@ -8,6 +8,7 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,10 +32,13 @@ from jobkit.core.feed import JobFeed
 from jobkit.core.hookspecs import RegisterExecutor
 from jobkit.core.job import Job
 from jobkit.core.leftovers import boot_id, boot_ticks
+from jobkit.core.pool import LOST_MESSAGE
 from jobkit.executors.local import LocalExecutor
 from tests.support.imports import ALL, imports, within
 from tests.support.procs import group_members
 from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_local_is_registered_through_the_hook_like_any_other() -> None:
@@ -282,3 +286,38 @@ def test_local_output_goes_straight_from_the_pipe_to_the_store(
         wait_until(lambda: pool.status(job).stderr.closed, what="the pipes to close")
         assert status.exit_code == 0 and pool.status(job).output_error is None
         assert pool.output(job).stdout == data and pool.output(job).stderr == data
+
+
+# A pool on a plugin's process executor dies without closing, a job still running.
+CRASHING_OWNER = """
+import os, signal, sys
+from jobkit import JobPool
+from jobkit.core import plugins
+from tests.core.test_executor import ExecutorPlugin
+plugins.pm.register(ExecutorPlugin(), "executor-test")
+pool = JobPool(executor=sys.argv[2], state_dir=sys.argv[1])
+job = pool.create("sh", ["-c", "sleep 1000 & echo up; wait"])
+next(iter(pool.follow(job, "stdout")))
+print(job, pool.status(job).pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no close: a crash
+"""
+
+
+@pytest.mark.parametrize("executor", ["counting", "thread-per-job"])
+def test_what_a_dead_pool_left_is_killed_from_its_recorded_process(
+    executor: str, tmp_path: Path
+) -> None:
+    # Whichever executor ran it, the next pool (here on `local`) kills what is left
+    # from the recorded Process, and records the job lost.
+    out = subprocess.run([sys.executable, "-c", CRASHING_OWNER, str(tmp_path), executor],
+                         capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    job, pid = out.stdout.split()
+    assert group_members(int(pid))  # the job outlived its pool
+    with JobPool(state_dir=tmp_path) as pool:
+        assert pool.recovered == (job,)
+        status = pool.status(job)
+        assert status.state is State.LOST and status.executor == executor
+        assert status.error == LOST_MESSAGE
+        assert pool.output(job).stdout == b"up\n"
+    wait_until(lambda: group_members(int(pid)) == [], what="the leftover to be killed")
