@@ -239,7 +239,8 @@ class JobSink(abc.ABC):
 
 
 class Executor(abc.ABC):
-    """Runs a pool's jobs somewhere else than in the pool's process.
+    """Runs a pool's jobs: on a cluster through `submit` and a `JobSink`, or, for a
+    `ProcessExecutor`, as processes of this machine.
 
     See the module docstring for the threading and ordering rules.
     """

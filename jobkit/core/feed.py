@@ -1,4 +1,4 @@
-"""`JobFeed`: the pool's `JobSink` for one job another executor than ``local`` runs.
+"""`JobFeed`: the pool's `JobSink` for one job of a cluster executor (not a `ProcessExecutor`).
 
 What the executor hands over goes where a local job's bytes go: into the
 job's `OutputStream`s (its output backend's stores), so ``read``,

@@ -141,8 +141,8 @@ class JobPool:
 
     Use it as a context manager, or call `close`; either kills and reaps every
     job still running.  So does the interpreter's exit.  (A durable pool's
-    jobs on another executor than ``local`` run on instead: the next pool on
-    its ``state_dir`` re-attaches them, see docs/executors.md.)
+    jobs on a cluster executor such as ``ray`` run on instead: the next pool
+    on its ``state_dir`` re-attaches them, see docs/executors.md.)
     """
 
     def __init__(
