@@ -285,6 +285,9 @@ class _PosixSpawn:
         self._chdir.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         self._spawn = self._libc.posix_spawn
         self._spawnp = self._libc.posix_spawnp
+        self._getenv = quick.getenv
+        self._getenv.argtypes = [ctypes.c_char_p]
+        self._getenv.restype = ctypes.c_char_p
         for function in (self._spawn, self._spawnp):
             function.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_void_p,
                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -318,10 +321,10 @@ class _PosixSpawn:
         spawn = self._spawn
         if "/" in command:
             path: bytes | None = os.fsencode(command)
-        elif (ours := os.environ.get("PATH")) and (env is None or env.get("PATH") == ours):
-            # The job searches the PATH we have: glibc's posix_spawnp does it
-            # in the child, one execve per folder, as Popen's child does
-            # (instead of an access() per folder here).
+        elif self._searches_our_path(env):
+            # glibc's posix_spawnp searches the PATH we have in the child, one
+            # execve per folder, as Popen's child does (instead of an access()
+            # per folder here).
             spawn, path = self._spawnp, os.fsencode(command)
         else:
             path = _find(command, env, cwd)
@@ -358,6 +361,13 @@ class _PosixSpawn:
             return pid.value
         finally:
             self._destroy(actions)
+
+
+    def _searches_our_path(self, env: Mapping[str, str] | None) -> bool:
+        """True if the PATH Popen would search for the job is the one glibc
+        sees in this process (``os.putenv`` may have set another)."""
+        wanted = (os.environ if env is None else env).get("PATH")
+        return wanted is not None and wanted != "" and self._getenv(b"PATH") == os.fsencode(wanted)
 
 
 def _find(command: str, env: Mapping[str, str] | None, cwd: str | None) -> bytes | None:

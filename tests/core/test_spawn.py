@@ -107,3 +107,23 @@ def test_start_failures_fall_back_and_say_what_popen_says(
     assert unknown.error == "command not found: 'no-such-command-for-jobkit' (not in PATH)"
     # Each was tried on the fast path first, and nothing of them was left running.
     assert fast_pids == [None, None, None]
+
+
+def test_the_path_searched_is_the_one_popen_would_search(
+    tmp_path: Path, fast_pids: list[int | None], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for folder, word in (("ours", "right"), ("c-level", "wrong")):
+        (tmp_path / folder).mkdir()
+        tool = tmp_path / folder / "tool"
+        tool.write_text(f"#!/bin/sh\necho {word}\n")
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'ours'}:/usr/bin:/bin")
+    # os.putenv changes what glibc's posix_spawnp would search, not os.environ.
+    os.putenv("PATH", f"{tmp_path / 'c-level'}:/usr/bin:/bin")
+    try:
+        with JobPool() as pool:
+            out, _ = _run(pool, "tool", [])
+    finally:
+        os.putenv("PATH", os.environ["PATH"])
+    assert out == "right\n"
+    assert fast_pids and all(fast_pids)
