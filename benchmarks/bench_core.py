@@ -62,13 +62,24 @@ class HandOff:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
+        self._stop = os.eventfd(0, os.EFD_CLOEXEC)
+        self._epoll.register(self._stop, select.EPOLLIN)
         self._handlers: dict[int, Callable[[], None]] = {}
-        threading.Thread(target=self._run, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while True:
             for fd, _ in self._epoll.poll():
+                if fd == self._stop:
+                    return
                 self._handlers[fd]()
+
+    def close(self) -> None:
+        os.eventfd_write(self._stop, 1)
+        self._thread.join()
+        self._epoll.close()
+        os.close(self._stop)
 
     def spawn_wait(self) -> None:
         pid = os.posix_spawn(TRUE, ["true"], os.environ, setsid=True)
@@ -123,6 +134,7 @@ def bench_spawn(n: int) -> None:
             pools[None]._executor._contain  # type: ignore[attr-defined]
         )
     finally:
+        handoff.close()
         for pool in pools.values():
             pool.close()
     for flag in (False, None):
