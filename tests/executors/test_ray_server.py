@@ -58,7 +58,7 @@ def test_the_cli_works_unchanged(ray_server: ServerProcess, ray_pki: Path) -> No
     assert run_jobkit("stop", job, env=env).code == 0
     waited = run_jobkit("wait", job, env=env)
     assert waited.code == 128 + signal.SIGTERM
-    assert run_jobkit("status", job, env=env).stdout == "killed, signal: SIGTERM\n"
+    assert run_jobkit("status", job, env=env).status_head() == "killed, signal: SIGTERM"
     jobs = json.loads(run_jobkit("list", "--json", env=env).stdout)["jobs"]
     followed_id = next(job["id"] for job in jobs if job["args"][-1].startswith("echo out"))
     assert run_jobkit("output", followed_id, env=env).stdout == "out\n"
