@@ -94,6 +94,7 @@ from jobkit.wire import PROBLEM_MEDIA_TYPE, ProblemKind
 __all__ = [
     "KEEP_ALIVE_LINGER",
     "MAX_HEAD",
+    "MOST_REQUESTS_A_TURN",
     "CherootServer",
     "Connection",
     "Gateway",
@@ -116,7 +117,7 @@ MAX_HEAD = 64 * 1024
 KEEP_ALIVE_LINGER = 0.002
 #: The most requests of one connection a worker serves in a row (then the connection
 #: queues again like any other).
-_MOST_REQUESTS_A_TURN = 64
+MOST_REQUESTS_A_TURN = 64
 
 
 # -- the TLS adapter ----------------------------------------------------------------------
@@ -694,7 +695,7 @@ class Connection(cheroot_server.HTTPConnection):
         sock, reader = self.socket, self.rfile
         if not (isinstance(sock, TLSSocket) and isinstance(reader, SocketReader)):
             return self._communicate()
-        for _ in range(_MOST_REQUESTS_A_TURN):
+        for _ in range(MOST_REQUESTS_A_TURN):
             keep, served = self._serve(sock, reader)
             if not (keep and served and self.jobkit_transfer is None
                     and self._next_request_soon(sock, reader)):
