@@ -178,6 +178,8 @@ class JobCgroups:
     _order: list[tuple[Hierarchy, str]] | None = None
     #: The OOM kill count `oom_kills` last read (the job's end reads it).
     _oom_seen: int | None = None
+    #: The last `usage` read, and when (``time.monotonic()``): for ``max_age``.
+    _usage_seen: tuple[float, Usage | None] | None = None
 
     @property
     def key(self) -> tuple[bool, frozenset[Hierarchy]]:
@@ -339,14 +341,24 @@ class JobCgroups:
                     continue
         return 0
 
-    def usage(self) -> Usage | None:
-        """What the whole tree used so far; None where the groups cannot say (no CPU time)."""
+    def usage(self, max_age: float = 0) -> Usage | None:
+        """What the whole tree used so far; None where the groups cannot say (no CPU time).
+
+        ``max_age``: a figure read at most that many seconds ago will do.  A
+        running job's status is asked for often (every poll of every
+        client), and reading the groups' files is most of what it costs; a
+        job's end always reads them anew.
+        """
         with self._lock:
             if self._released:
                 return None
-            if self.v2 is not None:
-                return _usage_v2(self.v2)
-            return self._usage_v1()
+            now = time.monotonic()
+            seen = self._usage_seen
+            if max_age > 0 and seen is not None and now - seen[0] <= max_age:
+                return seen[1]
+            usage = _usage_v2(self.v2) if self.v2 is not None else self._usage_v1()
+            self._usage_seen = (now, usage)
+            return usage
 
     def _usage_v1(self) -> Usage | None:
         cpuacct = self._file("cpuacct", "cpuacct.usage_all")

@@ -25,6 +25,8 @@ __all__ = ["CLOSED_BY_POOL", "Job", "Outcome", "out_of_memory", "usage_from_rusa
 
 log = logging.getLogger("jobkit.pool")
 
+#: Seconds a running job's usage, read from its cgroups, may be old in its status.
+LIVE_USAGE_AGE = 0.1
 #: ``JobStatus.error`` of a job killed because its pool was closed.
 CLOSED_BY_POOL = "killed when its pool was closed"
 
@@ -223,7 +225,8 @@ class Job:
             for name in ("stdout", "stderr")
         )
         groups = self.groups  # live usage, where the cgroups can say
-        usage = groups.usage() if outcome is None and groups is not None else None
+        usage = (groups.usage(max_age=LIVE_USAGE_AGE) if outcome is None and groups is not None
+                 else None)
         if outcome is not None:
             usage = outcome.usage
         status = JobStatus(

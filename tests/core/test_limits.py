@@ -299,6 +299,21 @@ def test_usage_is_live_while_the_job_runs(pool: JobPool) -> None:
     pool.delete(job)
 
 
+def test_a_recent_usage_reading_serves_a_status_and_the_end_reads_anew(pool: JobPool) -> None:
+    # A busy job's CPU time grows between any two reads of its group; a reading
+    # young enough is handed out again (statuses are asked for often), and the
+    # end is always read from the group.
+    job = pool.create("sh", ["-c", "echo up; while :; do :; done"], limits=Limits(memory="64M"))
+    next(iter(pool.follow(job, "stdout")))
+    groups = groups_of(pool, job)
+    first = groups.usage(max_age=3600)
+    assert first is not None and groups.usage(max_age=3600) is first
+    wait_until(lambda: groups.usage() != first, what="the busy job's CPU time to grow")
+    pool.stop(job, "SIGKILL")
+    end = pool.wait(job).usage
+    assert end is not None and end.cpu_user_s + end.cpu_system_s > first.cpu_user_s + first.cpu_system_s
+
+
 @enforced("io_write_bps")
 def test_io_limits_go_to_the_device_behind_the_working_directory(
     pool: JobPool, tmp_path: Path
