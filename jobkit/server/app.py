@@ -41,6 +41,7 @@ from jobkit.server.errors import (
 from jobkit.server.metrics import UNMATCHED, ServerMetrics
 from jobkit.server.openapi import openapi_document
 from jobkit.server.policy import ClientPolicy, QuotaLedger, ServerPolicy
+from jobkit.server.pump import CHUNK
 from jobkit.server.requests import (
     buffer_chunked_body,
     check_fields,
@@ -584,6 +585,9 @@ def _owner_field(caller: str, owner: str) -> dict[str, str]:
 def _output_document(pool: JobPool, job_id: str, *ends: int) -> Iterator[bytes]:
     """``{"stdout": "...", "stderr": "..."}``, streamed a bounded chunk at a time.
 
+    Each chunk comes from at most `jobkit.server.pump.CHUNK` bytes of output,
+    so that what a client that stops reading holds stays small.
+
     The text is what each stream held when the request came, decoded as
     UTF-8 with U+FFFD for bad bytes: the same document as decoding each
     stream whole, at a memory cost that does not grow with the output.
@@ -594,7 +598,8 @@ def _output_document(pool: JobPool, job_id: str, *ends: int) -> Iterator[bytes]:
         follower = pool.follow(job_id, name, 0)
         try:
             while follower.offset < end:
-                data = follower.read(timeout=0)
+                # A pump-sized slice: escaped, it may grow six-fold (\u0001).
+                data = follower.read(timeout=0, limit=CHUNK)
                 if not data:
                     break  # deleted meanwhile, or nothing more kept
                 data = data[: max(0, end - (follower.offset - len(data)))]

@@ -72,6 +72,15 @@ def test_output_replaces_invalid_utf8(client: ApiClient) -> None:
     assert raw.body == b"ok \xff " + "é".encode()
 
 
+def test_output_of_many_chunks_decodes_characters_split_between_them(client: ApiClient) -> None:
+    # 3-byte characters and control characters over many of the server's
+    # slices: none may be split into U+FFFD or lost.
+    text = "€\x01a" * 100_000
+    job_id = client.create("python3", "-c", f"import sys; sys.stdout.write({text[:3]!r} * 100_000)")
+    assert client.wait(job_id)["exit_code"] == 0
+    assert client.get(f"/jobs/{job_id}/output").json()["stdout"] == text
+
+
 def test_env_cwd_timeout_and_backend(client: ApiClient, tmp_path: Path) -> None:
     job_id = client.create("sh", "-c", 'echo "$JOBKIT_TEST" && pwd', env={"JOBKIT_TEST": "hello"},
                            cwd=str(tmp_path), backend="tempfile")
