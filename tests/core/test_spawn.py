@@ -16,6 +16,7 @@ import pytest
 
 from jobkit import JobPool, State
 from jobkit.core import spawn
+from tests.support.procs import children, open_fds
 
 
 @pytest.fixture
@@ -95,6 +96,7 @@ def test_cwd_env_and_the_jobs_own_path(tmp_path: Path, fast_pids: list[int | Non
 def test_start_failures_fall_back_and_say_what_popen_says(
     tmp_path: Path, fast_pids: list[int | None],
 ) -> None:
+    before = (sorted(children()), open_fds())
     with JobPool() as pool:
         bad_cwd = pool.wait(pool.create("true", cwd=str(tmp_path / "nowhere")), 10)
         missing = pool.wait(pool.create(str(tmp_path / "missing")), 10)
@@ -105,8 +107,10 @@ def test_start_failures_fall_back_and_say_what_popen_says(
     assert missing.error.startswith("no such file")
     assert unknown.state is State.ERROR
     assert unknown.error == "command not found: 'no-such-command-for-jobkit' (not in PATH)"
-    # Each was tried on the fast path first, and nothing of them was left running.
+    # Each was tried on the fast path first, and nothing of them was left:
+    # no child (glibc reaps one whose exec failed), no descriptor.
     assert fast_pids == [None, None, None]
+    assert (sorted(children()), open_fds()) == before
 
 
 def test_the_path_searched_is_the_one_popen_would_search(
