@@ -311,7 +311,8 @@ def test_a_recent_usage_reading_serves_a_status_and_the_end_reads_anew(pool: Job
     wait_until(lambda: groups.usage() != first, what="the busy job's CPU time to grow")
     pool.stop(job, "SIGKILL")
     end = pool.wait(job).usage
-    assert end is not None and end.cpu_user_s + end.cpu_system_s > first.cpu_user_s + first.cpu_system_s
+    assert end is not None
+    assert end.cpu_user_s + end.cpu_system_s > first.cpu_user_s + first.cpu_system_s
 
 
 @enforced("io_write_bps")
