@@ -33,13 +33,18 @@ class OutputStream:
         self.closed = False
         self.released = False
         self.error: str | None = None
-        #: Called once at the next change (see `Follower.when_ready`).
-        self.waiters: list[Callable[[], None]] = []
+        #: Called once at the next change, by follower (see `Follower.when_ready`).
+        self.waiters: dict[object, Callable[[], None]] = {}
 
-    def notify(self) -> None:
+    def notify(self, only: object = None) -> None:
+        """Wake what waits for a change; ``only``: just that follower's `when_ready` call."""
         with self.changed:
             self.changed.notify_all()
-            waiters = self._take_waiters()
+            if only is None:
+                waiters = self._take_waiters()
+            else:
+                wake = self.waiters.pop(only, None)
+                waiters = [] if wake is None else [wake]
         self._wake(waiters)
 
     def mark_closed(self) -> None:
@@ -60,9 +65,10 @@ class OutputStream:
 
     def _take_waiters(self) -> list[Callable[[], None]]:
         waiters = self.waiters
-        if waiters:
-            self.waiters = []
-        return waiters
+        if not waiters:
+            return []
+        self.waiters = {}
+        return list(waiters.values())
 
     @staticmethod
     def _wake(waiters: list[Callable[[], None]]) -> None:
@@ -113,7 +119,7 @@ class Follower(Iterator[bytes]):
     def cancel(self) -> None:
         """End the iteration, waking the follower if it is waiting."""
         self._cancelled = True
-        self._stream.notify()
+        self._stream.notify(only=self)  # its own reader; other followers' are not concerned
 
     @property
     def cancelled(self) -> bool:
@@ -140,7 +146,7 @@ class Follower(Iterator[bytes]):
             ready = (self._cancelled or stream.released or stream.closed
                      or self.offset < stream.store.written)
             if not ready:
-                stream.waiters.append(wake)
+                stream.waiters[self] = wake
         if ready:
             wake()
 

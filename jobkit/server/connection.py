@@ -578,7 +578,9 @@ class Gateway(wsgi.Gateway_10):
         req.conn.jobkit_transfer = Transfer(
             req.conn.socket, source, head=head, chunked=chunked,
             keep_alive=not req.close_connection, count=response.count, close=response.close,
-            large_buffers=None if pump is None else pump.large_buffers)
+            large_buffers=None if pump is None else pump.large_buffers,
+            client=getattr(getattr(req.conn.socket, "jobkit_peer", None), "common_name", None)
+            or "-")
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
                        exc_info: Any = None) -> Any:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import select
 import socket
 import ssl
@@ -39,7 +40,7 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["CHUNK", "TURN_BYTES", "ResponsePump", "Source", "Transfer", "Wait"]
+__all__ = ["CHUNK", "TURN_BYTES", "LargeBuffers", "ResponsePump", "Source", "Transfer", "Wait"]
 
 log = logging.getLogger("jobkit.server")
 
@@ -48,8 +49,10 @@ CHUNK = 64 << 10
 #: What a transfer whose client keeps up may take at once instead, while one of
 #: the pump's `LARGE_BUFFERS` is free: fewer, larger writes cost less CPU per byte.
 LARGE_CHUNK = 1 << 20
-#: How many transfers of one pump may hold a `LARGE_CHUNK` buffer at once.
+#: How many transfers of one pump may hold a `LARGE_CHUNK` buffer at once...
 LARGE_BUFFERS = 32
+#: ... and how many of them one client's.
+LARGE_BUFFERS_PER_CLIENT = 4
 #: The most a worker sends for one transfer before it lets others have a turn.
 TURN_BYTES = 4 << 20
 #: How long a worker waits for room in the socket of a client that is reading.
@@ -77,6 +80,48 @@ class Source(Protocol):
         """The transfer is over (whole or not): release what the body holds."""
 
 
+class LargeBuffers:
+    """Who may fill a `LARGE_CHUNK` buffer now: a few streams, a few per client.
+
+    A large buffer saves CPU per byte for a client that keeps up; a client
+    that stops reading keeps its buffer until it is cut off, so no client
+    may hold more than its share.
+    """
+
+    def __init__(self, total: int = LARGE_BUFFERS,
+                 per_client: int = LARGE_BUFFERS_PER_CLIENT) -> None:
+        self._total = total
+        self._per_client = per_client
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return self._total - sum(self._held.values())
+
+    def held_by(self, client: str) -> int:
+        with self._lock:
+            return self._held.get(client, 0)
+
+    def take(self, client: str) -> bool:
+        """One for ``client``, if there is one free and it is within its share."""
+        with self._lock:
+            held = self._held.get(client, 0)
+            if held >= self._per_client or sum(self._held.values()) >= self._total:
+                return False
+            self._held[client] = held + 1
+            return True
+
+    def give_back(self, client: str) -> None:
+        with self._lock:
+            left = self._held[client] - 1
+            if left:
+                self._held[client] = left
+            else:
+                del self._held[client]
+
+
 class Wait(Enum):
     """What a transfer that is not done waits for."""
 
@@ -101,18 +146,20 @@ class Transfer:
         close: Called once, when the transfer is over, whole or not.
         large_buffers: Shared by a pump's transfers: taking one lets a transfer
             whose client keeps up fill a `LARGE_CHUNK` buffer (None: never).
+        client: Whose transfer it is (its share of ``large_buffers``).
     """
 
     def __init__(self, sock: socket.socket, source: Source, *, head: bytes, chunked: bool,
                  keep_alive: bool, count: Callable[[int], None],
                  close: Callable[[], None],
-                 large_buffers: threading.Semaphore | None = None) -> None:
+                 large_buffers: LargeBuffers | None = None, client: str = "-") -> None:
         self.sock = sock
         self._large_buffers = large_buffers
+        self._client = client
         self._large = False  # holds one of them
-        # The last write did not have to wait (at first: a client that asked
-        # has room; a large first take also gets a `ring` the most it keeps).
-        self._keeping_up = True
+        # The last write did not have to wait: a large buffer is earned by a
+        # chunk sent whole, so a client that reads nothing never holds one.
+        self._keeping_up = False
         self.source = source
         self._head = head
         self._chunked = chunked
@@ -132,6 +179,7 @@ class Transfer:
         self.moved_at = time.monotonic()
         # The pump's: is it parked, since when, and its socket's registration.
         self._armed = False
+        self._parked_for = Wait.TURN
         self.watched_fd = -1
         #: The pump gave it this turn (it must hear when the turn is over).
         self.dispatched = False
@@ -152,6 +200,8 @@ class Transfer:
             while True:
                 if not self._pending:
                     if self._source_done:
+                        if not self.keep_alive:
+                            self._close_notify()
                         self._end(keep_alive=self.keep_alive)
                         return
                     if not self._fill():
@@ -183,6 +233,21 @@ class Transfer:
             log.exception("writing a response body failed")
             self._end(keep_alive=False)
 
+    def _close_notify(self) -> None:
+        """Say the body is whole with TLS's close_notify, before the connection closes.
+
+        A body that ends with its connection (HTTP/1.0) is otherwise
+        indistinguishable, to the client, from one cut short in between.
+        Non-blocking: the alert is sent if there is room; the client's
+        answer is not waited for.
+        """
+        unwrap = getattr(self.sock, "unwrap", None)
+        if unwrap is not None:
+            try:
+                unwrap()
+            except (OSError, ValueError):  # ssl.SSLWantReadError: the peer's is not awaited
+                pass
+
     def _writable_soon(self) -> bool:
         """Wait up to `BRIEF_WAIT` for a client that is reading to make room.
 
@@ -197,13 +262,13 @@ class Transfer:
         if self._large:
             self._large = False
             assert self._large_buffers is not None
-            self._large_buffers.release()
+            self._large_buffers.give_back(self._client)
 
     def _fill(self) -> bool:
         """Put the next bytes to send in the buffer; False if the source has none yet."""
         limit = CHUNK
         if (self._keeping_up and self._large_buffers is not None
-                and self._large_buffers.acquire(blocking=False)):
+                and self._large_buffers.take(self._client)):
             self._large = True
             limit = LARGE_CHUNK
         data = None if self.expired else self.source.take(limit)
@@ -247,11 +312,18 @@ class Transfer:
     def arm(self) -> None:
         with self._claim_lock:
             self._armed = True
+            self._parked_for = self.waiting
             self.parked_at = time.monotonic()
 
-    def claim(self) -> bool:
-        """Take the parked transfer out of its wait: True for exactly one caller."""
+    def claim(self, waiting_for: Wait | None = None) -> bool:
+        """Take the parked transfer out of its wait: True for exactly one caller.
+
+        ``waiting_for``: only if it is parked for that (the sweep's checks
+        must not act on a transfer that has moved on since it looked).
+        """
         with self._claim_lock:
+            if waiting_for is not None and self._parked_for is not waiting_for:
+                return False
             armed, self._armed = self._armed, False
             return armed
 
@@ -281,10 +353,11 @@ class ResponsePump:
         self._peer_gone = peer_gone
         self._lock = threading.Lock()
         #: What lets a transfer fill a large buffer (see `Transfer`).
-        self.large_buffers = threading.Semaphore(LARGE_BUFFERS)
+        self.large_buffers = LargeBuffers()
         self._connections: dict[Transfer, Any] = {}
         self._watched: dict[int, Transfer] = {}  # fd -> transfer registered with epoll
         self._epoll: select.epoll | None = None
+        self._wakeup = -1
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -298,6 +371,9 @@ class ResponsePump:
         with self._lock:
             if self._thread is None and not self._stopping:
                 self._epoll = select.epoll()
+                # Written by `stop`, so that the thread ends at once, between polls or in one.
+                self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self._epoll.register(self._wakeup, select.EPOLLIN)
                 self._thread = threading.Thread(target=self._run, name="jobkit-response-pump",
                                                 daemon=True)
                 self._thread.start()
@@ -388,7 +464,7 @@ class ResponsePump:
         while not self._stopping:
             try:
                 ready = epoll.poll(SWEEP_INTERVAL)
-            except OSError:  # closed by stop()
+            except (OSError, ValueError):  # closed: stop() only does so after this thread ended
                 return
             for fd, _events in ready:
                 with self._lock:
@@ -408,17 +484,19 @@ class ResponsePump:
         with self._lock:
             transfers = list(self._connections)
         for transfer in transfers:
-            if transfer.waiting is Wait.DATA:
+            waiting = transfer.waiting
+            if waiting is Wait.DATA:
                 idle = transfer.source.idle_timeout
                 if idle and now - transfer.moved_at > idle:
-                    if transfer.claim():
+                    if transfer.claim(Wait.DATA):
                         transfer.expired = True
                         self._requeue(transfer)
-                elif self._peer_gone(transfer) and transfer.claim():
+                elif self._peer_gone(transfer) and transfer.claim(Wait.DATA):
                     transfer.failure = "the client went away"
                     self._requeue(transfer)
-            elif (transfer.waiting in (Wait.WRITABLE, Wait.READABLE)
-                    and now - transfer.parked_at > self._write_timeout and transfer.claim()):
+            elif (waiting in (Wait.WRITABLE, Wait.READABLE)
+                    and now - transfer.parked_at > self._write_timeout
+                    and transfer.claim(waiting)):
                 transfer.failure = f"the client read nothing for {self._write_timeout:g} s"
                 self._requeue(transfer)
 
@@ -434,10 +512,12 @@ class ResponsePump:
             self._watched.clear()
             self._waiting_turn.clear()
             epoll, thread = self._epoll, self._thread
+        if thread is not None:
+            os.eventfd_write(self._wakeup, 1)
+            thread.join()
+            os.close(self._wakeup)
         if epoll is not None:
             epoll.close()
-        if thread is not None:
-            thread.join(timeout=2 * SWEEP_INTERVAL)
         for transfer, _connection in live:
             try:
                 transfer.abandon()

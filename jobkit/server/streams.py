@@ -145,8 +145,10 @@ class ByteStream:
         if self._done:
             return None
         expected = follower.offset
-        if self._until is not None and expected >= self._until:
-            return None
+        if self._until is not None:
+            if expected >= self._until:
+                return None
+            limit = min(limit, self._until - expected)
         data = follower.read(0, limit)
         if data is None or (self._until is not None and not data):
             return None  # ended, or a download caught up with what the job had written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from jobkit.server.pump import LARGE_BUFFERS
+from jobkit.server.pump import LARGE_BUFFERS, LARGE_BUFFERS_PER_CLIENT
 from jobkit.server.serve import JobServer
 from tests.support.api import ApiClient, raw_tls, read_until_closed
 from tests.support.servers import ALL_BACKENDS, start_server
@@ -45,7 +46,7 @@ def _idle(server: JobServer) -> bool:
     """No stream open, no transfer live or watched by the epoll, every large buffer free."""
     pump = _pump(server)
     return (server.api.open_streams == 0 and len(pump) == 0 and not pump._watched
-            and pump.large_buffers._value == LARGE_BUFFERS)
+            and pump.large_buffers.free == LARGE_BUFFERS)
 
 
 def _reset(sock: socket.socket) -> None:
@@ -294,3 +295,147 @@ def test_an_offset_past_the_end_gives_an_empty_body(
     conn.close()
     client.wait(job_id)
     wait_until(lambda: _idle(server), what="every stream to be released")
+
+
+
+def test_the_pump_thread_ends_quietly_when_stopped_while_it_polls(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stop() wakes the thread out of its poll (an eventfd) and closes the epoll
+    # only once the thread has ended: it never polls a closed epoll.
+    from jobkit.server import pump as pump_module
+
+    polling = threading.Event()
+    real_epoll = select.epoll
+
+    class WatchedEpoll:
+        def __init__(self) -> None:
+            self._epoll = real_epoll()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._epoll, name)
+
+        def poll(self, timeout: float | None = -1, maxevents: int = -1) -> Any:
+            polling.set()
+            return self._epoll.poll(timeout, maxevents)
+
+    monkeypatch.setattr(pump_module.select, "epoll", WatchedEpoll)
+    hooked: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", hooked.append)
+    pump = pump_module.ResponsePump(lambda conn: None, write_timeout=1.0,
+                                    peer_gone=lambda transfer: False, max_turns=1)
+    pump.start()
+    assert polling.wait(STOP_BOUND)
+    assert pump.stop() == []
+    assert pump._thread is not None and not pump._thread.is_alive()
+    assert not hooked, [(h.exc_type, h.exc_value) for h in hooked]
+
+
+def test_a_download_ends_at_what_was_written_when_the_request_came(
+    server: JobServer, client: ApiClient, fifo: Path
+) -> None:
+    # docs/server.md: "from ?offset=N to what was written when the request came".
+    size = 30_000_000  # more than sockets hold in flight; not a multiple of any buffer size
+    job_id = client.create("sh", "-c", f"head -c {size} /dev/zero; cat {fifo}", backend="tempfile")
+    wait_until(lambda: client.status(job_id)["stdout"]["written"] == size, what="first bytes")
+    sock = raw_tls(server.address, client.context)
+    sock.sendall(f"GET /jobs/{job_id}/stdout HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                 .encode())
+    assert sock.recv(100).startswith(b"HTTP/1.1 200")  # the rest waits: we read no more
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(b"x" * (2 << 20))
+    wait_until(lambda: client.status(job_id)["stdout"]["written"] == size + (2 << 20),
+               what="more output")
+    data = read_until_closed(sock, limit=64 << 20)
+    sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Content-Length" not in head  # chunked: count the data, not the framing
+    received, rest = bytearray(), body
+    while rest:
+        line, _, rest = rest.partition(b"\r\n")
+        length = int(line, 16)
+        if not length:
+            break
+        received += rest[:length]
+        rest = rest[length + 2:]
+    assert (len(received), received.count(b"x")) == (size, 0)
+    client.wait(job_id)
+
+
+def test_an_http10_body_ends_with_a_tls_close_notify(server: JobServer, client: ApiClient) -> None:
+    # Its end is the connection's end: without close_notify a client cannot
+    # tell it from a connection cut by someone in between (a truncation).
+    job_id = client.create("sh", "-c", "printf abc; exec sleep 600")
+    wait_until(lambda: client.status(job_id)["stdout"]["written"] == 3, what="output")
+    sock = client.context.wrap_socket(socket.create_connection(server.address, timeout=10),
+                                      server_hostname="localhost", suppress_ragged_eofs=False)
+    sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    data = bytearray()
+    while b"abc" not in data:
+        data += sock.recv(65536)
+    client.request("DELETE", f"/jobs/{job_id}")
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except ssl.SSLEOFError as error:
+        pytest.fail(f"the body ended without close_notify: {error}")
+    finally:
+        sock.close()
+
+
+def test_a_follow_that_ends_does_not_wake_the_other_followers(
+    server: JobServer, make_client: Callable[..., ApiClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    owner = make_client()
+    job_id = owner.create("sleep", "600")
+    stream = server.api._tenants.get(owner.name).pool._stream(job_id, "stdout")
+    sockets = []
+    for _ in range(40):
+        sock = raw_tls(server.address, owner.context)
+        sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.1\r\nHost: x\r\n\r\n"
+                     .encode())
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sockets.append(sock)
+    wait_until(lambda: len(stream.waiters) == 40, what="40 parked")
+    pump = _pump(server)
+    turns: list[Any] = []
+    dispatch = pump._dispatch
+    monkeypatch.setattr(pump, "_dispatch", lambda conn: (turns.append(conn), dispatch(conn)))
+    sockets.pop().close()
+    wait_until(lambda: server.api.open_follow_streams == 39, what="one follow to end")
+    wait_until(lambda: len(stream.waiters) == 39, what="the others parked again")
+    try:
+        assert len(turns) <= 1, f"{len(turns)} turns for one follow that ended"
+    finally:
+        for sock in sockets:
+            sock.close()
+        wait_until(lambda: _idle(server), what="every stream to be released")
+        owner.request("DELETE", f"/jobs/{job_id}")
+
+
+
+def test_a_client_that_reads_nothing_holds_no_more_than_its_share_of_large_buffers(
+    server: JobServer, make_client: Callable[..., ApiClient]
+) -> None:
+    # docs/architecture.md: a transfer fills a 1 MiB buffer "while its client keeps up".
+    client = make_client()  # one client: its allowance (64 streams) is enough
+    job_id = client.create("head", "-c", str(64 << 20), "/dev/zero", backend="tempfile")
+    client.wait(job_id)
+    wait_until(lambda: _idle(server), what="a quiet server")
+    sockets = []
+    try:
+        for _ in range(LARGE_BUFFERS):
+            sock = raw_tls(server.address, client.context)
+            sock.sendall(f"GET /jobs/{job_id}/stdout HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert sock.recv(100)
+            sockets.append(sock)
+        wait_until(lambda: server.api.open_streams == LARGE_BUFFERS, what="the downloads")
+        wait_until(lambda: all(t.waiting.value == "writable" for t in _pump(server)._connections),
+                   what="every download to wait for its client")
+        # It holds its share of the large buffers at most; the rest stay free.
+        buffers = _pump(server).large_buffers
+        assert buffers.held_by(client.name) <= LARGE_BUFFERS_PER_CLIENT
+        assert buffers.free >= LARGE_BUFFERS - LARGE_BUFFERS_PER_CLIENT
+    finally:
+        for sock in sockets:
+            sock.close()
