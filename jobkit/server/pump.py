@@ -511,11 +511,14 @@ class ResponsePump:
             self._connections.clear()
             self._watched.clear()
             self._waiting_turn.clear()
-            epoll, thread = self._epoll, self._thread
+            # Taken once: a second stop (cheroot's, after a failed start) finds none.
+            epoll, thread, wakeup = self._epoll, self._thread, self._wakeup
+            self._epoll, self._thread, self._wakeup = None, None, -1
         if thread is not None:
-            os.eventfd_write(self._wakeup, 1)
+            os.eventfd_write(wakeup, 1)
             thread.join()
-            os.close(self._wakeup)
+        if wakeup >= 0:
+            os.close(wakeup)
         if epoll is not None:
             epoll.close()
         for transfer, _connection in live:
