@@ -40,6 +40,8 @@ from collections.abc import Callable
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
+from jobkit.server.shares import Shares
+
 __all__ = ["CHUNK", "TURN_BYTES", "LargeBuffers", "ResponsePump", "Source", "Transfer", "Wait"]
 
 log = logging.getLogger("jobkit.server")
@@ -76,9 +78,6 @@ class Source(Protocol):
     def when_ready(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` once `take` may give something new (at once if it may now)."""
 
-    def close(self) -> None:
-        """The transfer is over (whole or not): release what the body holds."""
-
 
 class LargeBuffers:
     """Who may fill a `LARGE_CHUNK` buffer now: a few streams, a few per client.
@@ -92,34 +91,30 @@ class LargeBuffers:
                  per_client: int = LARGE_BUFFERS_PER_CLIENT) -> None:
         self._total = total
         self._per_client = per_client
-        self._held: dict[str, int] = {}
+        self._held = Shares()
         self._lock = threading.Lock()
 
     @property
     def free(self) -> int:
         with self._lock:
-            return self._total - sum(self._held.values())
+            return self._total - self._held.total
 
     def held_by(self, client: str) -> int:
         with self._lock:
-            return self._held.get(client, 0)
+            return self._held.held_by(client)
 
     def take(self, client: str) -> bool:
         """One for ``client``, if there is one free and it is within its share."""
         with self._lock:
-            held = self._held.get(client, 0)
-            if held >= self._per_client or sum(self._held.values()) >= self._total:
+            if (self._held.held_by(client) >= self._per_client
+                    or self._held.total >= self._total):
                 return False
-            self._held[client] = held + 1
+            self._held.take(client)
             return True
 
     def give_back(self, client: str) -> None:
         with self._lock:
-            left = self._held[client] - 1
-            if left:
-                self._held[client] = left
-            else:
-                del self._held[client]
+            self._held.give_back(client)
 
 
 class Wait(Enum):
@@ -143,7 +138,8 @@ class Transfer:
             connection).
         keep_alive: The connection serves more requests afterwards.
         count: Told how many body bytes were taken (the access log's count).
-        close: Called once, when the transfer is over, whole or not.
+        close: Called once, when the transfer is over, whole or not: it
+            releases the source (the WSGI response's ``close``).
         large_buffers: Shared by a pump's transfers: taking one lets a transfer
             whose client keeps up fill a `LARGE_CHUNK` buffer (None: never).
         client: Whose transfer it is (its share of ``large_buffers``).
@@ -302,10 +298,7 @@ class Transfer:
         """Release the body (once), whatever was sent."""
         close, self._close = self._close, None
         if close is not None:
-            try:
-                self.source.close()
-            finally:
-                close()
+            close()
 
     # -- the pump's side ----------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobkit.core.stream import Follower
 from jobkit.server.errors import ApiError, stopping
+from jobkit.server.shares import Shares
 from jobkit.server.tls import Peer
 from jobkit.wire import ProblemKind
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ByteStream",
     "CountedBody",
+    "PumpedBody",
     "StreamRegistry",
     "passthrough_file_wrapper",
 ]
@@ -41,7 +43,7 @@ class StreamRegistry:
         self._follows = 0
         # Open streams per caller CN: an admin reading another client's job
         # spends the admin's allowance, not its owner's.
-        self._by_caller: dict[str, int] = {}
+        self._by_caller = Shares()
         self.shutting_down = False
 
     def add(self, stream: Any, caller: str, limits: TenantLimits, *, follow: bool) -> None:
@@ -49,7 +51,7 @@ class StreamRegistry:
         with self._lock:
             if self.shutting_down:
                 raise stopping()
-            if self._by_caller.get(caller, 0) >= limits.max_client_streams:
+            if self._by_caller.held_by(caller) >= limits.max_client_streams:
                 raise ApiError(ProblemKind.QUOTA_EXCEEDED,
                                f"too many output streams open for client {caller!r} "
                                f"(limit {limits.max_client_streams} follows, downloads and "
@@ -60,7 +62,7 @@ class StreamRegistry:
                                f"{limits.max_streams} follows, downloads and /output "
                                f"documents together); try again later",
                                {"Retry-After": "1"})
-            self._by_caller[caller] = self._by_caller.get(caller, 0) + 1
+            self._by_caller.take(caller)
             self._open.add(stream)
             self._follows += follow
 
@@ -70,11 +72,7 @@ class StreamRegistry:
             if stream in self._open:
                 self._open.discard(stream)
                 self._follows -= follow
-                left = self._by_caller[caller] - 1
-                if left:
-                    self._by_caller[caller] = left
-                else:
-                    del self._by_caller[caller]
+                self._by_caller.give_back(caller)
                 self._lock.notify_all()
 
     def count_follows(self) -> int:
@@ -106,7 +104,20 @@ class StreamRegistry:
             stream.abort()
 
 
-class ByteStream:
+class PumpedBody:
+    """What the long bodies below share: bottle hands them to the server untouched.
+
+    Bottle takes a body with ``read`` for a file, and gives it to our
+    environ's ``wsgi.file_wrapper`` (`passthrough_file_wrapper`), which lets
+    it through as it is; any other body bottle would start iterating itself,
+    and the server would then write it with a worker thread held throughout.
+    """
+
+    def read(self, size: int = -1) -> bytes:  # bottle's test for a file; never called
+        raise io.UnsupportedOperation(f"{type(self).__name__} is written by the server's pump")
+
+
+class ByteStream(PumpedBody):
     """The body of ``GET /jobs/<id>/stdout|stderr``: raw bytes from a `Follower`.
 
     A `jobkit.server.pump.Source`: the server writes it in turns and holds no
@@ -121,9 +132,6 @@ class ByteStream:
     backend dropped bytes before they could be sent (``ring``), the response
     ends there instead, and the client, resuming from the offset it reached,
     gets a new response saying where bytes start now.
-
-    Bottle takes it for a file (it has ``read``) and our environ's
-    ``wsgi.file_wrapper`` hands it to the server untouched.
     """
 
     def __init__(self, follower: Follower, *, until: int | None, peer: Peer | None,
@@ -135,9 +143,6 @@ class ByteStream:
         self._on_close = on_close
         self.idle_timeout = idle_timeout if self.follow else 0
         self._done = False
-
-    def read(self, size: int = -1) -> bytes:  # bottle's test for a file; never called
-        raise io.UnsupportedOperation("ByteStream is written by the server's pump")
 
     def take(self, limit: int) -> bytes | None:
         """The bytes ready now (b"" if none yet), or None at the end."""
@@ -177,7 +182,7 @@ class ByteStream:
             self._on_close(self)
 
 
-class CountedBody:
+class CountedBody(PumpedBody):
     """A response body of chunks that keeps its place in the registry until it is closed.
 
     A `jobkit.server.pump.Source` whose chunks are always ready (they are
@@ -206,16 +211,6 @@ class CountedBody:
     def when_ready(self, wake: Callable[[], None]) -> None:
         wake()  # never waits for data
 
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = self.take(0)
-        if chunk is None:
-            self.close()
-            raise StopIteration
-        return chunk
-
     def cancel(self) -> None:
         """End the body before its next chunk (from any thread: at shutdown)."""
         self._cancelled = True
@@ -236,8 +231,8 @@ class CountedBody:
 
 
 def passthrough_file_wrapper(filelike: Any, block_size: int = 1 << 16) -> Any:
-    """``wsgi.file_wrapper`` that lets our `ByteStream` through as it is (to the pump)."""
-    if isinstance(filelike, ByteStream):
+    """``wsgi.file_wrapper`` that lets our `PumpedBody` through as it is (to the pump)."""
+    if isinstance(filelike, PumpedBody):
         return filelike
     return _iter_file(filelike, block_size)
 

@@ -271,8 +271,9 @@ def test_an_admins_follows_count_against_the_admin(
 
 
 def test_waiting_streams_hold_no_worker_thread(pki: Path) -> None:
-    # Two worker threads; ten quiet follows and ten unread downloads.  Were a
-    # waiting response to keep its thread, nobody else would be served.
+    # Two worker threads; ten quiet follows, ten unread downloads and five unread
+    # /output documents.  Were a waiting response to keep its thread, nobody
+    # else would be served.
     with running_server(pki, threads=2) as server:
         hoarder = new_api_client(server.address, pki, "hoarder")
         other = new_api_client(server.address, pki, "other")
@@ -280,10 +281,11 @@ def test_waiting_streams_hold_no_worker_thread(pki: Path) -> None:
         big = hoarder.create("head", "-c", str(32 << 20), "/dev/zero")
         assert hoarder.wait(big, timeout=60)["exit_code"] == 0
         held = [Follow(hoarder, f"/jobs/{quiet}/stdout?follow=true") for _ in range(10)]
+        held += [Follow(hoarder, f"/jobs/{big}/output") for _ in range(5)]
         held += [Follow(hoarder, f"/jobs/{big}/stdout") for _ in range(10)]
         try:
             assert all(stream.response.status == 200 for stream in held)
-            wait_until(lambda: server.api.open_streams == 20, what="20 open streams")
+            wait_until(lambda: server.api.open_streams == 25, what="25 open streams")
             workers = server._server.requests
             wait_until(lambda: workers.idle == 2, what="both worker threads to be idle")
             # Everyone else is served: requests, a whole download, a follow.
