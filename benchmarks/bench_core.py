@@ -188,7 +188,7 @@ def breakdown(n: int) -> None:
         return handler
 
     def timed_finish(original: Any) -> Any:
-        def finish(self: Job, outcome: Any) -> None:
+        def finish(self: Job, outcome: Any, later: Any = None) -> None:
             stamps["finish"] = now()
             on_end = self.on_end
             if on_end is not None:
@@ -196,7 +196,7 @@ def breakdown(n: int) -> None:
                     on_end(job)
                     stamps["recorded"] = now()
                 self.on_end = recorded
-            original(self, outcome)
+            original(self, outcome, later)
         return finish
 
     # Wherever the pool's executor took `spawn` from (the pool, or `local`).

@@ -386,6 +386,15 @@ class ProcessExecutor(Executor):
         """Kill the job's whole tree, wait until it is gone, and stop feeding its
         streams (`JobPool.delete`, and `JobPool.close` after a SIGKILL to all)."""
 
+    def await_end(self, job: Job, timeout: float | None) -> bool:
+        """Block until ``job`` has ended (or ``timeout`` s passed); True if it has.
+
+        `JobPool.wait` calls it.  The default waits on ``job.ended``; an
+        executor may end the job in the caller's thread instead, if it gets
+        there first (``local`` does: see `jobkit.core.supervisor`).
+        """
+        return job.ended.wait(timeout)
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` soon where it cannot race with this executor's calls on the
         job (the pool's retry of an end a full disk kept from being recorded).

@@ -76,11 +76,13 @@ class Outcome:
 class Job:
     """Everything the pool knows about one job.
 
-    ``outcome`` is None while the main process runs.  Only the supervisor
-    thread sets it (or `JobPool.create` for a job that never started); the
+    ``outcome`` is None while the main process runs.  The supervisor thread
+    sets it, or a waiter that ended the job in its own thread (holding
+    ``busy``), or `JobPool.create` for a job that never started; the
     waiters are woken (``ended``) first, and then the pool's ``on_end``
-    records it: a waiter reads the live object, which the pool keeps until
-    the record is written, so recording costs the waiter no latency.
+    records it, in the supervisor thread: a waiter reads the live object,
+    which the pool keeps until the record is written, so recording costs
+    the waiter no latency.
 
     The main process is reaped as soon as it exits, so a finished job holds
     no zombie and no pidfd.  ``lock`` orders that reaping with `signal_group`:
@@ -131,6 +133,9 @@ class Job:
     #: Set by `JobPool.close` before it kills the job.
     closing: bool = False
     lock: threading.Lock = attrs.Factory(threading.Lock)
+    #: Held by whoever drains the job's pipes or reaps it: the supervisor, or
+    #: a waiter ending the job in its own thread (ordered before ``lock``).
+    busy: threading.Lock = attrs.Factory(threading.Lock)
     #: The status as recorded when the job ended.
     recorded: JobStatus | None = None
     #: Called (in the supervisor thread) with the job once its outcome is set.
@@ -158,14 +163,30 @@ class Job:
         """True once both output pipes are closed (or never opened)."""
         return not self.fds
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(
+        self, outcome: Outcome, later: Callable[[Callable[[], None]], None] | None = None
+    ) -> None:
+        """Set the outcome, wake the waiters, then record the end (``on_end``).
+
+        ``later``, if given, runs the recording instead (in the executor's
+        thread, when a waiter ended the job in its own: see
+        `jobkit.core.supervisor.Supervisor.await_end`).
+        """
         self.outcome = outcome
         self.ended.set()
-        if self.on_end is not None:
-            try:
-                self.on_end(self)
-            except Exception:  # a plugin's callback, say: the job has ended anyway
-                log.exception("job %s: cannot record its end", self.id)
+        if self.on_end is None:
+            return
+        if later is None:
+            self._record_end()
+        else:
+            later(self._record_end)
+
+    def _record_end(self) -> None:
+        assert self.on_end is not None
+        try:
+            self.on_end(self)
+        except Exception:  # a plugin's callback, say: the job has ended anyway
+            log.exception("job %s: cannot record its end", self.id)
 
     @property
     def lingering(self) -> bool:
@@ -173,7 +194,8 @@ class Job:
         return self.leader_returncode is not None and self.outcome is None
 
     def finish_with_returncode(
-        self, returncode: int, usage: Usage | None = None, oom_killed: bool = False
+        self, returncode: int, usage: Usage | None = None, oom_killed: bool = False,
+        later: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         signal = -returncode if returncode < 0 else None
         exit_code = returncode if returncode >= 0 else None
@@ -183,7 +205,7 @@ class Job:
             state, error = State.KILLED, CLOSED_BY_POOL
         elif oom_killed and signal == signals.SIGKILL:
             error = out_of_memory(self.limits.memory if self.limits else None)
-        self.finish(Outcome(state, utcnow(), exit_code, signal, error, usage, oom_killed))
+        self.finish(Outcome(state, utcnow(), exit_code, signal, error, usage, oom_killed), later)
 
     def signal_group(self, signal: int) -> bool:
         """Send ``signal`` to the job's whole process group and cgroups, if anything is left.

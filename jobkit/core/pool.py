@@ -581,7 +581,9 @@ class JobPool:
         job = self._live(job_id)
         if job is None:
             return self._recorded(job_id)
-        if not job.ended.wait(timeout):
+        ended = (job.ended.wait(timeout) if self._processes is None
+                 else self._processes.await_end(job, timeout))
+        if not ended:
             raise TimeoutError(f"job {job_id} still running after {timeout} s")
         return job.status()
 

@@ -20,6 +20,15 @@ of jobs (or of pools: the server keeps one pool per client).  It waits in
 
 Other threads never touch the selector: they queue a callable with `call`
 and the supervisor runs it between two waits.
+
+A thread that waits for one job (`await_end`, behind `JobPool.wait`) does
+not wait to be woken by the supervisor: it polls the job's pidfd itself and,
+if it gets there first, ends the job in its own thread (the same drain and
+reap as the supervisor's, under the job's ``busy`` lock, which serialises
+everything done to one job's pipes and pidfd).  That saves the hand-off
+between two threads on the path from a process's exit to its waiter, the
+largest cost left on it.  The callbacks (the pool's recording of the end,
+``on_drained``) still run in the supervisor thread, one at a time per job.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import os
 import resource
 import select
@@ -59,6 +69,8 @@ _MAX_WAIT = 3600.0
 #: long each time, up to the last.
 _TREE_FIRST = 0.005
 _TREE_LAST = 0.25
+#: The longest single wait in ``poll`` (a C int of milliseconds).
+_POLL_MAX_MS = 2**31 - 1
 
 
 class Supervisor:
@@ -123,9 +135,9 @@ class Supervisor:
             try:
                 for name, fd in list(job.fds.items()):
                     stream = job.streams[name]
-                    self._register(fd, functools.partial(self._drain, job, name, stream))
+                    self._register(fd, functools.partial(self._drain_busy, job, name, stream))
                     registered.append(fd)
-                self._register(job.pidfd, lambda: self._reap(job))
+                self._register(job.pidfd, lambda: self._reap_busy(job))
             except BaseException:
                 for fd in registered:
                     self._unregister(fd)
@@ -133,6 +145,41 @@ class Supervisor:
         if job.timeout is not None:
             timeout = job.timeout
             self.call(lambda: self._at(timeout, lambda: self._time_out(job, kill_after), job))
+
+    def await_end(self, job: Job, timeout: float | None) -> bool:
+        """Wait until ``job`` has ended, ending it in this thread if it can; True if it has.
+
+        Polls a duplicate of the job's pidfd (the supervisor may close the
+        original meanwhile, and its number be reused) and, once the main
+        process has exited, drains and reaps it here unless the supervisor
+        already does.  A job whose tree lives on after its main process
+        (cgroups) is then ended by the supervisor, as is one whose pidfd is
+        already gone: for those this waits on ``job.ended``.
+        """
+        if job.ended.is_set():
+            return True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with job.lock:
+            fd = -1 if job.leader_gone or job.pidfd < 0 else os.dup(job.pidfd)
+        if fd >= 0:
+            try:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                exited = poller.poll(None if deadline is None else _poll_ms(deadline))
+                while not exited and deadline is not None and time.monotonic() < deadline:
+                    exited = poller.poll(_poll_ms(deadline))  # poll waits 24 days at most
+            finally:
+                os.close(fd)
+            if not exited:
+                return job.ended.is_set()
+            with job.busy:
+                if not job.leader_gone:
+                    # As the supervisor's own handlers: an error is logged, and
+                    # whatever is left (the pidfd stays watched) is its to end.
+                    self._safely(lambda: self._reap(job, self.call))
+        if deadline is None:
+            return job.ended.wait()
+        return job.ended.wait(max(0.0, deadline - time.monotonic()))
 
     def forget(self, job: Job) -> bool:
         """Stop draining ``job``, close its pipes, free its output, reap its leader.
@@ -215,6 +262,15 @@ class Supervisor:
     def _at(self, delay: float, fn: Callable[[], None], job: Job) -> None:
         heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn, job))
 
+    def _drain_busy(self, job: Job, name: str, stream: OutputStream) -> None:
+        with job.busy:
+            self._drain(job, name, stream)
+
+    def _reap_busy(self, job: Job) -> None:
+        with job.busy:
+            if not job.leader_gone:  # a waiter ended it meanwhile (`await_end`)
+                self._reap(job, _at_once)
+
     def _drain(self, job: Job, name: str, stream: OutputStream, budget: int = CHUNK) -> int:
         """Move up to ``budget`` bytes from the pipe to the store.
 
@@ -260,11 +316,13 @@ class Supervisor:
                 self._unregister(fd)
             os.close(fd)
 
-    def _reap(self, job: Job) -> None:
+    def _reap(self, job: Job, later: Callable[[Callable[[], None]], None]) -> None:
         """The main process exited: take its last output, then reap it.
 
         The pidfd is closed at once and the leader reaped (under the job's
-        lock, so that `Job.signal_group` never hits a reused pid).
+        lock, so that `Job.signal_group` never hits a reused pid).  Callers
+        hold ``job.busy``; ``later`` runs what must run in the supervisor
+        thread (this may be a waiter's, see `await_end`).
         """
         assert job.process is not None
         try:
@@ -301,9 +359,10 @@ class Supervisor:
                 job.rusage = usage
                 if job.groups is not None and job.groups.populated():
                     job.leader_returncode = returncode
-                    self._at(_TREE_FIRST, lambda: self._check_tree(job, _TREE_FIRST), job)
+                    later(lambda: self._at(
+                        _TREE_FIRST, lambda: self._check_tree(job, _TREE_FIRST), job))
                 else:
-                    self._settle(job, returncode)
+                    self._settle(job, returncode, later)
 
     def _check_tree(
         self, job: Job, delay: float | None = None, until: float | None = None
@@ -320,25 +379,31 @@ class Supervisor:
             return
         if not job.groups.populated():
             assert job.leader_returncode is not None
-            self._settle(job, job.leader_returncode)
+            self._settle(job, job.leader_returncode, _at_once)
         elif delay is not None:
             later = min(delay * 2, _TREE_LAST)
             if until is None or later < until:
                 self._at(later, lambda: self._check_tree(job, later, until), job)
 
-    def _settle(self, job: Job, returncode: int) -> None:
-        """The whole job has ended: take what it used, set its outcome, drop its groups."""
+    def _settle(
+        self, job: Job, returncode: int, later: Callable[[Callable[[], None]], None]
+    ) -> None:
+        """The whole job has ended: take what it used, set its outcome, drop its groups.
+
+        ``later`` runs the job's callbacks (see `_reap`).
+        """
         groups = job.groups
         usage = None if groups is None else groups.usage()
         if usage is None and job.rusage is not None:
             usage = usage_from_rusage(job.rusage)
         oom = groups is not None and groups.oom_kills() > 0
-        job.finish_with_returncode(returncode, usage, oom)
+        job.finish_with_returncode(returncode, usage, oom, later)
         if groups is not None:
             job.groups = None
             groups.release()  # empty now; whoever waited is already on its way
-        if job.drained and not job.forgotten and job.on_drained is not None:
-            job.on_drained(job)
+        on_drained = job.on_drained
+        if job.drained and not job.forgotten and on_drained is not None:
+            later(lambda: None if job.forgotten else on_drained(job))
 
     def _time_out(self, job: Job, kill_after: float) -> None:
         """SIGTERM the job's whole tree, then SIGKILL what is left ``kill_after`` s later.
@@ -361,8 +426,9 @@ class Supervisor:
 
     def _forget(self, job: Job) -> bool:
         job.forgotten = True
-        for name in list(job.fds):
-            self._close_pipe(job, name)
+        with job.busy:  # a waiter may be draining them (`await_end`)
+            for name in list(job.fds):
+                self._close_pipe(job, name)
         for stream in job.streams.values():
             self._safely(stream.release)  # a plugin's close() may raise
         if job.timeout is not None or job.leader_returncode is not None:
@@ -372,6 +438,15 @@ class Supervisor:
         # Still running (stuck in the kernel past our wait): the pidfd stays
         # watched and `_reap` reaps it whenever it exits.
         return job.pidfd < 0
+
+
+def _poll_ms(deadline: float) -> int:
+    """Milliseconds to ``deadline``, rounded up, within what ``poll`` accepts."""
+    return min(math.ceil(max(0.0, deadline - time.monotonic()) * 1000), _POLL_MAX_MS)
+
+
+def _at_once(fn: Callable[[], None]) -> None:
+    fn()
 
 
 _shared_lock = threading.Lock()

@@ -156,6 +156,10 @@ class LocalExecutor(ProcessExecutor):
         if groups is not None:  # it did not end (stuck in the kernel): remove what we can
             groups.remove()
 
+    def await_end(self, job: Job, timeout: float | None) -> bool:
+        assert self._supervisor is not None
+        return self._supervisor.await_end(job, timeout)
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         assert self._supervisor is not None
         self._supervisor.call(fn)
