@@ -1,0 +1,108 @@
+"""`JobPool.wait` on a local job ends it in the waiter's own thread when it gets there first.
+
+The waiter and the supervisor race to drain and reap the same job; these
+tests check what that race must never change: every byte is read before
+wait returns, every waiter sees the same final status, the end's callbacks
+run once and in the supervisor thread, and a timed-out wait leaves the job
+alone.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from jobkit import JobPool, JobStatus, State
+from tests.support.waiting import wait_until
+
+#: A job that writes a known amount to each stream, then exits with code 7.
+WRITER = ("sh", ["-c", "head -c 300000 /dev/zero; head -c 70000 /dev/zero >&2; exit 7"])
+
+
+def test_every_byte_is_read_before_wait_returns() -> None:
+    with JobPool(cgroups=False) as pool:
+        for _ in range(60):
+            job = pool.create(*WRITER)
+            status = pool.wait(job)
+            # Read at once: the bytes must all be there, not arriving behind us.
+            assert (status.state, status.exit_code) == (State.COMPLETED, 7)
+            assert len(pool.read(job, "stdout")) == 300_000
+            assert len(pool.read(job, "stderr")) == 70_000
+            assert (status.stdout.written, status.stdout.closed) == (300_000, True)
+
+
+def test_many_waiters_see_the_same_end() -> None:
+    statuses: list[JobStatus] = []
+    errors: list[BaseException] = []
+    with JobPool(cgroups=False) as pool:
+        for _ in range(10):
+            job = pool.create(*WRITER)
+            statuses.clear()
+
+            def wait(job: str = job) -> None:
+                try:
+                    statuses.append(pool.wait(job, timeout=30))
+                except BaseException as exc:  # reported below, with the job
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=wait) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert not errors
+            assert len(statuses) == 6
+            assert {(s.state, s.exit_code, s.stdout.written, s.stderr.written)
+                    for s in statuses} == {(State.COMPLETED, 7, 300_000, 70_000)}
+
+
+def test_the_end_is_recorded_once_and_in_the_supervisor_thread() -> None:
+    threads: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def finished(status: JobStatus) -> None:
+        with lock:
+            threads.setdefault(status.id, []).append(threading.current_thread().name)
+
+    with JobPool(cgroups=False, on_finished=finished) as pool:
+        jobs = []
+        for _ in range(100):
+            job = pool.create("true")
+            pool.wait(job)
+            jobs.append(job)
+        wait_until(lambda: len(threads) == len(jobs), what="every end recorded")
+    assert all(names == ["jobkit-supervisor"] for names in threads.values()), threads
+
+
+def test_a_wait_that_times_out_leaves_the_job_running() -> None:
+    with JobPool(cgroups=False) as pool:
+        job = pool.create("sleep", ["1000"])
+        with pytest.raises(TimeoutError):
+            pool.wait(job, timeout=0.05)
+        with pytest.raises(TimeoutError):
+            pool.wait(job, timeout=0)
+        assert pool.status(job).state is State.RUNNING
+        pool.stop(job)
+        status = pool.wait(job, timeout=30)
+        assert status.state is State.KILLED
+
+
+def test_a_wait_while_the_job_is_deleted_returns() -> None:
+    with JobPool(cgroups=False) as pool:
+        for _ in range(20):
+            job = pool.create("sleep", ["1000"])
+            outcome: list[object] = []
+
+            def wait(job: str = job) -> None:
+                try:
+                    outcome.append(pool.wait(job, timeout=30).state)
+                except Exception as exc:  # the job may be gone before wait looks
+                    outcome.append(type(exc).__name__)
+
+            thread = threading.Thread(target=wait)
+            thread.start()
+            pool.delete(job)
+            thread.join(30)
+            assert not thread.is_alive()
+            assert outcome in ([State.KILLED], ["JobNotFound"]), outcome
