@@ -80,7 +80,8 @@ docs/executors.md says all of this for people, with a worked example.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+import signal as signals
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import attrs
@@ -385,6 +386,15 @@ class ProcessExecutor(Executor):
     def kill(self, job: Job) -> None:
         """Kill the job's whole tree, wait until it is gone, and stop feeding its
         streams (`JobPool.delete`, and `JobPool.close` after a SIGKILL to all)."""
+
+    def kill_all(self, jobs: Sequence[Job]) -> None:
+        """`kill` every one of ``jobs`` (`JobPool.close`): signalled all first, so
+        that they die in parallel.  An executor may do it more cheaply than
+        one at a time (``local`` looks at ``/proc`` once for all of them)."""
+        for job in jobs:
+            self.signal(job, signals.SIGKILL)
+        for job in jobs:
+            self.kill(job)
 
     def await_end(self, job: Job, timeout: float | None) -> bool:
         """Block until ``job`` has ended (or ``timeout`` s passed); True if it has.

@@ -207,10 +207,12 @@ class Job:
             error = out_of_memory(self.limits.memory if self.limits else None)
         self.finish(Outcome(state, utcnow(), exit_code, signal, error, usage, oom_killed), later)
 
-    def signal_group(self, signal: int) -> bool:
+    def signal_group(self, signal: int, newest: dict[int, int] | None = None) -> bool:
         """Send ``signal`` to the job's whole process group and cgroups, if anything is left.
 
         Returns False when nothing of the job could have been reached.
+        ``newest``: a `jobkit.core.leftovers.newest_members` snapshot, for
+        signalling many jobs at one look at ``/proc``.
         """
         if self.process is None:
             return False
@@ -224,7 +226,7 @@ class Job:
             elif not self.contained:
                 # No cgroup: members of its group born since the leader, never a reused pid.
                 hit = self.start_ticks is not None and signal_group_since(
-                    self.process.pid, self.start_ticks, signal
+                    self.process.pid, self.start_ticks, signal, newest
                 )
         groups = self.groups
         if groups is not None:

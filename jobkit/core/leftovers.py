@@ -44,6 +44,7 @@ __all__ = [
     "boot_ticks",
     "group_members",
     "kill_leftover",
+    "newest_members",
     "process_start",
     "signal_group_since",
 ]
@@ -97,9 +98,34 @@ def group_members(pgid: int, born_since: int) -> list[int]:
     return members
 
 
-def signal_group_since(pgid: int, born_since: int, number: int) -> bool:
-    """Signal group ``pgid`` if members started since ``born_since`` are left in it."""
-    if not group_members(pgid, born_since):
+def newest_members() -> dict[int, int]:
+    """The start time (ticks) of the youngest live member of every process group.
+
+    One look at ``/proc`` for many groups (closing a pool with thousands of
+    finished jobs).  Good for as long as the caller acts on it: a group with
+    no member cannot gain one (only a member of its session can join it),
+    and a group that reuses the id later starts after the snapshot.
+    """
+    newest: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _stat(int(entry))
+            if stat is not None and stat[1] > newest.get(stat[0], -1):
+                newest[stat[0]] = stat[1]
+    return newest
+
+
+def signal_group_since(
+    pgid: int, born_since: int, number: int, newest: dict[int, int] | None = None
+) -> bool:
+    """Signal group ``pgid`` if members started since ``born_since`` are left in it.
+
+    ``newest``: a `newest_members` snapshot to look in instead of ``/proc``.
+    """
+    if newest is not None:
+        if newest.get(pgid, -1) < born_since:
+            return False
+    elif not group_members(pgid, born_since):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, number)

@@ -729,12 +729,11 @@ class JobPool:
         if executor is None:
             self._let_go_remote(jobs)
             return
-        for job in jobs:  # signal all first, so they die in parallel
-            if job.running and closing:
-                job.closing = True
-            executor.signal(job, signals.SIGKILL)
-        for job in jobs:
-            executor.kill(job)
+        if closing:
+            for job in jobs:
+                if job.running:
+                    job.closing = True
+        executor.kill_all(jobs)
 
     def _delete_remote(self, job: Job) -> None:
         """Delete a job another executor runs: on the cluster, then here.
