@@ -28,7 +28,7 @@ from pathlib import Path
 
 import attrs
 
-from jobkit.backends.fileio import pread_all, splice_into
+from jobkit.backends.fileio import pread_all, pread_into, splice_into
 from jobkit.core.backend import OutputStore
 from jobkit.core.hookspecs import RegisterBackend, hookimpl
 from jobkit.core.models import STREAMS
@@ -156,13 +156,9 @@ class FileStore(OutputStore):
         _punch_hole(self._fd, start, cut - start)
 
     def read(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            fd = os.dup(self._fd) if self._fd >= 0 else -1
+        fd = self._reader()
         if fd < 0:
-            try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return b""  # deleted
+            return b""  # deleted
         try:
             data = pread_all(fd, offset, min(size, self._written - offset))
         finally:
@@ -170,6 +166,27 @@ class FileStore(OutputStore):
         if self._dropped > offset:
             return b""  # punched while we read: the caller retries from `dropped`
         return data
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        fd = self._reader()
+        if fd < 0:
+            return 0
+        try:
+            count = pread_into(fd, offset, buffer[: max(0, self._written - offset)])
+        finally:
+            os.close(fd)
+        return 0 if self._dropped > offset else count  # as in `read`
+
+    def _reader(self) -> int:
+        """A descriptor of the file to read, the caller's to close; -1 if it was deleted."""
+        with self._lock:
+            fd = os.dup(self._fd) if self._fd >= 0 else -1
+        if fd < 0:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return -1
+        return fd
 
     def close(self) -> None:
         """Close the file; its bytes stay, readable by name."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["pread_all", "splice_into"]
+__all__ = ["pread_all", "pread_into", "splice_into"]
 
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
@@ -40,3 +40,14 @@ def pread_all(fd: int, offset: int, size: int) -> bytes:
         offset += len(data)
         size -= len(data)
     return b"".join(parts)
+
+
+def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
+    """Fill ``buffer`` from ``fd`` at ``offset``; the count (short only at the end of the file)."""
+    filled = 0
+    while filled < len(buffer):
+        count = os.preadv(fd, [buffer[filled:]], offset + filled)
+        if not count:
+            break
+        filled += count
+    return filled

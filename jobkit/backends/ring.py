@@ -79,6 +79,26 @@ class RingStore(OutputStore):
                 position = chunk_end
             return b"".join(parts)
 
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        # As `read`, copying each chunk's part straight into the buffer.
+        with self._lock:
+            start = self._written - self._held
+            if offset < start:
+                return 0
+            end = min(self._written, offset + len(buffer))
+            filled = 0
+            position = start - self._head
+            for chunk in self._chunks:
+                chunk_end = position + len(chunk)
+                if chunk_end > offset and position < end:
+                    part = memoryview(chunk)[max(0, offset - position) : end - position]
+                    buffer[filled : filled + len(part)] = part
+                    filled += len(part)
+                if chunk_end >= end:
+                    break
+                position = chunk_end
+            return filled
+
     def close(self) -> None:
         with self._lock:
             self._chunks.clear()

@@ -17,7 +17,7 @@ import threading
 
 import attrs
 
-from jobkit.backends.fileio import pread_all, splice_into
+from jobkit.backends.fileio import pread_all, pread_into, splice_into
 from jobkit.core.backend import OutputStore
 from jobkit.core.hookspecs import RegisterBackend, hookimpl
 
@@ -80,6 +80,16 @@ class TempfileStore(OutputStore):
             fd = os.dup(self._fd)
         try:
             return pread_all(fd, offset, min(size, self._written - offset))
+        finally:
+            os.close(fd)
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        with self._lock:
+            if self._fd < 0:
+                return 0
+            fd = os.dup(self._fd)
+        try:
+            return pread_into(fd, offset, buffer[: max(0, self._written - offset)])
         finally:
             os.close(fd)
 

@@ -71,6 +71,19 @@ class OutputStore(abc.ABC):
         ``dropped``.  Otherwise it returns every byte asked for.
         """
 
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        """Copy bytes from absolute ``offset`` into ``buffer``; return how many.
+
+        The same rules as `read` (``0`` where `read` would give ``b""``),
+        for readers that reuse one buffer: the server's large writes.  The
+        default copies what `read` returns; a store that can fill the buffer
+        itself (``preadv`` from a file) overrides it and saves a copy and an
+        allocation per chunk.
+        """
+        data = self.read(offset, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     @property
     @abc.abstractmethod
     def written(self) -> int:

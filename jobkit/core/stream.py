@@ -101,6 +101,19 @@ class OutputStream:
         return offset, b""
 
 
+    def read_into(self, offset: int, buffer: memoryview) -> tuple[int, int]:
+        """As `read`, into ``buffer``: ``(start, count)`` of the bytes put there."""
+        while not self.released:
+            start = max(offset, self.store.dropped)
+            end = min(self.store.written, start + len(buffer))
+            if end <= start:
+                return start, 0
+            count = self.store.read_into(start, buffer[: end - start])
+            if count or self.store.dropped <= start:
+                return start, count
+        return offset, 0
+
+
 class Follower(Iterator[bytes]):
     """Yields a stream's bytes from ``offset`` on, as they arrive.
 
@@ -180,3 +193,26 @@ class Follower(Iterator[bytes]):
                 return None
             # All of it was dropped before we came (``ring``): wait for more.
             self.offset = max(self.offset, start)
+
+    def read_into(self, buffer: memoryview) -> int | None:
+        """As ``read(timeout=0)``, into ``buffer``: how many bytes it put there; None at the end.
+
+        ``0``: none yet.  The first byte put there is at ``offset - count``
+        (past a gap, with ``ring``).  For a reader that reuses one buffer.
+        """
+        stream = self._stream
+        while True:
+            with stream.changed:
+                if self._cancelled or stream.released:
+                    return None
+                closed = stream.closed  # before `written`: see OutputStream
+                written = stream.store.written
+                if self.offset >= written:
+                    return None if closed else 0
+            start, count = stream.read_into(self.offset, buffer[: written - self.offset])
+            if count:
+                self.offset = start + count
+                return count
+            if stream.released:
+                return None
+            self.offset = max(self.offset, start)  # all of it dropped (``ring``): look again

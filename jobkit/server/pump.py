@@ -51,6 +51,11 @@ CHUNK = 64 << 10
 #: What a transfer whose client keeps up may take at once instead, while one of
 #: the pump's `LARGE_BUFFERS` is free: fewer, larger writes cost less CPU per byte.
 LARGE_CHUNK = 1 << 20
+#: Room before a large buffer's bytes for their chunk's size line (up to 14 hex
+#: digits and CRLF), and after them for its CRLF: the chunk is framed in place.
+_ROOM, _TAIL = 16, 2
+#: How many large buffers a pump keeps for reuse while none holds them.
+LARGE_SPARES = 4
 #: How many transfers of one pump may hold a `LARGE_CHUNK` buffer at once...
 LARGE_BUFFERS = 32
 #: ... and how many of them one client's.
@@ -78,13 +83,20 @@ class Source(Protocol):
     def when_ready(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` once `take` may give something new (at once if it may now)."""
 
+    # Optional: ``take_into(buffer: memoryview) -> int | None``, as `take` but
+    # copying the bytes into ``buffer`` (the count; 0: none yet; None: the
+    # end).  A source that has it fills the pump's large buffers in place: no
+    # allocation, no copy for the framing.
+
 
 class LargeBuffers:
     """Who may fill a `LARGE_CHUNK` buffer now: a few streams, a few per client.
 
     A large buffer saves CPU per byte for a client that keeps up; a client
     that stops reading keeps its buffer until it is cut off, so no client
-    may hold more than its share.
+    may hold more than its share.  The buffers themselves are reused
+    (`LARGE_SPARES` of them kept while free): a fresh megabyte costs page
+    faults and zeroing on every fill.
     """
 
     def __init__(self, total: int = LARGE_BUFFERS,
@@ -92,6 +104,7 @@ class LargeBuffers:
         self._total = total
         self._per_client = per_client
         self._held = Shares()
+        self._spares: list[bytearray] = []
         self._lock = threading.Lock()
 
     @property
@@ -115,6 +128,19 @@ class LargeBuffers:
     def give_back(self, client: str) -> None:
         with self._lock:
             self._held.give_back(client)
+
+    def buffer(self) -> bytearray:
+        """A buffer for a `take` granted: `LARGE_CHUNK` bytes and room for the framing."""
+        with self._lock:
+            if self._spares:
+                return self._spares.pop()
+        return bytearray(_ROOM + LARGE_CHUNK + _TAIL)
+
+    def recycle(self, buffer: bytearray) -> None:
+        """``buffer`` (from `buffer`) is no longer used: keep it for the next."""
+        with self._lock:
+            if len(self._spares) < LARGE_SPARES:
+                self._spares.append(buffer)
 
 
 class Wait(Enum):
@@ -153,6 +179,9 @@ class Transfer:
         self._large_buffers = large_buffers
         self._client = client
         self._large = False  # holds one of them
+        self._buffer: bytearray | None = None  # the large buffer, while it holds one
+        self._take_into: Callable[[memoryview], int | None] | None = getattr(
+            source, "take_into", None)
         # The last write did not have to wait: a large buffer is earned by a
         # chunk sent whole, so a client that reads nothing never holds one.
         self._keeping_up = False
@@ -259,9 +288,17 @@ class Transfer:
             self._large = False
             assert self._large_buffers is not None
             self._large_buffers.give_back(self._client)
+            buffer, self._buffer = self._buffer, None
+            if buffer is not None:
+                self._pending = b""  # it may be empty, but it must not look into the buffer
+                self._large_buffers.recycle(buffer)
 
     def _fill(self) -> bool:
         """Put the next bytes to send in the buffer; False if the source has none yet."""
+        if (self._take_into is not None and self._keeping_up and not self._head
+                and not self.expired and self._large_buffers is not None
+                and self._large_buffers.take(self._client)):
+            return self._fill_large(self._take_into, self._large_buffers)
         limit = CHUNK
         if (self._keeping_up and self._large_buffers is not None
                 and self._large_buffers.take(self._client)):
@@ -286,6 +323,32 @@ class Transfer:
             self._pending = head
             return True
         return False
+
+    def _fill_large(self, take_into: Callable[[memoryview], int | None],
+                    large_buffers: LargeBuffers) -> bool:
+        """`_fill` with a large buffer (granted), filled in place and framed around."""
+        self._large = True
+        buffer = self._buffer = large_buffers.buffer()
+        view = memoryview(buffer)
+        count = take_into(view[_ROOM : _ROOM + LARGE_CHUNK])
+        if not count:
+            self._release_large()
+            if count is None:
+                self._source_done = True
+                self._pending = _CHUNK_END if self._chunked else b""
+                return True
+            return False
+        self._count(count)
+        end = _ROOM + count
+        if not self._chunked:
+            self._pending = view[_ROOM:end]
+            return True
+        size = b"%x\r\n" % count
+        start = _ROOM - len(size)
+        buffer[start:_ROOM] = size
+        buffer[end : end + _TAIL] = b"\r\n"
+        self._pending = view[start : end + _TAIL]
+        return True
 
     def _end(self, *, keep_alive: bool) -> None:
         self.keep_alive = keep_alive

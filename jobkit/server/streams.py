@@ -161,6 +161,23 @@ class ByteStream(PumpedBody):
             return None  # a gap: see the class docstring
         return data
 
+    def take_into(self, buffer: memoryview) -> int | None:
+        """As `take`, into ``buffer`` (a pump's large one): how many bytes; None at the end."""
+        follower = self._follower
+        if self._done:
+            return None
+        expected = follower.offset
+        if self._until is not None:
+            if expected >= self._until:
+                return None
+            buffer = buffer[: self._until - expected]
+        count = follower.read_into(buffer)
+        if count is None or (self._until is not None and not count):
+            return None
+        if count and follower.offset - count != expected:
+            return None  # a gap: see the class docstring
+        return count
+
     def when_ready(self, wake: Callable[[], None]) -> None:
         self._follower.when_ready(wake)
 

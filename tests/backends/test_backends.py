@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobkit import JobPool, State
+from jobkit.core.stream import Follower
 from tests.support.pools import pool_for
 from tests.support.procs import open_fds
 from tests.support.waiting import wait_until
@@ -226,6 +227,7 @@ def test_tempfile_ram_stays_bounded_for_a_gibibyte(tmp_path: Path) -> None:
 DISK_FULL_SCRIPT = """
 import resource, signal, sys
 from jobkit import JobPool, State
+from jobkit.core.stream import Follower
 # A file size limit makes every write past 64 KiB fail with EFBIG, exactly
 # as a full disk makes it fail with ENOSPC: both reach the store as OSError.
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -311,3 +313,59 @@ def test_a_live_follower_of_a_capped_file_never_sees_a_punched_byte(tmp_path: Pa
             got += len(chunk)
         assert follower.offset == 12_000_000
         assert 0 < got < 12_000_000, got  # it was told and skipped ahead
+
+
+def _read_all_into(follower: Follower, size: int) -> list[tuple[int, bytes]]:
+    """Every chunk `Follower.read_into` gives, with its offset, waiting with `when_ready`."""
+    buffer = memoryview(bytearray(size))
+    ready = threading.Event()
+    chunks = []
+    while True:
+        count = follower.read_into(buffer)
+        if count is None:
+            return chunks
+        if count:
+            chunks.append((follower.offset - count, bytes(buffer[:count])))
+            continue
+        ready.clear()
+        follower.when_ready(ready.set)
+        assert ready.wait(30), "no bytes, and no end, for 30 s"
+
+
+def test_read_into_gives_what_read_gives(pool: JobPool) -> None:
+    text = b"".join(b"line %05d\n" % i for i in range(30000))
+    script = "import sys\nfor i in range(30000): sys.stdout.write(f'line {i:05d}\\n')\n"
+    job = pool.create(sys.executable, ["-c", script])
+    chunks = _read_all_into(pool.follow(job, "stdout", 7), 4093)  # a size no write lines up with
+    pool.wait(job, 30)
+    kept = pool.read(job, "stdout", 7)
+    if pool.backend == "ring":  # the tail it kept, each chunk at its own offset
+        assert all(text[start : start + len(data)] == data for start, data in chunks)
+        assert chunks[-1][0] + len(chunks[-1][1]) == len(text)
+    else:
+        assert b"".join(data for _, data in chunks) == kept == text[7:]
+        assert [start for start, _ in chunks][:2] == [7, 7 + 4093]
+
+
+@pytest.mark.parametrize("options", [("file", {"max_bytes": "64K"}), ("ring", {"capacity": 65536})],
+                         ids=["capped file", "ring"])
+def test_read_into_a_store_that_drops_gives_each_byte_at_its_offset(
+    options: tuple[str, dict[str, object]], tmp_path: Path
+) -> None:
+    # As test_a_live_follower_of_a_capped_file_never_sees_a_punched_byte, with
+    # one reused buffer (the server's large writes).
+    script = "import sys\nfor i in range(1500000): sys.stdout.write(f'{i:07d}\\n')\n"
+    backend, backend_options = options
+    with JobPool(backend, backend_options, state_dir=tmp_path) as pool:
+        job = pool.create(sys.executable, ["-c", script])
+        follower = pool.follow(job, "stdout")
+        wait_until(lambda: pool.status(job).stdout.dropped > 0, what="the first bytes dropped")
+        got = 0
+        for start, chunk in _read_all_into(follower, 1 << 20):
+            first = -(-start // 8)
+            body = chunk[first * 8 - start :]
+            for n, line in enumerate(body[: len(body) - len(body) % 8].split(b"\n")[:-1]):
+                assert line == f"{first + n:07d}".encode(), (start, n)
+            got += len(chunk)
+        assert follower.offset == 12_000_000
+        assert 0 < got < 12_000_000, got
