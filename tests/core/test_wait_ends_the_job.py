@@ -95,7 +95,7 @@ def test_a_wait_while_the_job_is_deleted_returns() -> None:
             job = pool.create("sleep", ["1000"])
             outcome: list[object] = []
 
-            def wait(job: str = job) -> None:
+            def wait(job: str = job, outcome: list[object] = outcome) -> None:
                 try:
                     outcome.append(pool.wait(job, timeout=30).state)
                 except Exception as exc:  # the job may be gone before wait looks
@@ -142,3 +142,27 @@ def test_close_looks_at_proc_once_for_every_finished_job(
             return True
 
     wait_until(gone, what="the leftover killed by the close")
+
+
+def test_deleting_finished_jobs_looks_at_proc_only_for_groups_left_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished job whose group is empty is deleted without a look at every
+    process (retention deletes one per job end)."""
+    with JobPool(cgroups=False) as pool:
+        jobs = [pool.create("true") for _ in range(50)]
+        for job in jobs:
+            pool.wait(job)
+        looks = 0
+        real_listdir = os.listdir
+
+        def listdir(path: str = ".") -> list[str]:
+            nonlocal looks
+            looks += path == "/proc"
+            return real_listdir(path)
+
+        monkeypatch.setattr(os, "listdir", listdir)
+        for job in jobs:
+            pool.delete(job)
+        assert looks == 0
+        assert pool.clean().jobs == 0
