@@ -31,6 +31,8 @@ from typing import Any, NamedTuple, Protocol
 
 __all__ = [
     "ACTIVE_STATES",
+    "CHUNK_OFFSETS_PARAMETER",
+    "CHUNK_OFFSET_EXTENSION",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_SERVER",
@@ -68,6 +70,12 @@ STREAMS = ("stdout", "stderr")
 MAX_PAGE = 1000
 #: The response header of ``GET /jobs/<id>/stdout|stderr`` saying where its bytes start.
 OFFSET_HEADER = "X-Jobkit-Offset"
+#: The query parameter of ``GET /jobs/<id>/stdout|stderr`` (``=true``) asking that every
+#: chunk of the body say where its bytes start, so that the body may skip bytes the
+#: backend dropped instead of ending there (docs/server.md, "Output").
+CHUNK_OFFSETS_PARAMETER = "chunk_offsets"
+#: The chunk extension that says it: ``<size>;offset=<absolute offset of its first byte>``.
+CHUNK_OFFSET_EXTENSION = "offset"
 #: The media type of every JSON request and answer but errors.
 JSON_MEDIA_TYPE = "application/json"
 #: The media type of every error answer (RFC 9457).

@@ -75,6 +75,7 @@ from jobkit.server.tenants import (
 )
 from jobkit.server.tls import PEER_ENVIRON_KEY, Peer
 from jobkit.wire import (
+    CHUNK_OFFSETS_PARAMETER,
     JSON_MEDIA_TYPE,
     MAX_PAGE,
     OFFSET_HEADER,
@@ -470,6 +471,7 @@ class JobApi:
         parameters = query(environ)
         offset = count_parameter(parameters, "offset")
         follow = flag_parameter(parameters, "follow")
+        chunk_offsets = flag_parameter(parameters, CHUNK_OFFSETS_PARAMETER)
         tenant = self._tenant_for(job_id, parameters)
         status = tenant.pool.status(job_id)
         info: StreamInfo = getattr(status, stream)
@@ -487,6 +489,7 @@ class JobApi:
             peer=peer if isinstance(peer, Peer) else None,
             on_close=lambda s: registry.remove(s, caller, follow=follow),
             idle_timeout=self.limits.stream_idle_timeout,
+            chunk_offsets=chunk_offsets,
         )
         try:
             self._count_stream(body, caller, follow=follow)

@@ -11,6 +11,8 @@ from typing import Any
 from jobkit._version import __version__
 from jobkit.core.models import State
 from jobkit.wire import (
+    CHUNK_OFFSET_EXTENSION,
+    CHUNK_OFFSETS_PARAMETER,
     DEFAULT_SERVER,
     JSON_MEDIA_TYPE,
     OFFSET_HEADER,
@@ -156,6 +158,12 @@ def openapi_document() -> dict[str, Any]:
                      "description": "Keep the response open and send bytes as the job "
                                     "writes them, until the stream ends, the job is "
                                     "deleted or the server stops."},
+                    {"name": CHUNK_OFFSETS_PARAMETER, "in": "query", "required": False,
+                     "schema": {"type": "boolean", "default": False},
+                     "description": "Each chunk of the (chunked, HTTP/1.1) body says where "
+                                    "its bytes start, as the chunk extension "
+                                    f"';{CHUNK_OFFSET_EXTENSION}=N', and the body skips "
+                                    "bytes the backend dropped instead of ending there."},
                 ],
                 "responses": {
                     "200": {

@@ -41,6 +41,7 @@ from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from jobkit.server.shares import Shares
+from jobkit.wire import CHUNK_OFFSET_EXTENSION
 
 __all__ = ["CHUNK", "TURN_BYTES", "LargeBuffers", "ResponsePump", "Source", "Transfer", "Wait"]
 
@@ -52,8 +53,9 @@ CHUNK = 64 << 10
 #: the pump's `LARGE_BUFFERS` is free: fewer, larger writes cost less CPU per byte.
 LARGE_CHUNK = 1 << 20
 #: Room before a large buffer's bytes for their chunk's size line (up to 14 hex
-#: digits and CRLF), and after them for its CRLF: the chunk is framed in place.
-_ROOM, _TAIL = 16, 2
+#: digits, an offset extension of up to 19 digits, CRLF), and after them for its
+#: CRLF: the chunk is framed in place.
+_ROOM, _TAIL = 48, 2
 #: How many large buffers a pump keeps for reuse while none holds them.
 LARGE_SPARES = 4
 #: How many transfers of one pump may hold a `LARGE_CHUNK` buffer at once...
@@ -68,6 +70,7 @@ BRIEF_WAIT_MS = 2
 SWEEP_INTERVAL = 0.5
 
 _CHUNK_END = b"0\r\n\r\n"
+_OFFSET_EXTENSION = CHUNK_OFFSET_EXTENSION.encode()
 
 
 @runtime_checkable
@@ -87,6 +90,11 @@ class Source(Protocol):
     # copying the bytes into ``buffer`` (the count; 0: none yet; None: the
     # end).  A source that has it fills the pump's large buffers in place: no
     # allocation, no copy for the framing.
+    #
+    # Optional: ``chunk_offsets: bool`` and ``start: int``: if true, each
+    # chunk says where its bytes start (``start`` after the `take`), as the
+    # chunk extension ``;offset=N`` (`jobkit.wire.CHUNK_OFFSET_EXTENSION`).
+    # A transfer that does not frame in chunks sets it false.
 
 
 class LargeBuffers:
@@ -188,6 +196,9 @@ class Transfer:
         self.source = source
         self._head = head
         self._chunked = chunked
+        if not chunked and getattr(source, "chunk_offsets", False):
+            source.chunk_offsets = False  # type: ignore[attr-defined]  # no chunk to say it
+        self._chunk_offsets: bool = chunked and getattr(source, "chunk_offsets", False)
         self.keep_alive = keep_alive
         self._count = count
         self._close: Callable[[], None] | None = close
@@ -315,7 +326,7 @@ class Transfer:
         if data:
             self._count(len(data))
             if self._chunked:
-                self._pending = b"".join((head, b"%x\r\n" % len(data), data, b"\r\n"))
+                self._pending = b"".join((head, self._size_line(len(data)), data, b"\r\n"))
             else:
                 self._pending = head + data if head else data
             return True
@@ -343,12 +354,17 @@ class Transfer:
         if not self._chunked:
             self._pending = view[_ROOM:end]
             return True
-        size = b"%x\r\n" % count
+        size = self._size_line(count)
         start = _ROOM - len(size)
         buffer[start:_ROOM] = size
         buffer[end : end + _TAIL] = b"\r\n"
         self._pending = view[start : end + _TAIL]
         return True
+
+    def _size_line(self, count: int) -> bytes:
+        if self._chunk_offsets:
+            return b"%x;%s=%d\r\n" % (count, _OFFSET_EXTENSION, self.source.start)  # type: ignore[attr-defined]
+        return b"%x\r\n" % count
 
     def _end(self, *, keep_alive: bool) -> None:
         self.keep_alive = keep_alive

@@ -131,12 +131,21 @@ class ByteStream(PumpedBody):
     The body is contiguous from the offset in ``X-Jobkit-Offset``: if the
     backend dropped bytes before they could be sent (``ring``), the response
     ends there instead, and the client, resuming from the offset it reached,
-    gets a new response saying where bytes start now.
+    gets a new response saying where bytes start now.  Unless
+    ``chunk_offsets``: then the chunked body says where each chunk starts
+    (`jobkit.server.pump.Transfer` writes ``start`` as a chunk extension),
+    and skips the dropped bytes without ending.  A transfer that cannot
+    frame its body in chunks (HTTP/1.0) turns ``chunk_offsets`` off.
     """
 
     def __init__(self, follower: Follower, *, until: int | None, peer: Peer | None,
-                 on_close: Callable[[ByteStream], None], idle_timeout: float = 0) -> None:
+                 on_close: Callable[[ByteStream], None], idle_timeout: float = 0,
+                 chunk_offsets: bool = False) -> None:
         self._follower = follower
+        #: Each chunk says where it starts, so a gap need not end the body.
+        self.chunk_offsets = chunk_offsets
+        #: The absolute offset of the first byte the last `take` gave.
+        self.start = follower.offset
         self._peer = peer
         self._until = until
         self.follow = until is None
@@ -157,8 +166,13 @@ class ByteStream(PumpedBody):
         data = follower.read(0, limit)
         if data is None or (self._until is not None and not data):
             return None  # ended, or a download caught up with what the job had written
-        if data and follower.offset - len(data) != expected:
-            return None  # a gap: see the class docstring
+        if data:
+            self.start = follower.offset - len(data)
+            if self.start != expected and not self.chunk_offsets:
+                return None  # a gap: see the class docstring
+            if self._until is not None and self.start + len(data) > self._until:
+                # Past a gap, the bytes may lie beyond what a download asked for.
+                data = data[: max(0, self._until - self.start)] or None
         return data
 
     def take_into(self, buffer: memoryview) -> int | None:
@@ -174,8 +188,14 @@ class ByteStream(PumpedBody):
         count = follower.read_into(buffer)
         if count is None or (self._until is not None and not count):
             return None
-        if count and follower.offset - count != expected:
-            return None  # a gap: see the class docstring
+        if count:
+            self.start = follower.offset - count
+            if self.start != expected and not self.chunk_offsets:
+                return None  # a gap: see the class docstring
+            if self._until is not None and self.start + count > self._until:
+                # Past a gap, the bytes may lie beyond what a download asked for.
+                count = self._until - self.start
+                return count if count > 0 else None
         return count
 
     def when_ready(self, wake: Callable[[], None]) -> None:
