@@ -138,8 +138,11 @@ class Job:
     busy: threading.Lock = attrs.Factory(threading.Lock)
     #: The status as recorded when the job ended.
     recorded: JobStatus | None = None
-    #: Called (in the supervisor thread) with the job once its outcome is set.
+    #: Called with the job once its outcome is set, before waiters are woken
+    #: (in the thread that set it: the supervisor's, or a waiter's).
     on_end: Callable[[Job], None] | None = None
+    #: Called (in the supervisor thread) after the waiters were woken.
+    on_finished: Callable[[Job], None] | None = None
     #: Called (in the supervisor thread) once it has ended and both streams are drained.
     on_drained: Callable[[Job], None] | None = None
     #: The executor that runs it (see jobkit.core.executor) and its handle there.
@@ -166,27 +169,37 @@ class Job:
     def finish(
         self, outcome: Outcome, later: Callable[[Callable[[], None]], None] | None = None
     ) -> None:
-        """Set the outcome, wake the waiters, then record the end (``on_end``).
+        """Set the outcome, record it (``on_end``), wake the waiters, then tell
+        ``on_finished``.
 
-        ``later``, if given, runs the recording instead (in the executor's
-        thread, when a waiter ended the job in its own: see
+        Recorded first, so that a caller of `JobPool.wait` finds the end in
+        the records (``clean`` right after ``wait`` deletes the job, and a
+        durable pool has it on disk).  ``later``, if given, runs
+        ``on_finished`` instead (in the executor's thread, when a waiter
+        ended the job in its own: see
         `jobkit.core.supervisor.Supervisor.await_end`).
         """
         self.outcome = outcome
+        if self.on_end is not None:
+            try:
+                self.on_end(self)
+            except Exception:  # a plugin's callback, say: the job has ended anyway
+                log.exception("job %s: cannot record its end", self.id)
         self.ended.set()
-        if self.on_end is None:
+        on_finished = self.on_finished
+        if on_finished is None:
             return
-        if later is None:
-            self._record_end()
-        else:
-            later(self._record_end)
 
-    def _record_end(self) -> None:
-        assert self.on_end is not None
-        try:
-            self.on_end(self)
-        except Exception:  # a plugin's callback, say: the job has ended anyway
-            log.exception("job %s: cannot record its end", self.id)
+        def tell() -> None:
+            try:
+                on_finished(self)
+            except Exception:  # the user's callback: the job has ended anyway
+                log.exception("job %s: on_finished failed", self.id)
+
+        if later is None:
+            tell()
+        else:
+            later(tell)
 
     @property
     def lingering(self) -> bool:

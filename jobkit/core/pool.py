@@ -169,6 +169,8 @@ class JobPool:
             raise TypeError(f"retention must be a Retention, not {type(retention).__name__}")
         self._retention = retention or Retention()
         self._on_finished = on_finished
+        #: Each job's ``on_finished``: none at all if the pool has none.
+        self._tell = None if on_finished is None else self._tell_finished
         self._executor_name = check_str("executor", executor, nonempty=True)
         if owner is not None:
             owner = check_str("owner", owner)
@@ -372,7 +374,7 @@ class JobPool:
         job = Job(job_id, spec.command, spec.args, backend_name, created_at, streams,
                   timeout=spec.timeout, limits=spec.limits, network=spec.network,
                   enforced_by=started.enforced_by, unenforced=started.unenforced,
-                  on_end=self._job_ended, on_drained=self._drained,
+                  on_end=self._ended, on_drained=self._drained, on_finished=self._tell,
                   executor=self._executor_name)
         failure = started.error
         try:
@@ -411,7 +413,7 @@ class JobPool:
         streams: dict[str, OutputStream] = {}
         job = Job(job_id, spec.command, spec.args, backend_name, created_at, streams,
                   timeout=spec.timeout, limits=spec.limits, network=spec.network,
-                  on_end=self._job_ended, on_drained=self._drained,
+                  on_end=self._ended, on_drained=self._drained, on_finished=self._tell,
                   executor=self._executor_name, pending=True)
         failure = None
         try:
@@ -463,14 +465,11 @@ class JobPool:
 
     # -- the executor's calls -----------------------------------------------
 
-    def _job_ended(self, job: Job) -> None:
-        """A job's outcome is set (once per job): record it, then tell ``on_finished``."""
-        self._ended(job)
-        if self._on_finished is not None:
-            try:
-                self._on_finished(job.status())
-            except Exception:
-                log.exception("job %s: on_finished failed", job.id)
+    def _tell_finished(self, job: Job) -> None:
+        """A job's end is recorded and its waiters woken: tell ``on_finished``."""
+        assert self._on_finished is not None
+        self._on_finished(job.status())
+
 
     def _ended(self, job: Job) -> None:
         """Record a job's end (the executor's thread, or `create` for a failed start).
@@ -930,7 +929,7 @@ class JobPool:
         job = Job(leftover.id, status.command, status.args, status.backend, status.created_at,
                   streams, limits=status.limits, network=status.network,
                   enforced_by=status.enforced_by, unenforced=status.unenforced,
-                  on_end=self._job_ended, on_drained=self._drained,
+                  on_end=self._ended, on_drained=self._drained, on_finished=self._tell,
                   executor=leftover.executor, handle=leftover.handle)
         self._jobs[job.id] = job
         log.info("job %s: re-attached on executor %s (%s)", job.id, job.executor, job.handle)

@@ -10,11 +10,14 @@ alone.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 
 from jobkit import JobPool, JobStatus, State
+from jobkit.core.records import DATABASE_NAME
 from tests.support.waiting import wait_until
 
 #: A job that writes a known amount to each stream, then exits with code 7.
@@ -166,3 +169,21 @@ def test_deleting_finished_jobs_looks_at_proc_only_for_groups_left_alive(
             pool.delete(job)
         assert looks == 0
         assert pool.clean().jobs == 0
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["in-memory", "durable"])
+def test_the_end_is_recorded_before_wait_returns(durable: bool, tmp_path: Path) -> None:
+    """``clean`` right after ``wait`` finds the job finished, every time, and a
+    durable pool has its end on disk (another connection reads it)."""
+    state_dir = tmp_path / "state" if durable else None
+    with JobPool(cgroups=False, state_dir=state_dir) as pool:
+        for _ in range(300):
+            job = pool.create("true")
+            pool.wait(job)
+            if durable:
+                assert state_dir is not None
+                with sqlite3.connect(state_dir / DATABASE_NAME) as db:
+                    (state,) = db.execute(
+                        "SELECT state FROM jobs WHERE id = ?", (int(job),)).fetchone()
+                assert state == "completed"
+            assert pool.clean().jobs == 1
