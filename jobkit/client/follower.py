@@ -1,8 +1,14 @@
-"""`RemoteFollower`: a job's output stream, read from a chunked HTTPS response."""
+"""`RemoteFollower`: a job's output stream, read from a chunked HTTPS response.
+
+It asks for ``?chunk_offsets=true`` (see `jobkit.wire.CHUNK_OFFSETS_PARAMETER`)
+and reads the chunked framing itself: ``http.client`` drops chunk extensions,
+and each chunk's says where its bytes start, past a ring's gap too.
+"""
 
 from __future__ import annotations
 
 import collections
+import http.client
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -11,7 +17,7 @@ from typing import Literal
 
 from jobkit.client.transport import Reply, Transport, translate_error
 from jobkit.core.errors import ClientError, JobNotFound
-from jobkit.wire import OFFSET_HEADER
+from jobkit.wire import CHUNK_OFFSET_EXTENSION, OFFSET_HEADER
 
 __all__ = ["RemoteFollower"]
 
@@ -24,6 +30,9 @@ MAX_RESUMES = 3
 
 # A chunk with the absolute offset of its first byte; None at the end; or an error.
 _Item = tuple[int, bytes] | None | ClientError
+#: The longest chunk-size line (with its extensions) or trailer line accepted.
+_MAX_LINE = 1024
+_OFFSET = b";" + CHUNK_OFFSET_EXTENSION.encode() + b"="
 
 
 class RemoteFollower(Iterator[bytes]):
@@ -63,6 +72,7 @@ class RemoteFollower(Iterator[bytes]):
         #: The absolute offset of the next byte to come.
         self.offset = _start(reply, offset)
         self._received = self.offset  # the next byte to come off the network
+        self._chunk_left = 0  # bytes of the current chunk still to read (own framing)
         self._cancelled = False
         self._ended = False
         self._lock = threading.Lock()
@@ -144,7 +154,7 @@ class RemoteFollower(Iterator[bytes]):
             if response is None:
                 return None
             try:
-                data = response.read1(CHUNK)
+                data = self._read_body(response)
             except Exception as error:
                 self._end(reusable=False)
                 if self._cancelled:
@@ -178,6 +188,40 @@ class RemoteFollower(Iterator[bytes]):
             self._received += len(data)
             return start, data
 
+    def _read_body(self, response: http.client.HTTPResponse) -> bytes:
+        """The next bytes of the body (b"" at its end), framing read here if chunked.
+
+        A chunk's ``;offset=N`` moves `_received` to ``N``; the chunks of a
+        response never overlap and never go back.
+        """
+        reader = response.fp
+        if not response.chunked or reader is None:
+            return response.read1(CHUNK)
+        if not self._chunk_left:
+            line = reader.readline(_MAX_LINE)
+            if not line.endswith(b"\n"):
+                raise http.client.IncompleteRead(line)
+            size_text, _, extensions = line.partition(b";")
+            size = int(size_text, 16)  # ValueError for junk: the stream broke
+            if not size:
+                while reader.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers: none are sent
+                response.close()  # read to its end: the connection can be reused
+                return b""
+            start = _chunk_offset(b";" + extensions)
+            if start is not None:
+                if start < self._received:
+                    raise ValueError(f"a chunk goes back from {self._received} to {start}")
+                self._received = start
+            self._chunk_left = size
+        data = reader.read1(min(self._chunk_left, CHUNK))
+        if not data:
+            raise http.client.IncompleteRead(b"")
+        self._chunk_left -= len(data)
+        if not self._chunk_left and reader.read(2) != b"\r\n":
+            raise ValueError("a chunk does not end with CRLF")
+        return data
+
     def _resume(self) -> Literal[True] | ClientError | None:
         """Reopen the follow stream where it broke: True, or how the stream ends."""
         assert self._reopen is not None
@@ -191,6 +235,7 @@ class RemoteFollower(Iterator[bytes]):
             self._reply = reply
             self._ended = False
         self._received = _start(reply, self._received)
+        self._chunk_left = 0
         if self._cancelled:  # cancelled while we reconnected: do not leak it
             self._end(reusable=False)
         return True
@@ -230,6 +275,15 @@ class RemoteFollower(Iterator[bytes]):
                 self._changed.notify_all()
             if not isinstance(item, tuple):
                 return
+
+
+def _chunk_offset(extensions: bytes) -> int | None:
+    """The ``offset`` a chunk's extensions (``;name=value...``) give, if any."""
+    at = extensions.find(_OFFSET)
+    if at < 0:
+        return None
+    value = extensions[at + len(_OFFSET) :].split(b";", 1)[0].strip()
+    return int(value) if value.isdigit() else None
 
 
 def _start(reply: Reply, offset: int) -> int:

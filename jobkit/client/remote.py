@@ -25,6 +25,7 @@ from jobkit.core.checks import (
 from jobkit.core.errors import JobNotFound, ServerError
 from jobkit.pki.layout import client_folder
 from jobkit.wire import (
+    CHUNK_OFFSETS_PARAMETER,
     DEFAULT_SERVER,
     MAX_PAGE,
     STREAMS,
@@ -363,7 +364,10 @@ class Client:
         check_count("offset", offset)
 
         def open_at(start: int) -> Reply:
-            query = f"?offset={start}&follow=true" if follow else f"?offset={start}"
+            # Chunk offsets: a ring's gap does not end the response (see follower.py).
+            query = f"?offset={start}&{CHUNK_OFFSETS_PARAMETER}=true"
+            if follow:
+                query += "&follow=true"
             reply = self._transport.request("GET", f"{path}/{stream}{query}", stream=True)
             if reply.status != 200:
                 self._transport.finish(reply, reusable=True)
