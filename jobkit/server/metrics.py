@@ -105,6 +105,10 @@ class ServerMetrics:
             "Requests refused for a per-client quota (429), by quota.",
             (*client, "quota"), registry=registry)
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # `labels` takes a lock and checks every label on each call; the per-job
+        # counters' children are kept here (states and streams are few, and a
+        # CN is a key only with per_client, whose clients are known and few).
+        self._children: dict[tuple[int, str, str], Any] = {}
         self.certificate_reloads = Counter(
             "jobkit_certificate_reloads", "Reloads of the certificates and CRL, by result.",
             ("result",), registry=registry)
@@ -113,6 +117,14 @@ class ServerMetrics:
         if self.per_client:
             labels["client"] = client
         return metric.labels(**labels) if labels else metric
+
+    def _child(self, metric: Any, client: str, label: str, value: str) -> Any:
+        """``_labels(metric, client, label=value)``, kept: every job's end asks for it."""
+        key = (id(metric), client if self.per_client else "", value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._labels(metric, client, **{label: value})
+        return child
 
     def count_follow_streams(self, count: Callable[[], int]) -> None:
         """Read the open follow streams from ``count`` at each scrape."""
@@ -126,14 +138,14 @@ class ServerMetrics:
 
     def job_finished(self, client: str, status: JobStatus) -> None:
         """A job ended (`JobPool`'s ``on_finished``)."""
-        self._labels(self.jobs_finished, client, state=status.state.value).inc()
+        self._child(self.jobs_finished, client, "state", status.state.value).inc()
         self.jobs_running.dec()
         for stream, info in (("stdout", status.stdout), ("stderr", status.stderr)):
             if info.written > info.dropped:
-                self._labels(self.output_stored, client, stream=stream).inc(
+                self._child(self.output_stored, client, "stream", stream).inc(
                     info.written - info.dropped)
             if info.dropped:
-                self._labels(self.output_dropped, client, stream=stream).inc(info.dropped)
+                self._child(self.output_dropped, client, "stream", stream).inc(info.dropped)
 
     def quota_refused(self, client: str, quota: str) -> None:
         """A request of ``client`` went over ``quota`` (``live_jobs``, ``output_streams``)."""
