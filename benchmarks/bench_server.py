@@ -387,6 +387,9 @@ def bench_follow(certs: Path, workdir: Path, size: int, rounds: int) -> None:
                 received, *times = timed(proc.pid, run)
                 record(backend, received, *times)
                 notes[backend] = f"{responses} response(s)"
+                # Deleted at once: a gibibyte of page cache per round kept
+                # would make each round slower than the one before it here.
+                request(conn, "DELETE", f"/jobs/{job_id}")
                 # The same, through jobkit's own client (a job of its own).
                 status, body = request(conn, "PUT", "/jobs", {
                     "cmd": "head", "args": ["-c", str(size), "/dev/zero"]})
@@ -396,6 +399,9 @@ def bench_follow(certs: Path, workdir: Path, size: int, rounds: int) -> None:
                     proc.pid, lambda port=port, job_id=job_id: follow_with_client(
                         port, client_certs, job_id))
                 record(f"{backend} (jobkit.client)", received, *times)
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+                request(conn, "DELETE", f"/jobs/{job_id}")
+                conn.close()
         rss_after = {name: peak_rss_mib(proc.pid)
                      for name, proc in (("tempfile", tempfile_proc), ("ring", ring_proc))}
     bare = rates["bare"]
