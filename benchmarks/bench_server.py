@@ -9,7 +9,11 @@
 2. ``PUT /jobs`` of ``true``: jobs/s over the API, against ``JobPool.create`` called in
    this process, in interleaved rounds, with two pools: the in-memory pool of earlier
    runs, and a pool like each of the server's (a state folder: the ``file`` backend and
-   jobs recorded in SQLite).  Target >= 0.8x.
+   jobs recorded in SQLite).  Target >= 0.8x.  Also against a bare cheroot + TLS 1.3
+   WSGI app whose ``PUT`` calls ``JobPool.create`` on a pool like the server's (no
+   routing, checks, audit, access log or metrics): what the same HTTP round trip costs
+   without jobkit's server, so that its ratio to the library is the most any
+   cheroot-based server could reach with this client.
 3. Following a job that writes 1 GiB (``head -c 1G /dev/zero``) with ``?follow=true``,
    with the tempfile and ring backends (targets: 1 GB/s, and 300 MB/s of the bytes the
    ring kept), read as a client that knows ``?chunk_offsets=true`` does (so a ring's gap
@@ -191,6 +195,44 @@ def bench_status(certs: Path, workdir: Path, seconds: float, rounds: int) -> Non
           f"{median_cpu[0]:,.0f} us vs {median_cpu[1]:,.0f} us (medians)")
 
 
+BARE_CREATE_SERVER = textwrap.dedent(
+    """
+    import json, ssl, sys
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+    from jobkit import JobPool
+
+    folder, state = sys.argv[1], sys.argv[2]
+    pool = JobPool(cgroups=None, state_dir=state)  # as each of jobkit serve's pools
+
+    def app(environ, start_response):
+        body = b"{}"
+        status = "200 OK"
+        if environ["REQUEST_METHOD"] == "PUT":
+            asked = json.loads(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"])))
+            body = json.dumps({"id": pool.create(asked["cmd"], asked.get("args", []))}).encode()
+            status = "201 Created"
+        start_response(status, [("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body)))])
+        return [body]
+
+    adapter = BuiltinSSLAdapter(f"{folder}/cert.pem", f"{folder}/key.pem",
+                                f"{folder}/ca.pem")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
+    context.load_verify_locations(cafile=f"{folder}/ca.pem")
+    adapter.context = context
+    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=64, max=64)
+    server.ssl_adapter = adapter
+    server.prepare()
+    print(f"Serving on https://127.0.0.1:{server.bind_addr[1]}", flush=True)
+    server.serve()
+    """
+)
+
+
 def library_rate(pool: JobPool, count: int) -> float:
     """Jobs/s of ``pool.create("true")``, ``count`` times (waited for afterwards, untimed)."""
     start = time.perf_counter()
@@ -222,17 +264,25 @@ def bench_create(certs: Path, workdir: Path, count: int, rounds: int) -> None:
     memory: list[float] = []
     durable: list[float] = []
     api: list[tuple[float, float]] = []
+    bare: list[tuple[float, float]] = []
+    script = workdir / "bare_create_server.py"
+    script.write_text(BARE_CREATE_SERVER)
     # The server's pool options: a cgroup per job where possible; each client's
     # pool has a state folder (the file backend, jobs recorded in SQLite).
     with JobPool(cgroups=None) as memory_pool, \
          JobPool(cgroups=None, state_dir=workdir / "library-state") as durable_pool, \
+         server_process([PYTHON, str(script), str(certs / "server"), str(workdir / "bare-state")],
+                        workdir / "bare-create.log") as (bare_proc, bare_port), \
          jobkit_server(certs, workdir / "create.log", "--max-jobs", "0") as (proc, port):
         api_rate(port, context, 20, proc.pid)  # warm up: the client's pool is made
+        api_rate(bare_port, context, 20, bare_proc.pid)
         for _ in range(rounds):  # interleaved, so drift affects all alike
             memory.append(library_rate(memory_pool, count))
             durable.append(library_rate(durable_pool, count))
+            bare.append(api_rate(bare_port, context, count, bare_proc.pid))
             api.append(api_rate(port, context, count, proc.pid))
     rates = [rate for rate, _ in api]
+    bare_rates = [rate for rate, _ in bare]
     print(f"create: JobPool.create {max(memory):,.0f} jobs/s in memory, {max(durable):,.0f} "
           f"jobs/s with a state folder | PUT /jobs {max(rates):,.0f} jobs/s (best rounds, one "
           f"client thread) | ratio of {rounds} paired rounds: to the in-memory pool "
@@ -240,6 +290,11 @@ def bench_create(certs: Path, workdir: Path, count: int, rounds: int) -> None:
           f"the server's {spread([a / d for a, d in zip(rates, durable, strict=True)])} "
           f"(target >= 0.8x) | server CPU per request "
           f"{sorted(c for _, c in api)[rounds // 2]:,.0f} us (median)")
+    print(f"create, bare: cheroot+TLS1.3 app calling JobPool.create {max(bare_rates):,.0f} "
+          f"jobs/s (best round) | its ratio to the pool like the server's "
+          f"{spread([b / d for b, d in zip(bare_rates, durable, strict=True)])} | jobkit PUT "
+          f"/jobs to it {spread([a / b for a, b in zip(rates, bare_rates, strict=True)])} | "
+          f"its CPU per request {sorted(c for _, c in bare)[rounds // 2]:,.0f} us (median)")
 
 
 def peak_rss_mib(pid: int) -> float:
