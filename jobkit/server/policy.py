@@ -177,8 +177,9 @@ class QuotaLedger:
     """The cpu and memory shares of every client's running jobs.
 
     A job's share is taken (`reserve`) before it is created and counted
-    until the job is seen ended or is deleted.  Ended jobs are noticed when a
-    client reaches a quota (its jobs' statuses are read then), so the cost
+    until the job ends or is deleted (`forget`, told by the pool's
+    ``on_finished``).  A job that ended before it was counted is noticed when
+    its client reaches a quota (its jobs' statuses are read then), so the cost
     of a creation does not grow with the jobs a client has.
     """
 
@@ -236,7 +237,7 @@ class QuotaLedger:
                 self._jobs.setdefault(cn, {})[job_id] = share
 
     def forget(self, cn: str, job_id: str) -> None:
-        """``job_id`` of ``cn`` was deleted: its share is free."""
+        """``job_id`` of ``cn`` ended or was deleted: its share is free."""
         with self._lock:
             self._jobs.get(cn, {}).pop(job_id, None)
 

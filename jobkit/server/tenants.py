@@ -154,7 +154,7 @@ class Tenant:
     name: str
     pool: JobPool
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
-    #: Ids of jobs that were running when last seen.
+    #: Ids of counted jobs not known to have ended (`forget` when one does).
     _live: set[str] = attrs.field(factory=set, init=False)
     #: Creations in progress.
     _reserved: int = attrs.field(default=0, init=False)
@@ -183,7 +183,7 @@ class Tenant:
                 self._live.add(job_id)
 
     def forget(self, job_id: str) -> None:
-        """``job_id`` was deleted: it no longer counts."""
+        """``job_id`` ended or was deleted: it no longer counts."""
         with self._lock:
             self._live.discard(job_id)
 
