@@ -49,8 +49,9 @@ log = logging.getLogger("jobkit.server")
 
 #: The most a transfer takes from its body at once: its one buffer.
 CHUNK = 64 << 10
-#: What a transfer whose client keeps up may take at once instead, while one of
-#: the pump's `LARGE_BUFFERS` is free: fewer, larger writes cost less CPU per byte.
+#: What a transfer whose client keeps up, and whose source filled its last buffer,
+#: may take at once instead, while one of the pump's `LARGE_BUFFERS` is free: fewer,
+#: larger writes cost less CPU per byte.
 LARGE_CHUNK = 1 << 20
 #: Room before a large buffer's bytes for their chunk's size line (up to 14 hex
 #: digits, an offset extension of up to 19 digits, CRLF), and after them for its
@@ -193,6 +194,9 @@ class Transfer:
         # The last write did not have to wait: a large buffer is earned by a
         # chunk sent whole, so a client that reads nothing never holds one.
         self._keeping_up = False
+        # The last chunk filled its buffer: the source has bytes to spare, so a
+        # large buffer would not hold a megabyte for a trickle of output.
+        self._full = False
         self.source = source
         self._head = head
         self._chunked = chunked
@@ -306,16 +310,16 @@ class Transfer:
 
     def _fill(self) -> bool:
         """Put the next bytes to send in the buffer; False if the source has none yet."""
-        if (self._take_into is not None and self._keeping_up and not self._head
-                and not self.expired and self._large_buffers is not None
-                and self._large_buffers.take(self._client)):
+        earned = self._keeping_up and self._full and self._large_buffers is not None
+        if (earned and self._take_into is not None and not self._head and not self.expired
+                and self._large_buffers is not None and self._large_buffers.take(self._client)):
             return self._fill_large(self._take_into, self._large_buffers)
         limit = CHUNK
-        if (self._keeping_up and self._large_buffers is not None
-                and self._large_buffers.take(self._client)):
+        if earned and self._large_buffers is not None and self._large_buffers.take(self._client):
             self._large = True
             limit = LARGE_CHUNK
         data = None if self.expired else self.source.take(limit)
+        self._full = data is not None and len(data) >= limit
         head, self._head = self._head, b""
         if not data:
             self._release_large()
@@ -342,6 +346,7 @@ class Transfer:
         buffer = self._buffer = large_buffers.buffer()
         view = memoryview(buffer)
         count = take_into(view[_ROOM : _ROOM + LARGE_CHUNK])
+        self._full = count == LARGE_CHUNK
         if not count:
             self._release_large()
             if count is None:
