@@ -364,10 +364,11 @@ class Client:
         check_count("offset", offset)
 
         def open_at(start: int) -> Reply:
-            # Chunk offsets: a ring's gap does not end the response (see follower.py).
-            query = f"?offset={start}&{CHUNK_OFFSETS_PARAMETER}=true"
+            query = f"?offset={start}"
             if follow:
-                query += "&follow=true"
+                # Chunk offsets: a ring's gap does not end the response (see
+                # follower.py).  Not for `read`, which joins what it gets.
+                query += f"&follow=true&{CHUNK_OFFSETS_PARAMETER}=true"
             reply = self._transport.request("GET", f"{path}/{stream}{query}", stream=True)
             if reply.status != 200:
                 self._transport.finish(reply, reusable=True)
