@@ -16,11 +16,13 @@ ever moves bytes that are ready to go:
 * a woken transfer goes back on cheroot's queue of connections with work to
   do, and the next free worker takes its next turn.
 
-Each transfer keeps at most one buffer of `CHUNK` bytes (plus the framing)
-while it waits.  The pump's one thread watches the parked transfers: it
-ends a follow stream idle for its ``idle_timeout`` (cleanly: the client
-resumes at its offset), and cuts a transfer whose client has read nothing
-for ``write_timeout`` seconds or has gone away.
+Each transfer keeps at most one buffer while it waits: `CHUNK` bytes (plus
+the framing), or one of the pump's few reused `LARGE_CHUNK` buffers, earned
+by a bulk stream whose client keeps up and filled in place (`LargeBuffers`).
+The pump's one thread watches the parked transfers: it ends a follow stream
+idle for its ``idle_timeout`` (cleanly: the client resumes at its offset),
+and cuts a transfer whose client has read nothing for ``write_timeout``
+seconds or has gone away.
 
 This module knows nothing of cheroot: `jobkit.server.connection` creates the
 transfers, runs their turns in cheroot's workers and hands them to the pump.
