@@ -112,6 +112,12 @@ log = logging.getLogger("jobkit.server")
 
 #: The longest request head waited for whole before a worker takes it.
 MAX_HEAD = 64 * 1024
+#: A request body up to this size is buffered while the connection waits in
+#: cheroot's selector, so trickling it holds no worker thread; a larger one
+#: (up to the 1 MiB body limit) is read by the worker, within the request's
+#: deadline.  The same size as a head: a parked connection holds at most
+#: about two receive buffers.
+SELECTOR_BODY = 64 * 1024
 #: Seconds a worker that answered a keep-alive request waits for the connection's
 #: next request before handing the connection back to cheroot's selector.
 KEEP_ALIVE_LINGER = 0.002
@@ -285,13 +291,14 @@ class SocketReader:
         return bool(pending is not None and pending())
 
     def request_ready(self) -> bool:
-        """Take what the socket has now (up to a whole request head), without waiting; True once
-        a request head is here.
+        """Take what the socket has now (up to a whole request), without waiting; True once
+        a request is here.
 
-        The head is the request line and headers, up to the blank line.  The
-        end of the connection, or a head longer than `MAX_HEAD`, also count
-        as ready: cheroot then closes or answers as it should.  The body is
-        read as it comes, within the request's `deadline`.
+        A request is its head (the request line and headers, up to the blank
+        line) and a body of up to `SELECTOR_BODY` bytes.  The end of the
+        connection, or a head longer than `MAX_HEAD`, also count as ready:
+        cheroot then closes or answers as it should.  A larger body is read
+        as it comes, by the worker, within the request's `deadline`.
         """
         if self._eof or self._request_complete():
             return True
@@ -314,7 +321,21 @@ class SocketReader:
         return self._eof or self._request_complete()
 
     def _request_complete(self) -> bool:
-        return b"\r\n\r\n" in self._buffer or len(self._buffer) > MAX_HEAD
+        buffer = self._buffer
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return len(buffer) > MAX_HEAD
+        if not buffer.startswith(_READS_BODY):
+            return True  # the API reads no other request's body: the worker answers it
+        body_start = head_end + 4
+        if len(buffer) == body_start:  # no body buffered: done if it has none
+            return not _has_body(buffer, body_start)
+        if len(buffer) - body_start > SELECTOR_BODY:
+            return True  # a large body: the worker reads the rest
+        length = _content_length(buffer, body_start)
+        if length is not None:
+            return length > SELECTOR_BODY or len(buffer) - body_start >= length
+        return _chunks_complete(buffer, body_start)
 
     def _fill(self) -> bool:
         if self.deadline is not None:
@@ -375,10 +396,66 @@ class SocketReader:
             raise StopIteration
         return line
 
+    def awaits_body(self) -> bool:
+        """True while a whole request head is here and its body still arrives
+        (in the selector: see `SELECTOR_BODY`)."""
+        return (not self.closed and not self._eof and b"\r\n\r\n" in self._buffer
+                and not self._request_complete())
+
     def close(self) -> None:
         # The socket belongs to cheroot's connection, which closes it.
         self.closed = True
         self._buffer.clear()
+
+
+#: The methods whose body the API reads (`SocketReader` waits for it in the selector).
+_READS_BODY = (b"PUT ", b"POST ", b"PATCH ")
+
+
+def _content_length(buffer: bytearray, body_start: int) -> int | None:
+    """The head's ``Content-Length`` if it has one that is a number; None if chunked;
+    0 without one, or for what cheroot answers at once (a malformed length, another
+    transfer coding)."""
+    head = bytes(buffer[:body_start]).lower()
+    coding = head.find(b"\ntransfer-encoding:")
+    if coding >= 0:
+        # Chunked: read in the selector.  Another coding: cheroot refuses it (501) at once.
+        return None if b"chunked" in head[coding:head.find(b"\n", coding + 1)] else 0
+    at = head.find(b"\ncontent-length:")
+    if at < 0:
+        return 0
+    value = head[at + 16:head.find(b"\n", at + 1)].strip()
+    return int(value) if value.isdigit() and len(value) < 12 else 0
+
+
+def _chunks_complete(buffer: bytearray, at: int) -> bool:
+    """True once a chunked body is all here, or is for the worker to answer:
+    larger than `SELECTOR_BODY` in all (announced or sent), or malformed."""
+    total = 0
+    while True:
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return len(buffer) - at > 256  # a size line that long is malformed
+        size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return True
+        total += size
+        if size < 0 or total > SELECTOR_BODY:
+            return True
+        at = line_end + 2
+        if size == 0:  # the last chunk: then trailers, up to an empty line
+            return buffer.startswith(b"\r\n", at) or buffer.find(b"\r\n\r\n", at) >= 0
+        if len(buffer) < at + size + 2:
+            return False
+        at += size + 2
+
+
+def _has_body(buffer: bytearray, body_start: int) -> bool:
+    """True if the head announces a body (a Content-Length other than 0, or chunks)."""
+    length = _content_length(buffer, body_start)
+    return length is None or length > 0
 
 
 class SocketWriter:
@@ -615,6 +692,20 @@ _PLAIN_MESSAGES = {
 }
 
 
+def closing_problem(protocol: str, status: Any, msg: Any = "") -> bytes:
+    """A whole problem+json answer that closes the connection (``Connection: close``:
+    or a keep-alive client sends its next request into a closed connection)."""
+    status = str(status)
+    if isinstance(msg, bytes):
+        msg = msg.decode("latin-1")
+    detail = str(msg or _PLAIN_MESSAGES.get(status[:3], status[4:])).rstrip(".") or status
+    code = int(status[:3])
+    body = problem_body(ProblemKind.for_status(code), detail, status=code)
+    head = (f"{protocol} {status}\r\nContent-Length: {len(body)}\r\n"
+            f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
 class Request(cheroot_server.HTTPRequest):
     """cheroot's request, answering the errors cheroot handles itself as problems.
 
@@ -627,24 +718,11 @@ class Request(cheroot_server.HTTPRequest):
     header_reader = HeaderReader()
 
     def simple_response(self, status: Any, msg: Any = "") -> None:
-        status = str(status)
-        if isinstance(msg, bytes):
-            msg = msg.decode("latin-1")
-        detail = str(msg or _PLAIN_MESSAGES.get(status[:3], status[4:])).rstrip(".") or status
-        code = int(status[:3])
-        body = problem_body(ProblemKind.for_status(code), detail, status=code)
-        lines = [
-            f"{self.server.protocol} {status}\r\n",
-            f"Content-Length: {len(body)}\r\n",
-            f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\n",
-        ]
         # cheroot closes the connection after each of these answers (the rest
-        # of the request cannot be trusted); say so, or a keep-alive client
-        # sends its next request into a closed connection.
+        # of the request cannot be trusted); the answer says so.
         self.close_connection = True
-        lines.append("Connection: close\r\n\r\n")
         try:
-            self.conn.wfile.write("".join(lines).encode("latin-1") + body)
+            self.conn.wfile.write(closing_problem(self.server.protocol, status, msg))
         except OSError as error:
             if error.args[0] not in cheroot_errors.socket_errors_to_ignore:
                 raise
@@ -690,6 +768,23 @@ class Connection(cheroot_server.HTTPConnection):
     @last_used.setter
     def last_used(self, value: float) -> None:
         self._last_used = value
+
+    def close(self) -> None:
+        """Close; a request whose body never came whole is answered 408 first.
+
+        Such a request waits in the selector (`SELECTOR_BODY`), not in a
+        worker, so it is cheroot closing the connection (its deadline passed,
+        or it sat idle) that ends it: the client still learns why, as it
+        would from a worker that waited.
+        """
+        reader, sock = self.rfile, self.socket
+        if isinstance(reader, SocketReader) and reader.awaits_body() and sock.fileno() >= 0:
+            try:
+                sock.settimeout(0.0)  # a short answer, never waited for
+                sock.sendall(closing_problem(self.server.protocol, "408 Request Timeout"))
+            except OSError:
+                pass  # gone, or not reading: it is closed all the same
+        super().close()
 
     def communicate(self) -> bool:
         if self.jobkit_transfer is not None:  # a worker's turn at a long response

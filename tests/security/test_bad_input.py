@@ -12,10 +12,13 @@ Timing checks wait for conditions with deadlines; only the slowloris paces itsel
 
 from __future__ import annotations
 
+import fcntl
 import json
 import select
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -286,6 +289,80 @@ def test_more_slowloris_clients_than_threads_do_not_stall_others(small_server: J
         assert timed_request(small_server, pki, deadline=5) < 5
     finally:
         loris.stop()
+
+
+def _round_trip(sock: ssl.SSLSocket) -> None:
+    """One whole ``GET /jobs`` on ``sock``, its answer read to the end."""
+    sock.sendall(b"GET /jobs HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes in the kernel's receive queue of ``sock``."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_bodies_left_unfinished_hold_no_worker(pki: Path, framing: str) -> None:
+    """More clients than threads send a whole request head and half its body,
+    then nothing: the bodies wait in the selector, not in workers, so another
+    client is served while every one of them is still waiting (the
+    connection timeout is long: a worker held would show as a hang)."""
+    server = start_server(pki, threads=4, connection_timeout=60)
+    context = client_context(pki / "clients" / "bob")
+    body = json.dumps({"cmd": "true", "args": ["x" * 200]}).encode()
+    if framing == "chunked":
+        head = (b"PUT /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        half = b"%x\r\n" % len(body) + body[: len(body) // 2]
+    else:
+        head = (b"PUT /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n"
+                % len(body))
+        half = body[: len(body) // 2]
+    stalled: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(12):
+            sock = raw_tls(server.address, context)
+            stalled.append(sock)
+            _round_trip(sock)  # the connection is established and parked, as a client's would be
+            sock.sendall(head + half)
+        wait_until(lambda: len(server.adapter._sockets) >= 12, what="the stalled connections")
+
+        def all_read() -> bool:
+            # Every byte the stalled clients sent is out of the kernel and
+            # in the server: in a parked connection's buffer, or in a worker
+            # waiting for the rest (4 of them, while 8 more wait their turn).
+            return all(sock.fileno() >= 0 and not sock.pending() and not _unread(sock)
+                       for sock in list(server.adapter._sockets))
+
+        wait_until(all_read, timeout=20, what="the server to take what the stalled clients sent")
+        client = ApiClient(server.address, pki / "clients" / "alice", "alice")
+        try:
+            client._conn = client.connect(timeout=30)
+            assert client.get("/jobs").status == 200
+            created = client.request("PUT", "/jobs", {"cmd": "true"})
+            assert created.status == 201, created
+        finally:
+            client.close()
+        # Still waiting for their bodies: nothing answered, nothing closed.
+        assert not select.select(stalled, [], [], 0)[0]
+        # And a body that does arrive in full is then served.
+        stalled[0].sendall(body[len(body) // 2:] + (b"\r\n0\r\n\r\n" if framing == "chunked"
+                                                   else b""))
+        stalled[0].settimeout(30)
+        assert stalled[0].recv(64).startswith(b"HTTP/1.1 201")
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
 
 
 # -- idle and silent connections ---------------------------------------------------------------
