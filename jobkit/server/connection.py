@@ -277,6 +277,7 @@ class SocketReader:
         self.closed = False
         #: While a request is read: when (``time.monotonic()``) it must be in.
         self.deadline: float | None = None
+        self._scan = _RequestScan()
 
     def has_data(self) -> bool:
         """True if a request head can be read without waiting for the network.
@@ -321,21 +322,35 @@ class SocketReader:
         return self._eof or self._request_complete()
 
     def _request_complete(self) -> bool:
+        # What was found of the request at the buffer's front is kept between
+        # calls (`_RequestScan`), so each received record costs a look at its
+        # own bytes, not the whole request again: a client sending a body in
+        # one-byte records must not make the server re-parse it every time.
+        scan = self._scan
+        if scan.ready:
+            return True
         buffer = self._buffer
-        head_end = buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            return len(buffer) > MAX_HEAD
-        if not buffer.startswith(_READS_BODY):
-            return True  # the API reads no other request's body: the worker answers it
-        body_start = head_end + 4
-        if len(buffer) == body_start:  # no body buffered: done if it has none
-            return not _has_body(buffer, body_start)
-        if len(buffer) - body_start > SELECTOR_BODY:
-            return True  # a large body: the worker reads the rest
-        length = _content_length(buffer, body_start)
-        if length is not None:
-            return length > SELECTOR_BODY or len(buffer) - body_start >= length
-        return _chunks_complete(buffer, body_start)
+        if scan.body_start < 0:
+            head_end = buffer.find(b"\r\n\r\n", max(0, scan.searched - 3))
+            if head_end < 0:
+                scan.searched = len(buffer)
+                return len(buffer) > MAX_HEAD
+            scan.body_start = head_end + 4
+            head = bytes(buffer[:scan.body_start]).lower()
+            # The API reads no other request's body; a client that waits for
+            # "100 Continue" sends its body only once a worker answers that.
+            if not head.startswith(_READS_BODY) or b"\nexpect:" in head:
+                scan.ready = True
+                return True
+            scan.length = _content_length(head)
+            scan.chunk_at = scan.searched = scan.body_start
+        body = len(buffer) - scan.body_start
+        if scan.length is not None:
+            done = scan.length > SELECTOR_BODY or body >= scan.length
+        else:  # chunked
+            done = body > SELECTOR_BODY or _chunks_complete(buffer, scan)
+        scan.ready = done
+        return done
 
     def _fill(self) -> bool:
         if self.deadline is not None:
@@ -356,6 +371,7 @@ class SocketReader:
     def _take(self, count: int) -> bytes:
         data = bytes(self._buffer[:count])
         del self._buffer[:count]
+        self._scan = _RequestScan()  # the front moved: look at it afresh
         self.bytes_read += len(data)
         return data
 
@@ -409,14 +425,27 @@ class SocketReader:
 
 
 #: The methods whose body the API reads (`SocketReader` waits for it in the selector).
-_READS_BODY = (b"PUT ", b"POST ", b"PATCH ")
+_READS_BODY = (b"put ", b"post ", b"patch ")
 
 
-def _content_length(buffer: bytearray, body_start: int) -> int | None:
-    """The head's ``Content-Length`` if it has one that is a number; None if chunked;
-    0 without one, or for what cheroot answers at once (a malformed length, another
-    transfer coding)."""
-    head = bytes(buffer[:body_start]).lower()
+class _RequestScan:
+    """How far `SocketReader` got in the request at the front of its buffer."""
+
+    __slots__ = ("body_start", "chunk_at", "chunk_total", "length", "ready", "searched")
+
+    def __init__(self) -> None:
+        self.searched = 0  # bytes looked at for the head's end
+        self.body_start = -1  # where the body starts, once the head is whole
+        self.length: int | None = 0  # Content-Length; None if chunked
+        self.chunk_at = 0  # the next chunk's size line
+        self.chunk_total = 0  # the bytes of the chunks before it
+        self.ready = False
+
+
+def _content_length(head: bytes) -> int | None:
+    """The (lower-cased) head's ``Content-Length`` if it has one that is a number;
+    None if chunked; 0 without one, or for what cheroot answers at once (a
+    malformed length, another transfer coding)."""
     coding = head.find(b"\ntransfer-encoding:")
     if coding >= 0:
         # Chunked: read in the selector.  Another coding: cheroot refuses it (501) at once.
@@ -428,12 +457,13 @@ def _content_length(buffer: bytearray, body_start: int) -> int | None:
     return int(value) if value.isdigit() and len(value) < 12 else 0
 
 
-def _chunks_complete(buffer: bytearray, at: int) -> bool:
+def _chunks_complete(buffer: bytearray, scan: _RequestScan) -> bool:
     """True once a chunked body is all here, or is for the worker to answer:
-    larger than `SELECTOR_BODY` in all (announced or sent), or malformed."""
-    total = 0
+    larger than `SELECTOR_BODY` in all (announced or sent), or malformed.
+    Walks on from where the last call stopped (``scan``)."""
+    at = scan.chunk_at
     while True:
-        line_end = buffer.find(b"\r\n", at)
+        line_end = buffer.find(b"\r\n", at, at + 258)
         if line_end < 0:
             return len(buffer) - at > 256  # a size line that long is malformed
         size_text = bytes(buffer[at:line_end]).split(b";", 1)[0].strip()
@@ -441,21 +471,19 @@ def _chunks_complete(buffer: bytearray, at: int) -> bool:
             size = int(size_text, 16)
         except ValueError:
             return True
-        total += size
-        if size < 0 or total > SELECTOR_BODY:
+        if size < 0 or scan.chunk_total + size > SELECTOR_BODY:
             return True
-        at = line_end + 2
         if size == 0:  # the last chunk: then trailers, up to an empty line
-            return buffer.startswith(b"\r\n", at) or buffer.find(b"\r\n\r\n", at) >= 0
-        if len(buffer) < at + size + 2:
-            return False
-        at += size + 2
-
-
-def _has_body(buffer: bytearray, body_start: int) -> bool:
-    """True if the head announces a body (a Content-Length other than 0, or chunks)."""
-    length = _content_length(buffer, body_start)
-    return length is None or length > 0
+            at = line_end + 2
+            if buffer.startswith(b"\r\n", at):
+                return True
+            found = buffer.find(b"\r\n\r\n", max(at, scan.searched - 3))
+            scan.searched = len(buffer)  # trailers trickled: only new bytes next time
+            return found >= 0
+        if len(buffer) < line_end + 2 + size + 2:
+            return False  # this chunk is still arriving: look again from its size line
+        scan.chunk_total += size
+        at = scan.chunk_at = line_end + 2 + size + 2
 
 
 class SocketWriter:
@@ -778,7 +806,8 @@ class Connection(cheroot_server.HTTPConnection):
         would from a worker that waited.
         """
         reader, sock = self.rfile, self.socket
-        if isinstance(reader, SocketReader) and reader.awaits_body() and sock.fileno() >= 0:
+        if (isinstance(reader, SocketReader) and self.jobkit_transfer is None
+                and reader.awaits_body() and sock.fileno() >= 0):
             try:
                 sock.settimeout(0.0)  # a short answer, never waited for
                 sock.sendall(closing_problem(self.server.protocol, "408 Request Timeout"))
