@@ -78,11 +78,9 @@ class Job:
 
     ``outcome`` is None while the main process runs.  The supervisor thread
     sets it, or a waiter that ended the job in its own thread (holding
-    ``busy``), or `JobPool.create` for a job that never started; the
-    waiters are woken (``ended``) first, and then the pool's ``on_end``
-    records it, in the supervisor thread: a waiter reads the live object,
-    which the pool keeps until the record is written, so recording costs
-    the waiter no latency.
+    ``busy``), or `JobPool.create` for a job that never started; the same
+    thread records it (``on_end``) and then wakes the waiters (``ended``),
+    so whoever returns from `JobPool.wait` finds the end recorded.
 
     The main process is reaped as soon as it exits, so a finished job holds
     no zombie and no pidfd.  ``lock`` orders that reaping with `signal_group`:

@@ -128,12 +128,21 @@ def signal_group_since(
 ) -> bool:
     """Signal group ``pgid`` if members started since ``born_since`` are left in it.
 
+    For a job whose leader (pid ``pgid``) was reaped: members born after it
+    are its leftovers, unless the id now belongs to another group.
+
     ``newest``: a `newest_members` snapshot to look in instead of ``/proc``.
     """
     if newest is not None:
         if newest.get(pgid, -1) < born_since:
             return False
     elif not group_members(pgid, born_since):
+        return False
+    leader = _stat(pgid)
+    if leader is not None and leader[0] == pgid:
+        # Our leader is reaped, so this is a new process with its pid that
+        # made a group of its own: the id was reused, and the group is not
+        # ours (while ours had a member, no process could lead one with its id).
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, number)

@@ -26,9 +26,10 @@ not wait to be woken by the supervisor: it polls the job's pidfd itself and,
 if it gets there first, ends the job in its own thread (the same drain and
 reap as the supervisor's, under the job's ``busy`` lock, which serialises
 everything done to one job's pipes and pidfd).  That saves the hand-off
-between two threads on the path from a process's exit to its waiter, the
-largest cost left on it.  The callbacks (the pool's recording of the end,
-``on_drained``) still run in the supervisor thread, one at a time per job.
+between two threads on the path from a process's exit to its waiter.  Whoever
+ends the job records its end (``on_end``) before waking the waiters; the
+later callbacks (``on_finished``, ``on_drained``) run in the supervisor
+thread, one at a time per job.
 """
 
 from __future__ import annotations
@@ -160,7 +161,10 @@ class Supervisor:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with job.lock:
-            fd = -1 if job.leader_gone or job.pidfd < 0 else os.dup(job.pidfd)
+            try:
+                fd = -1 if job.leader_gone or job.pidfd < 0 else os.dup(job.pidfd)
+            except OSError:  # out of descriptors: the supervisor ends it, as it would
+                fd = -1
         if fd >= 0:
             try:
                 poller = select.poll()
@@ -211,9 +215,11 @@ class Supervisor:
                     timeout = min(_MAX_WAIT, max(0.0, self._timers[0][0] - time.monotonic()))
                 handlers = self._handlers
                 for fd, _ in self._epoll.poll(timeout):
-                    if fd not in handlers:
-                        continue  # unregistered by an earlier handler of this round
-                    handler = handlers[fd]
+                    # Unregistered by an earlier handler of this round, or by a
+                    # waiter ending its job (`await_end`) in another thread.
+                    handler = handlers.get(fd, _GONE)
+                    if handler is _GONE:
+                        continue
                     if handler is None:
                         self._run_commands()
                     else:
@@ -411,10 +417,11 @@ class Supervisor:
         A job without cgroups has ended with its main process; what it left
         in its process group is still signalled (see `Job.signal_group`).
         """
-        if job.running:
-            job.timed_out = True
-        elif job.contained:
-            return  # its tree is gone: that is how it ended
+        with job.busy:  # not while a waiter records its end (`await_end`)
+            if job.running:
+                job.timed_out = True
+            elif job.contained:
+                return  # its tree is gone: that is how it ended
         if not job.signal_group(signal.SIGTERM):
             return
 
@@ -438,6 +445,10 @@ class Supervisor:
         # Still running (stuck in the kernel past our wait): the pidfd stays
         # watched and `_reap` reaps it whenever it exits.
         return job.pidfd < 0
+
+
+#: What `Supervisor._run` finds for an fd no longer watched.
+_GONE: Callable[[], object] = lambda: None  # noqa: E731
 
 
 def _poll_ms(deadline: float) -> int:

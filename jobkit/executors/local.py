@@ -173,8 +173,10 @@ class LocalExecutor(ProcessExecutor):
             groups.remove()
 
     def await_end(self, job: Job, timeout: float | None) -> bool:
-        assert self._supervisor is not None
-        return self._supervisor.await_end(job, timeout)
+        watcher = self._supervisor  # None once the pool closed meanwhile: it ended the job
+        if watcher is None:
+            return job.ended.wait(timeout)
+        return watcher.await_end(job, timeout)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         assert self._supervisor is not None

@@ -10,13 +10,16 @@ alone.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from jobkit import JobPool, JobStatus, State
+from jobkit.core.leftovers import process_start, signal_group_since
 from jobkit.core.records import DATABASE_NAME
 from tests.support.waiting import wait_until
 
@@ -187,3 +190,57 @@ def test_the_end_is_recorded_before_wait_returns(durable: bool, tmp_path: Path) 
                         "SELECT state FROM jobs WHERE id = ?", (int(job),)).fetchone()
                 assert state == "completed"
             assert pool.clean().jobs == 1
+
+
+def test_a_group_id_reused_by_another_group_is_never_signalled() -> None:
+    """A reaped job's group id may be taken by a new group (a new process
+    with the leader's pid that called setsid): it is not the job's."""
+    other = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        born = process_start(other.pid)
+        assert born is not None
+        # As if `other` had the pid of a job leader reaped earlier (born
+        # before it): its group has members born since, but leads it itself.
+        assert not signal_group_since(other.pid, born - 1000, signal.SIGKILL)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_wait_that_races_close_returns_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pool closes between wait finding the job and waiting for it."""
+    pool = JobPool(cgroups=False)
+    job = pool.create("sleep", ["1000"])
+    found, go = threading.Event(), threading.Event()
+    live = pool._live
+
+    def slow_live(job_id: str) -> object:
+        value = live(job_id)
+        found.set()
+        go.wait(30)
+        return value
+
+    monkeypatch.setattr(pool, "_live", slow_live)
+    outcome: list[object] = []
+    thread = threading.Thread(target=lambda: outcome.append(pool.wait(job, timeout=30).state))
+    thread.start()
+    assert found.wait(30)
+    pool.close()
+    go.set()
+    thread.join(30)
+    assert outcome == [State.KILLED]
+
+
+def test_a_wait_without_a_descriptor_to_spare_still_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Out of descriptors, wait leaves the job's end to the supervisor."""
+    def no_descriptor(fd: int) -> int:
+        raise OSError(24, "Too many open files")
+
+    with JobPool(cgroups=False) as pool:
+        job = pool.create("sh", ["-c", "exit 4"])
+        monkeypatch.setattr(os, "dup", no_descriptor)
+        status = pool.wait(job, timeout=30)
+        assert (status.state, status.exit_code) == (State.COMPLETED, 4)
