@@ -155,41 +155,40 @@ class ByteStream(PumpedBody):
 
     def take(self, limit: int) -> bytes | None:
         """The bytes ready now (b"" if none yet), or None at the end."""
-        follower = self._follower
-        if self._done:
+        room = self._room(limit)
+        if room is None:
             return None
-        expected = follower.offset
-        if self._until is not None:
-            if expected >= self._until:
-                return None
-            limit = min(limit, self._until - expected)
-        data = follower.read(0, limit)
-        if data is None or (self._until is not None and not data):
-            return None  # ended, or a download caught up with what the job had written
-        if data:
-            self.start = follower.offset - len(data)
-            if self.start != expected and not self.chunk_offsets:
-                return None  # a gap: see the class docstring
-            if self._until is not None and self.start + len(data) > self._until:
-                # Past a gap, the bytes may lie beyond what a download asked for.
-                data = data[: max(0, self._until - self.start)] or None
-        return data
+        expected = self._follower.offset
+        data = self._follower.read(0, room)
+        kept = self._kept(expected, None if data is None else len(data))
+        if kept is None or data is None:
+            return None
+        return data if kept == len(data) else data[:kept]
 
     def take_into(self, buffer: memoryview) -> int | None:
         """As `take`, into ``buffer`` (a pump's large one): how many bytes; None at the end."""
-        follower = self._follower
+        room = self._room(len(buffer))
+        if room is None:
+            return None
+        expected = self._follower.offset
+        return self._kept(expected, self._follower.read_into(buffer[:room]))
+
+    def _room(self, limit: int) -> int | None:
+        """How many bytes the next take may give; None once the body is done."""
         if self._done:
             return None
-        expected = follower.offset
-        if self._until is not None:
-            if expected >= self._until:
-                return None
-            buffer = buffer[: self._until - expected]
-        count = follower.read_into(buffer)
+        if self._until is None:
+            return limit
+        left = self._until - self._follower.offset
+        return min(limit, left) if left > 0 else None
+
+    def _kept(self, expected: int, count: int | None) -> int | None:
+        """How many of the ``count`` bytes just read (from ``expected`` on) to hand
+        out; None at the end (``count`` None: the follower ended)."""
         if count is None or (self._until is not None and not count):
-            return None
+            return None  # ended, or a download caught up with what the job had written
         if count:
-            self.start = follower.offset - count
+            self.start = self._follower.offset - count
             if self.start != expected and not self.chunk_offsets:
                 return None  # a gap: see the class docstring
             if self._until is not None and self.start + count > self._until:
