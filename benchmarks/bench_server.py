@@ -55,20 +55,10 @@ from jobkit.pki import init_pki
 GIB = 1 << 30
 PYTHON = sys.executable
 
-BARE_SERVER = textwrap.dedent(
+#: The end of each bare server's script: serve its ``app`` with cheroot's own TLS
+#: adapter (TLS 1.3, client certificates required) from the certificates in ``folder``.
+SERVE_APP = textwrap.dedent(
     """
-    import ssl, sys
-    from cheroot import wsgi
-    from cheroot.ssl.builtin import BuiltinSSLAdapter
-
-    folder = sys.argv[1]
-    BODY = b'{"id":"1","status":"running","cmd":"sleep","args":["60"],"pid":1234}'
-
-    def app(environ, start_response):
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(BODY)))])
-        return [BODY]
-
     adapter = BuiltinSSLAdapter(f"{folder}/cert.pem", f"{folder}/key.pem",
                                 f"{folder}/ca.pem")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -84,6 +74,23 @@ BARE_SERVER = textwrap.dedent(
     server.serve()
     """
 )
+
+BARE_SERVER = textwrap.dedent(
+    """
+    import ssl, sys
+    from cheroot import wsgi
+    from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+    folder = sys.argv[1]
+    BODY = b'{"id":"1","status":"running","cmd":"sleep","args":["60"],"pid":1234}'
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json"),
+                                  ("Content-Length", str(len(BODY)))])
+        return [BODY]
+
+    """
+) + SERVE_APP
 
 
 def client_context(client: Path) -> ssl.SSLContext:
@@ -216,21 +223,8 @@ BARE_CREATE_SERVER = textwrap.dedent(
                                 ("Content-Length", str(len(body)))])
         return [body]
 
-    adapter = BuiltinSSLAdapter(f"{folder}/cert.pem", f"{folder}/key.pem",
-                                f"{folder}/ca.pem")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.load_cert_chain(f"{folder}/cert.pem", f"{folder}/key.pem")
-    context.load_verify_locations(cafile=f"{folder}/ca.pem")
-    adapter.context = context
-    server = wsgi.Server(("127.0.0.1", 0), app, numthreads=64, max=64)
-    server.ssl_adapter = adapter
-    server.prepare()
-    print(f"Serving on https://127.0.0.1:{server.bind_addr[1]}", flush=True)
-    server.serve()
     """
-)
+) + SERVE_APP
 
 
 def library_rate(pool: JobPool, count: int) -> float:
