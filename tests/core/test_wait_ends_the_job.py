@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,20 @@ def test_a_wait_while_the_job_is_deleted_returns() -> None:
             assert outcome in ([State.KILLED], ["JobNotFound"]), outcome
 
 
+def count_looks_at_proc(monkeypatch: pytest.MonkeyPatch) -> Callable[[], int]:
+    """From now on, count the listings of /proc (one per look at every process)."""
+    looks = 0
+    real_listdir = os.listdir
+
+    def listdir(path: str = ".") -> list[str]:
+        nonlocal looks
+        looks += path == "/proc"
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    return lambda: looks
+
+
 def test_close_looks_at_proc_once_for_every_finished_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -128,17 +143,9 @@ def test_close_looks_at_proc_once_for_every_finished_job(
         pool.wait(job)
     wait_until(lambda: pool.read(leaver, "stdout").strip(), what="the leftover's pid")
     leftover = int(pool.read(leaver, "stdout"))
-    looks = 0
-    real_listdir = os.listdir
-
-    def listdir(path: str = ".") -> list[str]:
-        nonlocal looks
-        looks += path == "/proc"
-        return real_listdir(path)
-
-    monkeypatch.setattr(os, "listdir", listdir)
+    looks = count_looks_at_proc(monkeypatch)
     pool.close()
-    assert looks == 1
+    assert looks() == 1
 
     def gone() -> bool:
         try:
@@ -159,18 +166,10 @@ def test_deleting_finished_jobs_looks_at_proc_only_for_groups_left_alive(
         jobs = [pool.create("true") for _ in range(50)]
         for job in jobs:
             pool.wait(job)
-        looks = 0
-        real_listdir = os.listdir
-
-        def listdir(path: str = ".") -> list[str]:
-            nonlocal looks
-            looks += path == "/proc"
-            return real_listdir(path)
-
-        monkeypatch.setattr(os, "listdir", listdir)
+        looks = count_looks_at_proc(monkeypatch)
         for job in jobs:
             pool.delete(job)
-        assert looks == 0
+        assert looks() == 0
         assert pool.clean().jobs == 0
 
 

@@ -26,6 +26,16 @@ from tests.support.waiting import wait_until
 STOP_BOUND = 5.0
 
 
+def _read_until(sock: socket.socket, marker: bytes) -> bytearray:
+    """What ``sock`` received up to and including ``marker`` (or a little past it)."""
+    data = bytearray()
+    while marker not in data:
+        chunk = sock.recv(65536)
+        assert chunk, bytes(data)
+        data += chunk
+    return data
+
+
 def _stop_in_time(server: JobServer) -> None:
     start = time.monotonic()
     server.stop()
@@ -74,11 +84,7 @@ def test_http10_follow_ends_by_closing(server: JobServer, client: ApiClient) -> 
     wait_until(lambda: client.status(job_id)["stdout"]["written"] == 3, what="output")
     sock = raw_tls(server.address, client.context)
     sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-    data = bytearray()
-    while b"abc" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, bytes(data)
-        data += chunk
+    data = _read_until(sock, b"abc")
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     assert b"chunked" not in head.lower(), head
     assert body == b"abc"
@@ -112,11 +118,7 @@ def test_junk_sent_during_a_follow_is_answered_after_it(
     wait_until(lambda: client.status(job_id)["stdout"]["written"] == 3, what="output")
     sock = raw_tls(server.address, client.context)
     sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = bytearray()
-    while b"abc" not in data:
-        chunk = sock.recv(65536)
-        assert chunk
-        data += chunk
+    data = _read_until(sock, b"abc")
     sock.sendall(b"\x00\x01 garbage \xff\r\n\r\n")
     assert client.status(job_id)["status"] == "running"
     client.request("DELETE", f"/jobs/{job_id}")
@@ -246,11 +248,7 @@ def test_an_http10_keep_alive_follow_still_ends_by_closing(
     sock = raw_tls(server.address, client.context)
     sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.0\r\nHost: x\r\n"
                  f"Connection: keep-alive\r\n\r\n".encode())
-    data = bytearray()
-    while b"abc" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, bytes(data)
-        data += chunk
+    data = _read_until(sock, b"abc")
     head = bytes(data).partition(b"\r\n\r\n")[0].lower()
     assert b"chunked" not in head and b"content-length" not in head, head
     client.request("DELETE", f"/jobs/{job_id}")
@@ -373,9 +371,7 @@ def test_an_http10_body_ends_with_a_tls_close_notify(server: JobServer, client: 
     sock = client.context.wrap_socket(socket.create_connection(server.address, timeout=10),
                                       server_hostname="localhost", suppress_ragged_eofs=False)
     sock.sendall(f"GET /jobs/{job_id}/stdout?follow=true HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-    data = bytearray()
-    while b"abc" not in data:
-        data += sock.recv(65536)
+    data = _read_until(sock, b"abc")
     client.request("DELETE", f"/jobs/{job_id}")
     try:
         while chunk := sock.recv(65536):
