@@ -28,7 +28,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from jobkit.core.cgroups import (
@@ -97,13 +97,8 @@ def group_members(pgid: int, born_since: int) -> list[int]:
         return []
     except PermissionError:
         pass  # someone else's group now: the look below tells
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[0] == pgid and stat[1] >= born_since:
-                members.append(int(entry))
-    return members
+    return [pid for pid, group, start in _live_processes()
+            if group == pgid and start >= born_since]
 
 
 def newest_members() -> dict[int, int]:
@@ -115,12 +110,19 @@ def newest_members() -> dict[int, int]:
     and a group that reuses the id later starts after the snapshot.
     """
     newest: dict[int, int] = {}
+    for _, group, start in _live_processes():
+        if start > newest.get(group, -1):
+            newest[group] = start
+    return newest
+
+
+def _live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, process group, start time in ticks) of every live process: one look at /proc."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = _stat(int(entry))
-            if stat is not None and stat[1] > newest.get(stat[0], -1):
-                newest[stat[0]] = stat[1]
-    return newest
+            if stat is not None:
+                yield int(entry), *stat
 
 
 def signal_group_since(
