@@ -344,7 +344,10 @@ def test_read_into_gives_what_read_gives(pool: JobPool) -> None:
         assert chunks[-1][0] + len(chunks[-1][1]) == len(text)
     else:
         assert b"".join(data for _, data in chunks) == kept == text[7:]
-        assert [start for start, _ in chunks][:2] == [7, 7 + 4093]
+        # Each chunk starts where the last ended, from offset 7 (a read of a
+        # live job may give less than the buffer holds: what is written yet).
+        starts = [start for start, _ in chunks]
+        assert starts == [7] + [start + len(data) for start, data in chunks[:-1]]
 
 
 @pytest.mark.parametrize("options", [("file", {"max_bytes": "64K"}), ("ring", {"capacity": 65536})],
